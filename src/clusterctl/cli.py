@@ -1,0 +1,209 @@
+"""The `clusterctl` command line. Each command parses options, calls one function,
+renders the result. Exit codes: 0 ok, 1 host(s) failed, 2 bad input, 3 changes
+pending under --check."""
+from __future__ import annotations
+
+import functools
+import sys
+import traceback
+
+import click
+
+from . import __version__
+from .errors import EXIT_BAD_INPUT, EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, ClusterctlError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def handle_errors(fn):
+    """Expected errors: one clear message and their exit code. Bugs: a traceback with -v."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", 0)
+        try:
+            return fn(*args, **kwargs)
+        except ClusterctlError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Exit:
+            raise
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="red", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - a bug: say so plainly
+            if verbose:
+                traceback.print_exc()
+            click.secho(f"internal error: {type(exc).__name__}: {exc}"
+                        + ("" if verbose else " (run with -v for the traceback)"),
+                        fg="red", err=True)
+            sys.exit(EXIT_HOST_FAILED)
+    return wrapper
+
+
+def inventory_options(fn):
+    """-i/--inventory and --limit: the hosts a command works on."""
+    fn = click.option("-i", "--inventory", "inventory_opt", metavar="FILE",
+                      help="Inventory file (default ./inventory.yaml, then "
+                           "$CLUSTERCTL_INVENTORY).")(fn)
+    fn = click.option("-l", "--limit", multiple=True, metavar="PATTERN",
+                      help="Only hosts matching PATTERN (host, group, glob, !exclude); "
+                           "repeatable.")(fn)
+    return fn
+
+
+def run_options(fn):
+    """Options shared by commands that converge hosts."""
+    for opt in reversed([
+        click.option("--check", is_flag=True, help="Plan only: show what would change, "
+                     "change nothing (exit 3 when changes are pending)."),
+        click.option("--diff", is_flag=True, help="Show unified diffs of files and templates."),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable report on "
+                     "stdout."),
+        click.option("-v", "--verbose", count=True, help="-v: every task; -vv: diffs too."),
+        click.option("-f", "--forks", type=click.IntRange(1, 500), default=20, show_default=True,
+                     help="Hosts worked on in parallel."),
+        click.option("--keep-going/--fail-fast", default=True, show_default=True,
+                     help="On a failing host, let the others converge, or stop everything."),
+        click.option("--accept-new-host-keys", is_flag=True, help="Trust SSH host keys seen "
+                     "for the first time and record them (a changed key is always refused)."),
+        click.option("--roles-path", multiple=True, metavar="DIR",
+                     help="Extra folder of roles, searched first; repeatable."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def load_inventory_arg(positional: str | None, option: str | None):
+    from .inventory import load_inventory, resolve_inventory_path
+    from .errors import InputError
+    if positional and option and positional != option:
+        raise InputError(f"two inventories given: {positional} and -i {option}")
+    inv = load_inventory(resolve_inventory_path(positional or option))
+    for warning in inv.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    return inv
+
+
+def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, keep_going,
+             accept_new_host_keys, roles_path, limit, extra_vars=None):
+    """Run a playbook and render it; returns the RunReport."""
+    from .engine.roles import default_roles_paths, load_playbook
+    from .engine.runner import RunOptions, run_playbook
+    from .render import LineReporter, console, print_json, print_recap
+    plays = load_playbook(playbook, default_roles_paths(list(roles_path)))
+    options = RunOptions(check=check, diff=diff, forks=forks, keep_going=keep_going,
+                         accept_new_host_keys=accept_new_host_keys, limit=list(limit) or None,
+                         extra_vars=extra_vars or {})
+    reporter = LineReporter(console(stderr=as_json), verbosity=verbose, diff=diff)
+    report = run_playbook(inventory, plays, options, reporter)
+    if as_json:
+        print_json(report.to_dict())
+    else:
+        print_recap(report, console())
+    return report
+
+
+def exit_code_for(report) -> int:
+    if report.failed_hosts:
+        return EXIT_HOST_FAILED
+    if report.check and report.changed:
+        return EXIT_CHANGES_PENDING
+    return 0
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="clusterctl")
+def main():
+    """Provision GPU machines into one distributed LLM inference cluster
+    (vLLM + Ray, llama.cpp RPC) from one inventory file."""
+
+
+@main.command()
+@click.argument("inventory", required=False, metavar="[INVENTORY]")
+@inventory_options
+@run_options
+@click.option("--playbook", default="bootstrap", show_default=True,
+              help="Playbook name (in playbooks/) or path.")
+@click.option("--skip-verify", is_flag=True, help="Do not check `ray status` at the end.")
+@handle_errors
+def bootstrap(inventory, inventory_opt, limit, check, diff, as_json, verbose, forks, keep_going,
+              accept_new_host_keys, roles_path, playbook, skip_verify):
+    """Converge every node: packages, network (MTU), NCCL env, Python env with Ray/vLLM,
+    llama.cpp RPC, Ray head and workers; then verify the Ray cluster."""
+    inv = load_inventory_arg(inventory, inventory_opt)
+    report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
+                      forks=forks, keep_going=keep_going,
+                      accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
+                      limit=limit)
+    code = exit_code_for(report)
+    if code == 0 and not check and not skip_verify and playbook == "bootstrap":
+        from .bootstrap import verify_ray_cluster
+        from .render import console
+        verify_ray_cluster(inv, report, console(stderr=as_json),
+                           accept_new_host_keys=accept_new_host_keys)
+    sys.exit(code)
+
+
+@main.command(name="apply")
+@click.argument("playbook")
+@inventory_options
+@run_options
+@handle_errors
+def apply_cmd(playbook, inventory_opt, limit, check, diff, as_json, verbose, forks, keep_going,
+              accept_new_host_keys, roles_path):
+    """Run any PLAYBOOK (a name in playbooks/ or a path) against the inventory."""
+    inv = load_inventory_arg(None, inventory_opt)
+    report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
+                      forks=forks, keep_going=keep_going,
+                      accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
+                      limit=limit)
+    sys.exit(exit_code_for(report))
+
+
+def _not_yet(what: str):
+    click.secho(f"clusterctl {what}: not implemented yet in {__version__}. "
+                "It is planned; see the project's issues.", fg="yellow", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@main.command(name="deploy-model")
+@click.argument("model")
+@inventory_options
+@handle_errors
+def deploy_model(model, inventory_opt, limit):
+    """Plan TP/PP, launch vLLM or llama.cpp RPC across the cluster, wait for a real
+    completion."""
+    _not_yet("deploy-model")
+
+
+@main.command()
+@inventory_options
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def status(inventory_opt, limit, as_json):
+    """What is deployed where, its endpoint and health."""
+    _not_yet("status")
+
+
+def _attach_optional_commands() -> None:
+    """Capabilities register their own click commands/groups."""
+    import importlib
+    for module, attr in (("clusterctl.lab.cli", "lab_group"),
+                         ("clusterctl.lab.cli", "mirror_group"),
+                         ("clusterctl.netcheck.cli", "netcheck_command"),
+                         ("clusterctl.deploy.cli", "plan_model_command")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("clusterctl"):
+                continue
+            raise
+        command = getattr(mod, attr, None)
+        if command is not None:
+            main.add_command(command)
+
+
+_attach_optional_commands()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Plan/execute engine: roles and playbooks, facts, ops, handlers, recap."""

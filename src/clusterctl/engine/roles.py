@@ -1,0 +1,186 @@
+"""Roles and playbooks are data: YAML files loaded with line numbers.
+
+roles/<role>/tasks.yaml     list of tasks: {name, <op>: args, when, notify}
+roles/<role>/handlers.yaml  list of tasks, addressed by name from `notify`
+roles/<role>/defaults.yaml  role variables, lowest precedence
+roles/<role>/templates/     Jinja2 templates for `template:` and `systemd_unit: {src: ...}`
+playbooks/<name>.yaml       list of plays: {name, hosts, roles: [...]}
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .yamlfile import YDict, YList, line_of, load_yaml
+
+TASK_KEYS = {"name", "when", "notify", "tags"}
+#: ops handled by the engine itself (everything else comes from clusterctl.ops.OPS)
+ENGINE_OPS = {"template"}
+
+
+def project_root() -> Path:
+    """Folder holding roles/, playbooks/, templates/: $CLUSTERCTL_HOME or the source tree."""
+    env = os.environ.get("CLUSTERCTL_HOME")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3]
+
+
+def default_roles_paths(extra: list[str] | None = None) -> list[Path]:
+    paths = [Path(p).expanduser() for p in (extra or [])]
+    env = os.environ.get("CLUSTERCTL_ROLES_PATH")
+    if env:
+        paths += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    paths.append(project_root() / "roles")
+    return paths
+
+
+@dataclass
+class Task:
+    name: str
+    op: str
+    args: Any
+    role: str
+    file: str
+    line: int
+    when: Any = None
+    notify: list[str] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+
+@dataclass
+class Role:
+    name: str
+    path: Path
+    tasks: list[Task]
+    handlers: dict[str, Task]
+    defaults: dict
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.path / "templates"
+
+
+@dataclass
+class Play:
+    name: str
+    hosts: str
+    roles: list[Role]
+    file: str
+    line: int
+    vars: dict = field(default_factory=dict)
+
+
+def _known_ops() -> set[str]:
+    from ..ops import OPS
+    return set(OPS) | ENGINE_OPS
+
+
+def parse_task(raw: Any, *, role: str, file: str, line: int, known_ops: set[str]) -> Task:
+    if not isinstance(raw, dict):
+        raise InputError(f"a task must be a mapping, got {type(raw).__name__}", file=file,
+                         line=line)
+    op_keys = [k for k in raw if k not in TASK_KEYS]
+    if not op_keys:
+        raise InputError("task has no operation (one of: " + ", ".join(sorted(known_ops)) + ")",
+                         file=file, line=line)
+    if len(op_keys) > 1:
+        raise InputError(f"task has several operations or unknown keys: {', '.join(op_keys)} "
+                         "(a task is {name, <op>: args, when, notify})", file=file, line=line)
+    op = op_keys[0]
+    if op not in known_ops:
+        hint = difflib.get_close_matches(str(op), sorted(known_ops | TASK_KEYS), n=1)
+        raise InputError(f"unknown operation {op!r}" + (f" (did you mean {hint[0]!r}?)"
+                                                         if hint else ""),
+                         file=file, line=line_of(raw, op) or line, key=str(op))
+    notify = raw.get("notify") or []
+    if isinstance(notify, str):
+        notify = [notify]
+    return Task(name=str(raw.get("name") or f"{op}"), op=op, args=raw[op], role=role,
+                file=file, line=line, when=raw.get("when"), notify=list(notify))
+
+
+def _load_task_list(path: Path, role: str, known_ops: set[str]) -> list[Task]:
+    if not path.exists():
+        return []
+    data = load_yaml(path, default=[])
+    if not isinstance(data, list):
+        raise InputError("expected a list of tasks", file=str(path), line=line_of(data))
+    return [parse_task(item, role=role, file=str(path), line=line_of(data, i) or 1,
+                       known_ops=known_ops)
+            for i, item in enumerate(data)]
+
+
+def load_role(name: str, roles_paths: list[Path], *, file: str = "", line: int | None = None
+              ) -> Role:
+    for base in roles_paths:
+        path = base / name
+        if path.is_dir():
+            break
+    else:
+        available = sorted({p.name for base in roles_paths if base.is_dir()
+                            for p in base.iterdir() if p.is_dir()})
+        hint = difflib.get_close_matches(name, available, n=1)
+        raise InputError(f"role {name!r} not found in " + ", ".join(map(str, roles_paths))
+                         + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+                         file=file or None, line=line)
+    known = _known_ops()
+    tasks = _load_task_list(path / "tasks.yaml", name, known)
+    handlers = {t.name: t for t in _load_task_list(path / "handlers.yaml", name, known)}
+    for t in tasks:
+        for h in t.notify:
+            if h not in handlers:
+                raise InputError(f"notify: no handler named {h!r} in {path / 'handlers.yaml'}",
+                                 file=t.file, line=t.line)
+    defaults = {}
+    if (path / "defaults.yaml").exists():
+        defaults = load_yaml(path / "defaults.yaml", default={})
+        if not isinstance(defaults, dict):
+            raise InputError("defaults must be a mapping", file=str(path / "defaults.yaml"))
+    return Role(name=name, path=path, tasks=tasks, handlers=handlers, defaults=dict(defaults))
+
+
+def load_playbook(path: str | Path, roles_paths: list[Path] | None = None) -> list[Play]:
+    path = Path(path)
+    if not path.exists() and not path.suffix:
+        candidate = project_root() / "playbooks" / f"{path}.yaml"
+        if candidate.exists():
+            path = candidate
+    roles_paths = roles_paths or default_roles_paths()
+    data = load_yaml(path, default=[])
+    if not isinstance(data, list) or not data:
+        raise InputError("a playbook is a non-empty list of plays", file=str(path))
+    plays = []
+    for i, raw in enumerate(data):
+        line = line_of(data, i) or 1
+        if not isinstance(raw, dict):
+            raise InputError("a play must be a mapping {name, hosts, roles}", file=str(path),
+                             line=line)
+        unknown = set(raw) - {"name", "hosts", "roles", "vars"}
+        if unknown:
+            raise InputError(f"unknown play key(s): {', '.join(sorted(map(str, unknown)))} "
+                             "(expected name, hosts, roles, vars)", file=str(path), line=line)
+        if "hosts" not in raw or "roles" not in raw:
+            raise InputError("a play needs `hosts` and `roles`", file=str(path), line=line)
+        role_names = raw["roles"]
+        if isinstance(role_names, str):
+            role_names = [role_names]
+        roles = [load_role(str(r), roles_paths, file=str(path),
+                           line=line_of(raw["roles"], j) if isinstance(raw["roles"], YList)
+                           else line)
+                 for j, r in enumerate(role_names)]
+        plays.append(Play(name=str(raw.get("name") or ", ".join(r.name for r in roles)),
+                          hosts=str(raw["hosts"]), roles=roles, file=str(path), line=line,
+                          vars=dict(raw.get("vars") or {})))
+    return plays
+
+
+__all__ = ["Task", "Role", "Play", "load_role", "load_playbook", "parse_task",
+           "default_roles_paths", "project_root", "YDict"]

@@ -1,0 +1,125 @@
+"""Jinja2 rendering with StrictUndefined; errors name the template and line."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..errors import InputError
+from ..secret import Secret
+
+_SINGLE_EXPR = re.compile(r"^\{\{\s*(.+?)\s*\}\}$", re.S)
+
+
+def _to_yaml(value) -> str:
+    import yaml
+    return yaml.safe_dump(value, default_flow_style=False, sort_keys=False).rstrip()
+
+
+def _reveal(value):
+    return value.reveal() if isinstance(value, Secret) else value
+
+
+def make_environment(search_paths: list[Path] | None = None) -> jinja2.Environment:
+    loader = jinja2.FileSystemLoader([str(p) for p in search_paths]) if search_paths else None
+    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, trim_blocks=True,
+                             lstrip_blocks=True, autoescape=False)
+    env.filters["to_yaml"] = _to_yaml
+    env.filters["reveal"] = _reveal
+    env.filters["quote"] = lambda v: __import__("shlex").quote(str(v))
+    return env
+
+
+_DEFAULT_ENV = make_environment()
+
+
+def _where(exc: Exception, default_name: str) -> tuple[str, int | None]:
+    name = getattr(exc, "filename", None) or getattr(exc, "name", None) or default_name
+    line = getattr(exc, "lineno", None)
+    return name, line
+
+
+def render_string(text: str, variables: dict[str, Any], *, source: str = "<string>",
+                  line: int | None = None, env: jinja2.Environment | None = None) -> Any:
+    """Render one value. "{{ expr }}" alone keeps the native type (list, int, bool)."""
+    env = env or _DEFAULT_ENV
+    if "{{" not in text and "{%" not in text:
+        return text
+    try:
+        m = _SINGLE_EXPR.match(text)
+        if m and "{{" not in m.group(1):
+            return env.compile_expression(m.group(1), undefined_to_none=False)(**variables)
+        return env.from_string(text).render(**variables)
+    except jinja2.UndefinedError as exc:
+        raise InputError(f"undefined variable in {text!r}: {exc.message}", file=source,
+                         line=line) from None
+    except jinja2.TemplateError as exc:
+        raise InputError(f"template error in {text!r}: {exc}", file=source, line=line) from None
+
+
+def render_value(value: Any, variables: dict[str, Any], *, source: str = "<string>",
+                 line: int | None = None, env: jinja2.Environment | None = None) -> Any:
+    """Render strings inside lists/dicts recursively."""
+    if isinstance(value, str):
+        return render_string(value, variables, source=source, line=line, env=env)
+    if isinstance(value, list):
+        return [render_value(v, variables, source=source, line=line, env=env) for v in value]
+    if isinstance(value, dict):
+        return {k: render_value(v, variables, source=source, line=line, env=env)
+                for k, v in value.items()}
+    return value
+
+
+def render_file(path: Path, variables: dict[str, Any],
+                env: jinja2.Environment | None = None) -> str:
+    """Render a template file; errors name the template file and its line."""
+    env = env or _DEFAULT_ENV
+    try:
+        file_env = env.overlay(loader=jinja2.FileSystemLoader(str(path.parent)))
+        return file_env.get_template(path.name).render(**variables)
+    except jinja2.TemplateSyntaxError as exc:
+        raise InputError(f"template syntax error: {exc.message}", file=str(path),
+                         line=exc.lineno) from None
+    except jinja2.UndefinedError as exc:
+        line = _template_error_line(exc, path)
+        raise InputError(f"undefined variable: {exc.message}", file=str(path), line=line) from None
+    except jinja2.TemplateError as exc:
+        line = _template_error_line(exc, path)
+        raise InputError(f"template error: {exc}", file=str(path), line=line) from None
+    except (OSError, jinja2.TemplateNotFound) as exc:
+        raise InputError(f"cannot read template: {exc}", file=str(path)) from None
+
+
+def _template_error_line(exc: Exception, path: Path) -> int | None:
+    """Find the template line of a render-time error from its traceback."""
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename == str(path):
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
+                       line: int | None = None) -> bool:
+    """Evaluate a `when:` value: bool as is; a string as a Jinja2 expression."""
+    if isinstance(expr, bool):
+        return expr
+    if isinstance(expr, list):
+        return all(evaluate_condition(e, variables, source=source, line=line) for e in expr)
+    text = str(expr).strip()
+    m = _SINGLE_EXPR.match(text)
+    if m:
+        text = m.group(1)
+    try:
+        return bool(_DEFAULT_ENV.compile_expression(text, undefined_to_none=False)(**variables))
+    except jinja2.UndefinedError as exc:
+        raise InputError(f"undefined variable in when: {expr!r}: {exc.message}", file=source,
+                         line=line) from None
+    except jinja2.TemplateError as exc:
+        raise InputError(f"bad when: {expr!r}: {exc}", file=source, line=line) from None
