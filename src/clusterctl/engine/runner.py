@@ -77,6 +77,7 @@ class RunReport:
     recap: dict[str, HostRecap]
     check: bool
     elapsed: float = 0.0
+    facts: dict = field(default_factory=dict)      # host name -> Facts (last gathered)
 
     @property
     def failed_hosts(self) -> list[str]:
@@ -178,6 +179,14 @@ def host_variables(state: HostState, states: dict[str, HostState], inventory,
             if name != host.name:
                 peers.append(entry)
         variables["peers"] = peers
+    if role is not None:  # role defaults may refer to other variables (one level)
+        for key, value in role.defaults.items():
+            if variables.get(key) is value and isinstance(value, str) and "{{" in value:
+                try:
+                    variables[key] = render_value(value, variables,
+                                                  source=str(role.path / "defaults.yaml"))
+                except InputError:
+                    pass  # needs facts not gathered yet; the task using it will say so
     return variables
 
 
@@ -299,7 +308,8 @@ class Runner:
             if not src:
                 raise InputError(f"{task.op}: `src` (a template) is required", file=task.file,
                                  line=task.line)
-            args["content"] = render_file(self._find_template(role, str(src), task), variables)
+            args["content"] = render_file(self._find_template(role, str(src), task), variables,
+                                          include_paths=[project_root() / "templates"])
             if task.op == "template":
                 args["path"] = args.pop("dest", args.get("path"))
         return args
@@ -454,7 +464,8 @@ class Runner:
         finally:
             close_all(conns)
         return RunReport(self.results, self.recap, self.options.check,
-                         time.monotonic() - start)
+                         time.monotonic() - start,
+                         {n: s.facts for n, s in self.states.items() if s.facts is not None})
 
 
 def play_targets(inventory, pattern: str) -> list:

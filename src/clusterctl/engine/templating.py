@@ -1,9 +1,12 @@
 """Jinja2 rendering with StrictUndefined; errors name the template and line."""
 from __future__ import annotations
 
+import posixpath
 import re
+import shlex
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 
@@ -29,7 +32,11 @@ def make_environment(search_paths: list[Path] | None = None) -> jinja2.Environme
                              lstrip_blocks=True, autoescape=False)
     env.filters["to_yaml"] = _to_yaml
     env.filters["reveal"] = _reveal
-    env.filters["quote"] = lambda v: __import__("shlex").quote(str(v))
+    env.filters["quote"] = lambda v: shlex.quote(str(v))
+    env.filters["dirname"] = lambda v: posixpath.dirname(str(v))
+    env.filters["basename"] = lambda v: posixpath.basename(str(v))
+    env.filters["urlhost"] = lambda v: urlsplit(str(v)).hostname or ""
+    env.filters["comment"] = lambda v: "\n".join(("# " + ln).rstrip() for ln in str(v).splitlines())
     return env
 
 
@@ -74,11 +81,15 @@ def render_value(value: Any, variables: dict[str, Any], *, source: str = "<strin
 
 
 def render_file(path: Path, variables: dict[str, Any],
-                env: jinja2.Environment | None = None) -> str:
-    """Render a template file; errors name the template file and its line."""
+                env: jinja2.Environment | None = None,
+                include_paths: list[Path] | None = None) -> str:
+    """Render a template file; errors name the template file and its line.
+
+    `include_paths` are searched after the template's own folder for {% include %}."""
     env = env or _DEFAULT_ENV
     try:
-        file_env = env.overlay(loader=jinja2.FileSystemLoader(str(path.parent)))
+        search = [str(path.parent)] + [str(p) for p in include_paths or []]
+        file_env = env.overlay(loader=jinja2.FileSystemLoader(search))
         return file_env.get_template(path.name).render(**variables)
     except jinja2.TemplateSyntaxError as exc:
         raise InputError(f"template syntax error: {exc.message}", file=str(path),
