@@ -1,2 +1,2 @@
 """Plan/execute engine: roles and playbooks, facts, ops, handlers, recap."""
-from . import runner, mtu  # noqa: F401  (mtu registers its cluster executor)
+from . import runner, mtu, build  # noqa: F401  (mtu and build register cluster executors)

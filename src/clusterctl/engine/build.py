@@ -1,0 +1,330 @@
+"""llama.cpp with RPC: built once per class of identical nodes, copied to the rest.
+
+The op `llamacpp_build` plans purely: the build id is a hash of the source spec,
+the CMake flags and the node class (OS, arch, CUDA version, GPU architectures);
+a node whose `PREFIX/BUILD-INFO.json` carries that id is a noop. The cluster
+executor then, for each class with work to do:
+
+1. stages the source once on the controller (~/.cache/clusterctl/llamacpp):
+   a pip requirement such as `llama-cpp-python==0.3.36` (its sdist vendors the
+   whole llama.cpp tree), a git URL + ref, or a local folder / tarball;
+2. builds on one node of the class (static binaries: ggml-rpc-server or
+   rpc-server, llama-server, llama-cli), reporting progress while it runs;
+3. brings the installed prefix back to the controller's artifact cache and
+   copies it to the other nodes of the class (and to any later node).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from ..errors import ClusterctlError, HostError, InputError
+from ..facts import FactRequest, Facts
+from ..ops import OPS
+from ..ops.base import Change, Noop, Op, Param, check_abs_path
+from .runner import CLUSTER_EXECUTORS, TaskResult, _message
+
+BUILD_INFO = "BUILD-INFO.json"
+REMOTE_CACHE = "/var/cache/clusterctl"
+BINARIES = ("rpc-server", "llama-server", "llama-cli")
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("CLUSTERCTL_CACHE_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clusterctl")
+    return Path(base)
+
+
+def cuda_architectures(facts: Facts) -> list[str]:
+    caps = sorted({str(g.compute_cap).replace(".", "") for g in facts.gpus
+                   if getattr(g, "compute_cap", None)})
+    return caps
+
+
+def build_flags(facts: Facts, cuda: str | bool) -> tuple[list[str], bool]:
+    use_cuda = (cuda is True or cuda == "on" or
+                (cuda in ("auto", None) and bool(facts.gpus) and bool(facts.nvcc)))
+    flags = ["-DGGML_RPC=ON", "-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF",
+             "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release"]
+    if use_cuda:
+        flags.append("-DGGML_CUDA=ON")
+        archs = cuda_architectures(facts)
+        if archs:
+            flags.append("-DCMAKE_CUDA_ARCHITECTURES=" + ";".join(archs))
+    return flags, use_cuda
+
+
+def node_class(facts: Facts, use_cuda: bool) -> dict:
+    os_info = facts.os or {}
+    return {"os": f"{os_info.get('id', '?')}-{os_info.get('version_id', '?')}",
+            "arch": facts.arch, "cuda": facts.nvcc if use_cuda else None,
+            "gpu_arch": cuda_architectures(facts) if use_cuda else []}
+
+
+def build_id(source: str, ref: str | None, flags: list[str], klass: dict) -> str:
+    blob = json.dumps({"source": source, "ref": ref, "flags": flags, "class": klass},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class LlamaCppBuild(Op):
+    name = "llamacpp_build"
+    params = {
+        "source": Param(str, required=True, help="pip requirement, git URL, or local path"),
+        "ref": Param((str, type(None)), help="git ref (tag/commit) for a git URL"),
+        "prefix": Param(str, required=True, help="install prefix, the same on every node"),
+        "cuda": Param((str, bool), default="auto", help="auto | true | false"),
+        "jobs": Param((int, type(None)), help="parallel build jobs (default: CPUs)"),
+    }
+
+    def normalize(self, args):
+        args["prefix"] = check_abs_path("prefix", args["prefix"])
+        if isinstance(args["cuda"], str) and args["cuda"] not in ("auto", "on", "off",
+                                                                  "true", "false"):
+            raise ValueError(f"cuda: expected auto, true or false, got {args['cuda']!r}")
+        if args["cuda"] in ("true", "on"):
+            args["cuda"] = True
+        elif args["cuda"] in ("false", "off"):
+            args["cuda"] = False
+        return args
+
+    def requests(self, args):
+        return [FactRequest("file", f"{args['prefix']}/{BUILD_INFO}")]
+
+    def desired(self, facts: Facts, args) -> dict:
+        flags, use_cuda = build_flags(facts, args["cuda"])
+        klass = node_class(facts, use_cuda)
+        return {"id": build_id(args["source"], args["ref"], flags, klass), "flags": flags,
+                "class": klass, "cuda": use_cuda, "source": args["source"], "ref": args["ref"]}
+
+    def plan(self, facts: Facts, args):
+        want = self.desired(facts, args)
+        current = facts.get(FactRequest("file", f"{args['prefix']}/{BUILD_INFO}"))
+        have = None
+        if current.get("exists") and current.get("content"):
+            try:
+                have = json.loads(current["content"]).get("id")
+            except (ValueError, AttributeError):
+                have = None
+        what = "RPC" + (" + CUDA " + ",".join(want["class"]["gpu_arch"]) if want["cuda"] else "")
+        if have == want["id"]:
+            return Noop(self.name, args["prefix"],
+                        f"llama.cpp build {have} ({what}) already in {args['prefix']}")
+        diff = f"build id: {have or '-'} -> {want['id']}\nflags: {' '.join(want['flags'])}"
+        return Change(self.name, args["prefix"], [], diff,
+                      f"build llama.cpp ({what}) from {args['source']} into {args['prefix']}")
+
+
+OPS.setdefault("llamacpp_build", LlamaCppBuild())
+
+
+# -- controller side: staging the source ---------------------------------------
+
+_stage_lock = threading.Lock()
+
+
+def _is_git(source: str) -> bool:
+    return source.endswith(".git") or source.startswith(("git@", "git://", "git+")) or \
+        bool(re.match(r"https?://.*(github|gitlab|codeberg)", source))
+
+
+def stage_source(source: str, ref: str | None) -> Path:
+    """A tarball of the llama.cpp source on the controller (cached by spec)."""
+    key = hashlib.sha256(f"{source}@{ref}".encode()).hexdigest()[:16]
+    out = cache_dir() / "llamacpp" / f"src-{key}.tar.gz"
+    with _stage_lock:
+        if out.exists():
+            return out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        local = Path(source).expanduser()
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            tmp_path = Path(tmp)
+            if local.exists():
+                if local.is_file():
+                    (tmp_path / "src.tar.gz").write_bytes(local.read_bytes())
+                else:
+                    with tarfile.open(tmp_path / "src.tar.gz", "w:gz") as tar:
+                        tar.add(local, arcname="llama.cpp")
+                (tmp_path / "src.tar.gz").rename(out)
+                return out
+            if _is_git(source):
+                url = source[4:] if source.startswith("git+") else source
+                cmd = ["git", "clone", "--depth", "1"] + (["--branch", ref] if ref else []) \
+                    + [url, str(tmp_path / "llama.cpp")]
+                _controller_run(cmd, "git clone of the llama.cpp source")
+                with tarfile.open(tmp_path / "src.tar.gz", "w:gz") as tar:
+                    tar.add(tmp_path / "llama.cpp", arcname="llama.cpp",
+                            filter=lambda ti: None if "/.git" in ti.name else ti)
+                (tmp_path / "src.tar.gz").rename(out)
+                return out
+            # a pip requirement: its sdist (llama-cpp-python vendors llama.cpp)
+            import sys
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+                   "--no-build-isolation", "-d", str(tmp_path), source]
+            _controller_run(cmd, f"pip download of {source}")
+            found = [p for p in tmp_path.iterdir() if p.name.endswith((".tar.gz", ".zip"))]
+            if not found:
+                raise InputError(f"llamacpp.source {source!r}: pip fetched no source archive")
+            found[0].rename(out)
+            return out
+
+
+def _controller_run(cmd: list[str], what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ClusterctlError(f"{what} failed: {exc}") from None
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-10:])
+        raise ClusterctlError(f"{what} failed (exit {proc.returncode}): {shlex.join(cmd)}\n{tail}")
+
+
+# -- node side: the build script ---------------------------------------------------
+
+def build_script(src_tar: str, workdir: str, prefix: str, flags: list[str], jobs: int | None,
+                 info: dict) -> str:
+    q = shlex.quote
+    return f"""set -eu
+work={q(workdir)}; prefix={q(prefix)}
+rm -rf "$work"; mkdir -p "$work/src"
+tar -xzf {q(src_tar)} -C "$work/src"
+root=$(dirname "$(find "$work/src" -maxdepth 4 -path '*/ggml/CMakeLists.txt' | head -n 1)")
+root=$(dirname "$root")
+[ -f "$root/CMakeLists.txt" ] || {{ echo "no llama.cpp tree (ggml/CMakeLists.txt) in the source" >&2; exit 3; }}
+cd "$root"
+cmake -B build {' '.join(q(f) for f in flags)}
+targets=$(cmake --build build --target help)
+want=""
+for t in ggml-rpc-server rpc-server llama-server llama-cli; do
+  if printf '%s\\n' "$targets" | grep -q -- "\\b$t\\b"; then want="$want $t"; fi
+done
+cmake --build build -j{jobs or '"$(nproc)"'} --target $want
+mkdir -p "$prefix/bin.new"
+for t in $want; do cp "build/bin/$t" "$prefix/bin.new/$t"; done
+if [ -x "$prefix/bin.new/ggml-rpc-server" ] && [ ! -e "$prefix/bin.new/rpc-server" ]; then
+  ln -s ggml-rpc-server "$prefix/bin.new/rpc-server"; fi
+if [ -x "$prefix/bin.new/rpc-server" ] && [ ! -e "$prefix/bin.new/ggml-rpc-server" ]; then
+  ln -s rpc-server "$prefix/bin.new/ggml-rpc-server"; fi
+cp -r gguf-py "$prefix/gguf-py.new" 2>/dev/null || true
+rm -rf "$prefix/bin" && mv "$prefix/bin.new" "$prefix/bin"
+echo {q(json.dumps(info, sort_keys=True))} > "$prefix/{BUILD_INFO}.new"
+mv "$prefix/{BUILD_INFO}.new" "$prefix/{BUILD_INFO}"
+mkdir -p {REMOTE_CACHE}
+tar -czf {REMOTE_CACHE}/llamacpp-{info['id']}.tar.gz -C "$prefix" bin {BUILD_INFO}
+rm -rf "$work"
+echo BUILD-DONE
+"""
+
+
+def _remote_build(runner, state, src: Path, prefix: str, want: dict, jobs: int | None) -> None:
+    conn = state.conn
+    remote_src = f"{REMOTE_CACHE}/llamacpp-{src.name}"
+    conn.run(["mkdir", "-p", REMOTE_CACHE, prefix])
+    size = conn.run(f"stat -c %s {shlex.quote(remote_src)} 2>/dev/null || echo 0",
+                    check=False).stdout.strip()
+    if size != str(src.stat().st_size):
+        conn.put(src.read_bytes(), remote_src)
+    log = f"{REMOTE_CACHE}/llamacpp-build-{want['id']}.log"
+    script_path = f"{REMOTE_CACHE}/llamacpp-build-{want['id']}.sh"
+    info = {"id": want["id"], "source": want["source"], "ref": want["ref"],
+            "flags": want["flags"], "class": want["class"], "built_on": state.host.name,
+            "built_at": int(time.time())}
+    conn.put(build_script(remote_src, f"/var/tmp/clusterctl-llamacpp-{want['id']}", prefix,
+                          want["flags"], jobs, info), script_path, mode=0o700)
+    pid = conn.run(f"nohup bash {shlex.quote(script_path)} > {shlex.quote(log)} 2>&1 & echo $!"
+                   ).stdout.strip()
+    progress = getattr(runner.reporter, "progress", None)
+    last = ""
+    while True:
+        time.sleep(5)
+        res = conn.run(f"kill -0 {int(pid)} 2>/dev/null && echo RUNNING; "
+                       f"tail -n 40 {shlex.quote(log)}", check=False)
+        running = res.stdout.startswith("RUNNING")
+        pct = re.findall(r"\[\s*(\d+)%\]", res.stdout)
+        line = f"building llama.cpp: {pct[-1]}%" if pct else "building llama.cpp: configuring"
+        if progress and line != last:
+            progress(state.host.name, line)
+            last = line
+        if not running:
+            break
+    if "BUILD-DONE" not in res.stdout:
+        tail = conn.run(["tail", "-n", "25", log], check=False).stdout
+        raise HostError(state.host.name, f"llama.cpp build failed (log {log}):\n"
+                        + "\n".join("    " + ln for ln in tail.rstrip().splitlines()))
+
+
+def execute_llamacpp(runner, play, role, task, planned_states) -> dict:
+    """CLUSTER_EXECUTORS entry: build once per class, copy to the rest."""
+    results: dict[str, TaskResult] = {}
+    classes: dict[str, list] = {}
+    op = OPS["llamacpp_build"]
+    for state, planned in planned_states:
+        if not isinstance(planned.outcome, Change):
+            results[state.host.name] = runner._outcome_result(state, planned)
+            continue
+        want = op.desired(state.facts, planned.args)
+        classes.setdefault(want["id"], []).append((state, planned, want))
+
+    def do_class(items):
+        out = {}
+        first_state, first_planned, want = items[0]
+        args = first_planned.args
+        artifact = cache_dir() / "llamacpp" / f"llamacpp-{want['id']}.tar.gz"
+        start = time.monotonic()
+        built_on = None
+        if not artifact.exists():
+            src = stage_source(args["source"], args["ref"])
+            _remote_build(runner, first_state, src, args["prefix"], want, args["jobs"])
+            data = first_state.conn.get(f"{REMOTE_CACHE}/llamacpp-{want['id']}.tar.gz")
+            artifact.parent.mkdir(parents=True, exist_ok=True)
+            tmp = artifact.with_suffix(".tmp")
+            tmp.write_bytes(data)
+            tmp.rename(artifact)
+            built_on = first_state.host.name
+            out[built_on] = TaskResult(built_on, task, "changed",
+                                       f"built llama.cpp {want['id']} "
+                                       f"({' '.join(want['flags'])}) in "
+                                       f"{time.monotonic() - start:.0f}s")
+        data = artifact.read_bytes()
+        for state, planned, _ in items:
+            name = state.host.name
+            if name == built_on:
+                continue
+            try:
+                remote = f"{REMOTE_CACHE}/llamacpp-{want['id']}.tar.gz"
+                state.conn.run(["mkdir", "-p", REMOTE_CACHE, args["prefix"]])
+                state.conn.put(data, remote)
+                state.conn.run(f"cd {shlex.quote(args['prefix'])} && rm -rf bin && "
+                               f"tar -xzf {shlex.quote(remote)}")
+                src_host = f" from {built_on}" if built_on else " from the controller's cache"
+                out[name] = TaskResult(name, task, "changed",
+                                       f"installed llama.cpp build {want['id']}{src_host}")
+            except ClusterctlError as exc:
+                out[name] = TaskResult(name, task, "failed", _message(exc))
+        return out
+
+    for build, items in classes.items():
+        try:
+            results.update(do_class(items))
+        except ClusterctlError as exc:
+            for state, _p, _w in items:
+                results.setdefault(state.host.name,
+                                   TaskResult(state.host.name, task, "failed", _message(exc)))
+    for name, res in results.items():
+        if res.status == "failed":
+            runner.states[name].failed = res.message
+        elif res.status == "changed":
+            runner.states[name].changed_in_play = True
+    return results
+
+
+CLUSTER_EXECUTORS["llamacpp_build"] = execute_llamacpp
