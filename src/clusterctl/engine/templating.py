@@ -36,7 +36,8 @@ def make_environment(search_paths: list[Path] | None = None) -> jinja2.Environme
     env.filters["dirname"] = lambda v: posixpath.dirname(str(v))
     env.filters["basename"] = lambda v: posixpath.basename(str(v))
     env.filters["urlhost"] = lambda v: urlsplit(str(v)).hostname or ""
-    env.filters["comment"] = lambda v: "\n".join(("# " + ln).rstrip() for ln in str(v).splitlines())
+    env.filters["comment"] = lambda v: "".join(("# " + ln).rstrip() + "\n"
+                                               for ln in str(v).splitlines())
     return env
 
 
@@ -58,7 +59,10 @@ def render_string(text: str, variables: dict[str, Any], *, source: str = "<strin
     try:
         m = _SINGLE_EXPR.match(text)
         if m and "{{" not in m.group(1):
-            return env.compile_expression(m.group(1), undefined_to_none=False)(**variables)
+            value = env.compile_expression(m.group(1), undefined_to_none=False)(**variables)
+            if isinstance(value, jinja2.Undefined):
+                value._fail_with_undefined_error()
+            return value
         return env.from_string(text).render(**variables)
     except jinja2.UndefinedError as exc:
         raise InputError(f"undefined variable in {text!r}: {exc.message}", file=source,
@@ -128,7 +132,10 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
     if m:
         text = m.group(1)
     try:
-        return bool(_DEFAULT_ENV.compile_expression(text, undefined_to_none=False)(**variables))
+        value = _DEFAULT_ENV.compile_expression(text, undefined_to_none=False)(**variables)
+        if isinstance(value, jinja2.Undefined):
+            value._fail_with_undefined_error()
+        return bool(value)
     except jinja2.UndefinedError as exc:
         raise InputError(f"undefined variable in when: {expr!r}: {exc.message}", file=source,
                          line=line) from None
