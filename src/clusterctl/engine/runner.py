@@ -237,7 +237,7 @@ class Runner:
     def _task_requests(self, state: HostState, play: Play, role: Role, task: Task,
                        variables: dict) -> list[FactRequest]:
         try:
-            args = self._render_args(task, role, variables)
+            args = self._render_args(task, role, variables, content=False)
             op = OPS[_op_name(task)]
             return list(op.requests(op.validate(args)))
         except (InputError, ValueError, KeyError, TypeError):
@@ -292,7 +292,10 @@ class Runner:
                                 status="unreachable")
 
     # planning ------------------------------------------------------------
-    def _render_args(self, task: Task, role: Role, variables: dict) -> dict:
+    def _render_args(self, task: Task, role: Role, variables: dict, *,
+                     content: bool = True) -> dict:
+        """Task args rendered for this host. content=False leaves templates unrendered
+        (what facts a task needs never depends on a template's text)."""
         args = task.args
         if args is None:
             args = {}
@@ -309,7 +312,8 @@ class Runner:
                 raise InputError(f"{task.op}: `src` (a template) is required", file=task.file,
                                  line=task.line)
             args["content"] = render_file(self._find_template(role, str(src), task), variables,
-                                          include_paths=[project_root() / "templates"])
+                                          include_paths=[project_root() / "templates"]) \
+                if content else ""
             if task.op == "template":
                 args["path"] = args.pop("dest", args.get("path"))
         return args
@@ -336,7 +340,11 @@ class Runner:
         missing = set(op.requests(args)) - state.gathered
         if missing:  # a request that depended on facts: one more round trip, rare
             self._gather(state, state.gathered | missing)
-        return PlannedTask(task, op.plan(state.facts, args), args=args)
+        try:
+            outcome = op.plan(state.facts, args)
+        except ValueError as exc:  # ops.PlanError: the host's state cannot be planned
+            raise HostError(state.host.name, f"{task.where}: {task.op}: {exc}") from None
+        return PlannedTask(task, outcome, args=args)
 
     # execution -----------------------------------------------------------
     def _execute(self, state: HostState, change: Change) -> None:

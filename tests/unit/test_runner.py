@@ -1,0 +1,192 @@
+"""The runner with a local stand-in for SSH: planning, check mode, handlers, recap.
+
+`LocalConnection` runs commands with the local bash and writes files locally, so
+the whole plan/execute path runs without any host; paths live under tmp_path.
+"""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from clusterctl.engine import runner as runner_mod
+from clusterctl.engine.roles import load_playbook
+from clusterctl.engine.runner import RunOptions, run_playbook
+from clusterctl.errors import CommandFailed, InputError
+from clusterctl.inventory import load_inventory
+from clusterctl.remote import RunResult
+
+
+class LocalConnection:
+    calls: list = []
+
+    def __init__(self, host):
+        self.host, self.name = host, host.name
+
+    def run(self, cmd, *, check=True, env=None, stdin=None, timeout=None):
+        argv = cmd if isinstance(cmd, list) else ["bash", "-c", cmd]
+        is_facts = isinstance(cmd, list) and cmd[:2] == ["bash", "-c"] and \
+            "@@clusterctl-fact" in cmd[2]
+        LocalConnection.calls.append(("facts" if is_facts else "run", self.name, argv))
+        proc = subprocess.run(argv, capture_output=True, text=True, input=stdin)
+        res = RunResult(" ".join(argv), proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode:
+            raise CommandFailed(self.name, res.command, proc.returncode, proc.stderr)
+        return res
+
+    def put(self, data, path, *, mode=None, owner=None, group=None):
+        LocalConnection.calls.append(("put", self.name, path))
+        Path(path).write_bytes(data if isinstance(data, bytes) else data.encode())
+        if mode is not None:
+            Path(path).chmod(mode)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def local(monkeypatch):
+    LocalConnection.calls = []
+
+    def fake_connect_all(hosts, **kw):
+        return {h.name: LocalConnection(h) for h in hosts}, {}
+    monkeypatch.setattr(runner_mod, "connect_all", fake_connect_all)
+    return LocalConnection
+
+
+@pytest.fixture
+def project(tmp_path):
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text(
+        "all:\n"
+        "  vars: {cluster: {network: lo}}\n"
+        "  hosts:\n"
+        "    alpha: {ansible_host: 127.0.0.1, role: head}\n"
+        "    beta: {ansible_host: 127.0.0.1}\n")
+    role = tmp_path / "roles" / "r"
+    (role / "templates").mkdir(parents=True)
+    (role / "templates" / "conf.j2").write_text("name={{ inventory_hostname }}\n"
+                                                "head={{ head.name }}\n")
+    (role / "defaults.yaml").write_text(f"base: {tmp_path}/out\n")
+    (role / "tasks.yaml").write_text(
+        "- name: folder\n"
+        "  directory: {path: '{{ base }}/{{ inventory_hostname }}'}\n"
+        "- name: conf\n"
+        "  template: {src: conf.j2, dest: '{{ base }}/{{ inventory_hostname }}/conf'}\n"
+        "  notify: touched\n"
+        "- name: only on beta\n"
+        "  command: {argv: ['touch', '{{ base }}/beta-only'], creates: '{{ base }}/beta-only'}\n"
+        "  when: inventory_hostname == 'beta'\n")
+    (role / "handlers.yaml").write_text(
+        "- name: touched\n"
+        "  command: {argv: ['touch', '{{ base }}/{{ inventory_hostname }}/handled']}\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "pb.yaml").write_text("- {name: p, hosts: all, roles: [r]}\n")
+    return tmp_path
+
+
+def run(project, **opts):
+    inv = load_inventory(project / "inventory.yaml")
+    plays = load_playbook(project / "pb.yaml", [project / "roles"])
+    return run_playbook(inv, plays, RunOptions(**opts))
+
+
+def test_check_mode_writes_nothing(project, local):
+    report = run(project, check=True)
+    assert report.check
+    assert not report.failed_hosts
+    # two tasks (three on beta) and the notified handler, all as "would ..."
+    assert report.recap["alpha"].changed == 3 and report.recap["beta"].changed == 4
+    assert report.recap["alpha"].skipped == 1
+    assert {kind for kind, _h, _a in local.calls} == {"facts"}
+    assert list((project / "out").iterdir()) == []
+    assert all(r.message.startswith("would ") for r in report.results if r.status == "changed")
+
+
+def test_one_fact_round_trip_per_host(project, local):
+    run(project)
+    facts_calls = [c for c in local.calls if c[0] == "facts"]
+    assert sorted(h for _k, h, _a in facts_calls) == ["alpha", "beta"]
+
+
+def test_converge_handlers_and_idempotence(project, local):
+    first = run(project)
+    assert not first.failed_hosts
+    out = project / "out"
+    assert (out / "alpha" / "conf").read_text() == "name=alpha\nhead=alpha\n"
+    assert (out / "beta" / "handled").exists() and (out / "beta-only").exists()
+    handlers = [r for r in first.results if r.handler]
+    assert sorted(r.host for r in handlers) == ["alpha", "beta"]
+    second = run(project)
+    assert second.changed == 0
+    assert {r.status for r in second.results} <= {"ok", "skipped"}
+
+
+def test_diff_of_changed_template(project, local):
+    run(project)
+    (project / "out" / "alpha" / "conf").write_text("name=old\nhead=alpha\n")
+    report = run(project, diff=True)
+    conf = [r for r in report.results if r.host == "alpha" and r.title == "r : conf"][0]
+    assert conf.status == "changed"
+    assert "-name=old" in conf.diff and "+name=alpha" in conf.diff
+
+
+def test_failed_command_isolated_with_stderr(project, local):
+    role = project / "roles" / "r"
+    (role / "tasks.yaml").write_text(
+        "- name: boom\n"
+        "  command: {argv: ['sh', '-c', 'echo kaput >&2; exit 3']}\n"
+        "  when: inventory_hostname == 'alpha'\n"
+        "- name: next\n"
+        "  command: {argv: ['true']}\n")
+    (role / "handlers.yaml").write_text("")
+    report = run(project)
+    assert report.failed_hosts == ["alpha"]
+    assert "exit 3" in report.recap["alpha"].error and "kaput" in report.recap["alpha"].error
+    assert report.recap["beta"].changed == 1
+    assert report.recap["alpha"].changed == 0  # stopped after its failure
+
+
+def test_fail_fast_stops_everyone(project, local):
+    role = project / "roles" / "r"
+    (role / "tasks.yaml").write_text(
+        "- name: boom\n"
+        "  command: {argv: ['false']}\n"
+        "  when: inventory_hostname == 'alpha'\n"
+        "- name: next\n"
+        "  command: {argv: ['true']}\n")
+    (role / "handlers.yaml").write_text("")
+    report = run(project, keep_going=False)
+    assert report.recap["beta"].changed == 0
+
+
+def test_undefined_variable_in_task_names_file_and_line(project, local):
+    role = project / "roles" / "r"
+    (role / "tasks.yaml").write_text("- name: a\n  command: {argv: ['true']}\n"
+                                     "- name: b\n  directory: {path: '{{ nope }}'}\n")
+    report = run(project)
+    assert set(report.failed_hosts) == {"alpha", "beta"}
+    assert f"{role / 'tasks.yaml'}:3" in report.recap["alpha"].error
+    assert "nope" in report.recap["alpha"].error
+
+
+def test_unknown_op_is_input_error_with_suggestion(project):
+    (project / "roles" / "r" / "tasks.yaml").write_text("- name: a\n  directroy: {path: /x}\n")
+    with pytest.raises(InputError) as err:
+        load_playbook(project / "pb.yaml", [project / "roles"])
+    assert "directroy" in str(err.value) and "did you mean 'directory'" in str(err.value)
+    assert ":2:" in str(err.value)
+
+
+def test_missing_role_is_input_error(project):
+    (project / "pb.yaml").write_text("- {hosts: all, roles: [rr]}\n")
+    with pytest.raises(InputError) as err:
+        load_playbook(project / "pb.yaml", [project / "roles"])
+    assert "role 'rr' not found" in str(err.value) and "did you mean 'r'" in str(err.value)
+
+
+def test_notify_unknown_handler_is_input_error(project):
+    (project / "roles" / "r" / "tasks.yaml").write_text(
+        "- name: a\n  command: {argv: ['true']}\n  notify: nobody\n")
+    with pytest.raises(InputError) as err:
+        load_playbook(project / "pb.yaml", [project / "roles"])
+    assert "no handler named 'nobody'" in str(err.value)
