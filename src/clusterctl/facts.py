@@ -42,7 +42,7 @@ END_MARKER = "@@clusterctl-facts-end"
 CONTENT_LIMIT = 256 * 1024  # bytes of file content transferred with a `file` fact
 
 BASE_KINDS = ("os", "kernel", "arch", "interfaces", "routes", "packages", "gpus",
-              "infiniband", "python", "net_manager", "nvcc", "cpus", "memory")
+              "infiniband", "python", "net_manager", "networkd_files", "nvcc", "cpus", "memory")
 PARAM_KINDS = ("file", "dir", "path", "pip", "unit", "sysctl", "check", "link")
 KINDS = BASE_KINDS + PARAM_KINDS
 NET_MANAGERS = ("networkd", "netplan", "ifupdown", "none")
@@ -129,7 +129,7 @@ done"""
 _S_NET_MANAGER = """\
 f=(/etc/netplan/*.yaml /etc/netplan/*.yml); echo "netplan_files ${#f[@]}"
 f=(/etc/systemd/network/*.network /run/systemd/network/*.network); echo "networkd_files ${#f[@]}"
-[ -d /run/systemd/netif/links ] && echo "networkd_running"
+[ -f /run/systemd/netif/state ] && echo "networkd_running"
 n=0
 for f in /etc/network/interfaces /etc/network/interfaces.d/*; do
   [ -f "$f" ] || continue
@@ -137,6 +137,17 @@ for f in /etc/network/interfaces /etc/network/interfaces.d/*; do
 done
 echo "ifupdown_ifaces $n"
 command -v ifup >/dev/null && echo "ifup"
+exit 0"""
+
+_S_NETWORKD_FILES = """\
+[ -f /run/systemd/netif/state ] || exit 0
+for d in /sys/class/net/*; do
+  i=; read -r i < "$d/ifindex" || continue
+  [ -f "/run/systemd/netif/links/$i" ] || continue
+  while IFS= read -r l; do
+    case "$l" in NETWORK_FILE=?*) printf '%s\\t%s\\n' "${d##*/}" "${l#NETWORK_FILE=}";; esac
+  done < "/run/systemd/netif/links/$i"
+done
 exit 0"""
 
 _S_MEMORY = """\
@@ -154,6 +165,7 @@ _BASE_SNIPPETS = {
     "infiniband": _S_INFINIBAND,
     "python": "python3 --version 2>&1",
     "net_manager": _S_NET_MANAGER,
+    "networkd_files": _S_NETWORKD_FILES,
     "nvcc": "command -v nvcc >/dev/null || exit 0\nnvcc --version",
     "cpus": "nproc",
     "memory": _S_MEMORY,
@@ -467,6 +479,16 @@ def _p_net_manager(body: str, rc: int, arg: str) -> str:
     return "none"
 
 
+def _p_networkd_files(body: str, rc: int, arg: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ln in _lines(body):
+        name, sep, path = ln.partition("\t")
+        if not sep or not path.startswith("/"):
+            raise ValueError(f"networkd_files: unexpected line {ln!r}")
+        out[name] = path
+    return out
+
+
 def _p_nvcc(body: str, rc: int, arg: str) -> str | None:
     if rc != 0:
         return None
@@ -656,7 +678,7 @@ def _p_units(body: str, rc: int, args: list[str]) -> list[dict]:
 _PARSERS: dict[str, Callable[[str, int, str], Any]] = {
     "os": _p_os, "kernel": _p_text, "arch": _p_text, "interfaces": _p_interfaces,
     "routes": _p_routes, "packages": _p_packages, "gpus": _p_gpus,
-    "infiniband": _p_infiniband, "python": _p_python, "net_manager": _p_net_manager,
+    "infiniband": _p_infiniband, "python": _p_python, "net_manager": _p_net_manager, "networkd_files": _p_networkd_files,
     "nvcc": _p_nvcc, "cpus": _p_cpus, "memory": _p_memory,
     "file": _p_file, "dir": _p_dir, "path": _p_path, "pip": _p_pip,
     "sysctl": _p_sysctl, "check": _p_check, "link": _p_link,
@@ -690,6 +712,8 @@ def parse_output(stdout: str, requests: Iterable[FactRequest]) -> Facts:
         if not re.match(r"^\d+(,\d+)*$", idx_text) or not re.match(r"^-?\d+$", rc_text):
             raise ValueError(f"malformed fact marker line {h.group(0)!r}")
         indices, rc = [int(i) for i in idx_text.split(",")], int(rc_text)
+        if len(indices) != 1 and kind != "unit":
+            raise ValueError(f"malformed fact marker line {h.group(0)!r}: only unit facts can share a section")
         # the body starts after the header's newline and ends before the "\n" of the next marker
         body = text[h.end() + 1:max(h.end() + 1, stop - 1)]
         for i in indices:
@@ -705,8 +729,6 @@ def parse_output(stdout: str, requests: Iterable[FactRequest]) -> Facts:
                 parsed = _p_units(body, rc, [uniq[i].arg for i in indices])
             else:
                 parsed = [_PARSERS[kind](body, rc, uniq[indices[0]].arg)]
-                if len(indices) != 1:
-                    raise ValueError("only unit facts can share a section")
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"fact {', '.join(str(uniq[i]) for i in indices)}: {exc}") from None
         for i, value in zip(indices, parsed):
@@ -774,7 +796,10 @@ class Facts:
     gpus = property(lambda self: self._base("gpus"))
     infiniband = property(lambda self: self._base("infiniband"))
     python = property(lambda self: self._base("python"))
-    net_manager = property(lambda self: self._base("net_manager"))
+    net_manager = property(lambda self: self._base("net_manager"),
+                           doc='"netplan" | "networkd" | "ifupdown" | "none"')
+    networkd_files = property(lambda self: self._base("networkd_files"),
+                              doc="interface -> the .network file systemd-networkd applied to it")
     nvcc = property(lambda self: self._base("nvcc"))
     cpus = property(lambda self: self._base("cpus"))
     memory_mib = property(lambda self: self._base("memory"))
