@@ -1,0 +1,72 @@
+"""`clusterctl netcheck`: parse options, run the checks, render the result."""
+from __future__ import annotations
+
+import sys
+
+import click
+from rich.console import Console
+
+from ..errors import EXIT_BAD_INPUT, ClusterctlError
+
+
+@click.command(name="netcheck")
+@click.option("-i", "--inventory", "inventory_opt", metavar="FILE",
+              help="Inventory file (default ./inventory.yaml, then $CLUSTERCTL_INVENTORY).")
+@click.option("-l", "--limit", multiple=True, metavar="PATTERN",
+              help="Only hosts matching PATTERN (host, group, glob, !exclude); repeatable.")
+@click.option("--json", "as_json", is_flag=True,
+              help='One JSON object on stdout: {"nodes", "links", "findings"}.')
+@click.option("--report", "report_path", metavar="FILE.svg|FILE.html",
+              help="Also write the heatmap and findings as a picture to share.")
+@click.option("--duration", type=click.FloatRange(1, 120), default=3.0, show_default=True,
+              metavar="SECONDS", help="Seconds per iperf3 run.")
+@click.option("--parallel/--serial", "parallel", default=True, show_default=True,
+              help="Bandwidth in rounds of disjoint pairs (N-1 rounds), or one pair at a time.")
+@click.option("--no-bandwidth", is_flag=True, help="Skip iperf3 (RTT, MTU, ports, versions only).")
+@click.option("--accept-new-host-keys", is_flag=True,
+              help="Trust SSH host keys seen for the first time and record them.")
+@click.option("-v", "--verbose", count=True, help="Show progress; -vv: tracebacks of bugs.")
+def netcheck_command(inventory_opt, limit, as_json, report_path, duration, parallel,
+                     no_bandwidth, accept_new_host_keys, verbose):
+    """Prove the network is fit for distributed inference: bandwidth matrix (iperf3),
+    jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
+    skew, InfiniBand. Exit 1 when any finding is an error."""
+    from ..inventory import load_inventory, resolve_inventory_path
+    from .report import render, to_json, write_report
+    from .run import NetcheckOptions, run_netcheck
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        if report_path and not report_path.lower().endswith((".svg", ".html", ".htm")):
+            raise click.BadParameter("give a file ending in .svg or .html",
+                                     param_hint="--report")
+        inv = load_inventory(resolve_inventory_path(inventory_opt))
+        for warning in inv.warnings:
+            err.print(f"[yellow]warning:[/yellow] {warning}")
+        hosts = inv.select(list(limit)) if limit else list(inv.hosts.values())
+        options = NetcheckOptions(
+            duration=duration, schedule="tournament" if parallel else "serial",
+            bandwidth=not no_bandwidth, accept_new_host_keys=accept_new_host_keys,
+            progress=(lambda m: err.print(f"[dim]{m}[/dim]")) if verbose or not as_json
+            else None)
+        result = run_netcheck(inv, hosts, options)
+    except click.BadParameter:
+        raise
+    except ClusterctlError as exc:
+        click.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.secho("interrupted", fg="red", err=True)
+        sys.exit(130)
+    if as_json:
+        click.echo(to_json(result))
+    else:
+        render(result, Console(highlight=False))
+    if report_path:
+        try:
+            path = write_report(result, report_path)
+        except OSError as exc:
+            click.secho(f"error: cannot write {report_path}: {exc}", fg="red", err=True)
+            sys.exit(EXIT_BAD_INPUT)
+        err.print(f"report written to {path}")
+    sys.exit(result.exit_code)

@@ -1,0 +1,381 @@
+"""Orchestration: connect, gather, probe, measure, conclude.
+
+    run_netcheck(inventory, hosts, options) -> NetcheckResult
+
+Steps, each in parallel over the nodes (threads, one command per node at a time):
+ 1. connect to every node; an unreachable node becomes a finding, the rest go on
+ 2. facts: one batched script per node (facts module + netcheck's extra snippet)
+ 3. from every node to every peer: route, RTT, don't-fragment ping at MTU-28
+ 4. ports: temporary listeners where nothing listens yet, connects from the peers
+ 5. bandwidth: iperf3 servers on every node, then the tournament's rounds of
+    disjoint pairs (each pair both directions), then the servers are killed by PID
+Everything netcheck starts on a node is also bounded by `timeout`.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+from ..errors import ClusterctlError, UnreachableError
+from ..facts import parse_output
+from ..remote import Connection, close_all, connect_all
+from . import probe
+from .findings import analyze
+from .model import WARNING, Finding, Link, NetcheckResult, NodeInfo, PortCheck, Settings
+from .schedule import phases, serial, tournament
+
+GCS, WORKER_RANGE, RPC, VLLM_API = ("Ray GCS", "Ray worker port range", "llama.cpp RPC",
+                                    "vLLM API")
+
+
+@dataclass
+class NetcheckOptions:
+    duration: float = 3.0               # seconds per iperf3 run
+    schedule: str = "tournament"        # "tournament" (rounds of disjoint pairs) | "serial"
+    bandwidth: bool = True
+    bidir: bool | None = None           # None: --bidir when every node's iperf3 has it
+    streams: int = 1                    # iperf3 -P
+    port_timeout: float = 2.0
+    connect_timeout: float = 10.0
+    accept_new_host_keys: bool = False
+    forks: int = 64
+    progress: Callable[[str], None] | None = None
+
+
+@dataclass
+class _Run:
+    options: NetcheckOptions
+    settings: Settings
+    nodes: dict[str, NodeInfo]
+    conns: dict[str, Connection]
+    problems: list[Finding] = field(default_factory=list)
+    extras: dict[str, probe.Extra] = field(default_factory=dict)
+
+    def say(self, msg: str) -> None:
+        if self.options.progress:
+            self.options.progress(msg)
+
+    def up(self) -> list[str]:
+        return [n for n, info in self.nodes.items() if info.reachable and n in self.conns]
+
+    def lost(self, name: str, exc: Exception) -> None:
+        """Record a failure on one node; the run goes on without it where needed."""
+        info = self.nodes[name]
+        if isinstance(exc, UnreachableError):
+            info.reachable = False
+            info.error = str(exc).split(": ", 1)[-1]
+            self.conns.pop(name, None)
+            return
+        text = str(exc) if isinstance(exc, ClusterctlError) else f"{type(exc).__name__}: {exc}"
+        self.problems.append(Finding(
+            "probe-failed", WARNING, [name], f"netcheck could not finish a check on {name}: "
+            f"{text}", f"run the command shown by hand on {name}; re-run with fewer "
+            f"nodes (--limit) to narrow it down"))
+
+    def parallel(self, fn: Callable[[str], Any], names: Iterable[str]) -> dict[str, Any]:
+        """fn(name) for each node in threads; exceptions recorded with lost(), not raised."""
+        names = list(names)
+        out: dict[str, Any] = {}
+        if not names:
+            return out
+        with ThreadPoolExecutor(max_workers=max(1, min(self.options.forks, len(names)))) as ex:
+            futs = {n: ex.submit(fn, n) for n in names}
+            for n, fut in futs.items():
+                try:
+                    out[n] = fut.result()
+                except Exception as exc:  # noqa: BLE001 - isolated per node
+                    self.lost(n, exc)
+        return out
+
+
+def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = None
+                 ) -> NetcheckResult:
+    options = options or NetcheckOptions()
+    t0 = time.monotonic()
+    timings: dict[str, float] = {}
+    hosts = list(hosts)
+    head = getattr(inventory, "head", None)
+    settings = Settings.from_vars((head or hosts[0]).vars if (head or hosts) else {})
+    nodes = {h.name: NodeInfo(name=h.name, address=h.address, is_head=bool(h.is_head))
+             for h in hosts}
+    run = _Run(options, settings, nodes, {})
+
+    run.say(f"connecting to {len(hosts)} nodes")
+    conns, errors = connect_all(hosts, accept_new_host_keys=options.accept_new_host_keys,
+                                connect_timeout=options.connect_timeout, forks=options.forks)
+    run.conns = conns
+    for name, exc in errors.items():
+        nodes[name].reachable = False
+        nodes[name].error = str(exc).split(": ", 1)[-1] if isinstance(exc, ClusterctlError) \
+            else str(exc)
+    timings["connect"] = time.monotonic() - t0
+    links: dict[tuple[str, str], Link] = {}
+    ports: list[PortCheck] = []
+    rounds = 0
+    try:
+        t = time.monotonic()
+        _gather(run, {h.name: h for h in hosts})
+        timings["facts"] = time.monotonic() - t
+        t = time.monotonic()
+        _pings(run, links)
+        timings["ping"] = time.monotonic() - t
+        t = time.monotonic()
+        ports = _ports(run, head)
+        timings["ports"] = time.monotonic() - t
+        if options.bandwidth:
+            t = time.monotonic()
+            rounds = _bandwidth(run, links)
+            timings["bandwidth"] = time.monotonic() - t
+    finally:
+        close_all(run.conns)
+    node_list = [nodes[h.name] for h in hosts]
+    link_list = [links[k] for k in sorted(links, key=lambda k: (_idx(hosts, k[0]),
+                                                                _idx(hosts, k[1])))]
+    findings = analyze(node_list, link_list, ports, settings) + run.problems
+    timings["total"] = time.monotonic() - t0
+    return NetcheckResult(nodes=node_list, links=link_list, ports=ports, findings=findings,
+                          settings=settings, schedule=options.schedule, rounds=rounds,
+                          timings=timings)
+
+
+def _idx(hosts, name):
+    return next((i for i, h in enumerate(hosts) if h.name == name), len(hosts))
+
+
+# -- 2. facts ---------------------------------------------------------------------
+def _gather(run: _Run, hosts: dict) -> None:
+    run.say("gathering facts")
+    script, reqs = probe.gather_script(run.settings)
+
+    def one(name: str) -> None:
+        res = run.conns[name].run(script, timeout=60, check=False)
+        facts_text, extra_text = probe.split_gather_output(res.stdout)
+        facts = parse_output(facts_text, reqs)
+        extra = probe.parse_extra(extra_text)
+        run.extras[name] = extra
+        info = probe.node_info(hosts[name], facts, extra, run.settings)
+        info.is_head = run.nodes[name].is_head
+        run.nodes[name] = info
+
+    run.parallel(one, run.up())
+
+
+# -- 3. pings -------------------------------------------------------------------------
+def _pings(run: _Run, links: dict[tuple[str, str], Link]) -> None:
+    up = [n for n in run.up() if run.nodes[n].cluster_ip]
+    if len(up) < 2:
+        return
+    run.say("routes, RTT and jumbo-frame path between every pair")
+    ip_of = {n: run.nodes[n].cluster_ip for n in up}
+
+    def one(name: str) -> None:
+        mtu = run.nodes[name].mtu or 1500
+        size = max(mtu - 28, 0)
+        peers = [(p, ip_of[p], size) for p in up if p != name]
+        res = run.conns[name].run(probe.ping_script(peers), timeout=60, check=False)
+        got = probe.parse_ping_output(res.stdout)
+        for peer, _, _ in peers:
+            pp = got.get(peer)
+            ln = links.setdefault((name, peer), Link(name, peer))
+            ln.jumbo_size = size
+            if pp is None:
+                continue
+            ln.ping_ok, ln.rtt_ms, ln.jumbo_ok = pp.ping_ok, pp.rtt_ms, pp.jumbo_ok
+            if pp.route_dev:
+                run.nodes[name].route_interfaces[ip_of[peer]] = pp.route_dev
+            if pp.route_src:
+                run.nodes[name].route_sources[ip_of[peer]] = pp.route_src
+
+    run.parallel(one, up)
+
+
+# -- 4. ports -------------------------------------------------------------------------
+def _ports(run: _Run, head) -> list[PortCheck]:
+    s = run.settings
+    if head is None or head.name not in run.nodes:
+        return []
+    h = head.name
+    up = [n for n in run.up() if run.nodes[n].cluster_ip]
+    if h not in up:
+        return []
+    workers = [n for n in up if n != h]
+    if not workers:
+        return []
+    run.say("ports from the workers to the head (and head to the RPC workers)")
+    # what listens where: (node -> [(port, purpose)])
+    wanted: dict[str, list[tuple[int, str]]] = {h: []}
+    if s.ray_port:
+        wanted[h].append((int(s.ray_port), GCS))
+    if s.ray_worker_ports:
+        wanted[h] += [(p, WORKER_RANGE) for p in probe.sample_ports(*s.ray_worker_ports)]
+    if s.vllm_port:
+        wanted[h].append((int(s.vllm_port), VLLM_API))
+    if s.rpc_port:
+        for w in workers:
+            wanted[w] = [(int(s.rpc_port), RPC)]
+    wanted = {n: v for n, v in wanted.items() if v and "python3" in run.extras[n].tools}
+    lifetime = 30 + 2 * run.options.port_timeout
+    token = uuid.uuid4().hex[:10]
+    listeners: dict[str, probe.ListenerStart] = {}
+
+    def start(name: str) -> None:
+        ports_ = sorted({p for p, _ in wanted[name]})
+        cmd = probe.listener_cmd(run.nodes[name].cluster_ip, ports_, lifetime, token)
+        res = run.conns[name].run(cmd, timeout=30, check=False)
+        listeners[name] = probe.parse_listener_start(res.stdout)
+
+    checks: list[PortCheck] = []
+    try:
+        run.parallel(start, list(wanted))
+        # who connects to what
+        plan: dict[str, list[tuple[str, int, str]]] = {}
+        for dst, items in wanted.items():
+            ls = listeners.get(dst)
+            if ls is None:
+                continue
+            testable = set(ls.bound) | set(ls.busy)
+            srcs = workers if dst == h else [h]
+            for src in srcs:
+                if src not in run.conns or "python3" not in run.extras[src].tools:
+                    continue
+                for port, purpose in items:
+                    if port in testable:
+                        plan.setdefault(src, []).append((dst, port, purpose))
+        results: dict[str, dict] = {}
+
+        def connect(src: str) -> None:
+            targets = [(run.nodes[d].cluster_ip, p) for d, p, _ in plan[src]]
+            res = run.conns[src].run(probe.connector_cmd(targets, run.options.port_timeout),
+                                     timeout=run.options.port_timeout + 30, check=False)
+            results[src] = probe.parse_connector(res.stdout)
+
+        run.parallel(connect, list(plan))
+        for src, items in plan.items():
+            got = results.get(src)
+            if got is None:
+                continue
+            for dst, port, purpose in items:
+                state = got.get((run.nodes[dst].cluster_ip, port))
+                if state is None:
+                    continue
+                kind = ("open" if state == "open" else "blocked" if state == "timeout"
+                        else "refused")
+                checks.append(PortCheck(src, dst, port, purpose, kind,
+                                        "" if kind == "open" else state))
+    finally:
+        def stop(name: str) -> None:
+            ls = listeners.get(name)
+            if ls and ls.pid:
+                run.conns[name].run(probe.stop_cmd(ls.pid, "clusterctl-netcheck"),
+                                    timeout=30, check=False)
+        run.parallel(stop, [n for n in listeners if n in run.conns])
+    return _collapse_ranges(checks)
+
+
+def _collapse_ranges(checks: list[PortCheck]) -> list[PortCheck]:
+    """Keep one check per (src, dst, purpose) for a port range: the worst one."""
+    out: list[PortCheck] = []
+    worst: dict[tuple[str, str], PortCheck] = {}
+    rank = {"blocked": 0, "refused": 1, "open": 2}
+    for pc in checks:
+        if pc.purpose != WORKER_RANGE:
+            out.append(pc)
+            continue
+        key = (pc.src, pc.dst)
+        cur = worst.get(key)
+        if cur is None or rank.get(pc.state, 3) < rank.get(cur.state, 3):
+            worst[key] = pc
+    return out + list(worst.values())
+
+
+# -- 5. bandwidth ---------------------------------------------------------------------
+def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
+    o, s = run.options, run.settings
+    up = [n for n in run.up() if run.nodes[n].cluster_ip and run.nodes[n].iperf3
+          and any(links.get((n, p)) and links[(n, p)].ping_ok for p in run.up())]
+    if len(up) < 2:
+        return 0
+    bidir = o.bidir
+    if bidir is None:
+        bidir = all(probe.iperf_supports_bidir(run.extras[n].iperf3_version or "") for n in up)
+    rounds = tournament(up) if o.schedule == "tournament" else serial(up)
+    plan = phases(rounds, bidir=bidir)
+    lifetime = len(plan) * (o.duration + 15) + 60
+    run.say(f"bandwidth: {len(plan)} {o.schedule} phases of {o.duration:g}s "
+            f"({'bidirectional' if bidir else 'one direction at a time'})")
+    servers: dict[str, int] = {}
+
+    def start(name: str) -> None:
+        res = run.conns[name].run(probe.iperf_server_cmd(run.nodes[name].cluster_ip,
+                                                         s.iperf_port, lifetime),
+                                  timeout=30, check=False)
+        pid = probe.parse_pid(res.stdout)
+        if res.exit_code != 0 or pid is None:
+            msg = (res.stdout + res.stderr).strip().splitlines()
+            raise _ServerFailed(msg[-1] if msg else f"exit {res.exit_code}")
+        servers[name] = pid
+
+    def measure(pair: tuple[str, str]) -> None:
+        client, server = pair
+        if server not in servers and client in servers:
+            client, server = server, client          # use whichever side has a server
+        fwd_link = links.setdefault((client, server), Link(client, server))
+        rev_link = links.setdefault((server, client), Link(server, client))
+        if server not in servers:
+            fwd_link.error = rev_link.error = "no iperf3 server on either node"
+            return
+        conn = run.conns.get(client)
+        if conn is None:
+            fwd_link.error = rev_link.error = f"{client} unreachable"
+            return
+        cmd = probe.iperf_client_cmd(run.nodes[client].cluster_ip,
+                                     run.nodes[server].cluster_ip, s.iperf_port, o.duration,
+                                     bidir=bidir, streams=o.streams)
+        res = conn.run(cmd, timeout=o.duration + 30, check=False)
+        fwd, rev, err = probe.parse_iperf_json(res.stdout, bidir=bidir)
+        fwd_link.gbps = fwd
+        if fwd is None:
+            fwd_link.error = err
+        if bidir:
+            rev_link.gbps = rev
+            if rev is None:
+                rev_link.error = err
+
+    server_errors: dict[str, str] = {}
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(o.forks, len(up)))) as ex:
+            futs = {n: ex.submit(start, n) for n in up}
+            for n, fut in futs.items():
+                try:
+                    fut.result()
+                except _ServerFailed as exc:
+                    server_errors[n] = str(exc)
+                except Exception as exc:  # noqa: BLE001
+                    run.lost(n, exc)
+        for n, msg in server_errors.items():
+            run.problems.append(Finding(
+                "iperf3-server-failed", WARNING, [n], f"iperf3 server on {n} did not start: "
+                f"{msg}", f"free port {s.iperf_port} on {n} or set netcheck.iperf_port in the "
+                f"inventory"))
+        for i, ph in enumerate(plan, 1):
+            run.say(f"  phase {i}/{len(plan)}: " + ", ".join(f"{a}->{b}" for a, b in ph))
+            with ThreadPoolExecutor(max_workers=max(1, len(ph))) as ex:
+                futs = {pair: ex.submit(measure, pair) for pair in ph}
+                for pair, fut in futs.items():
+                    try:
+                        fut.result()
+                    except Exception as exc:  # noqa: BLE001
+                        run.lost(pair[0], exc)
+    finally:
+        def stop(name: str) -> None:
+            run.conns[name].run(probe.stop_cmd(servers[name], "iperf3"), timeout=30,
+                                check=False)
+        run.parallel(stop, [n for n in servers if n in run.conns])
+    return len(rounds)
+
+
+class _ServerFailed(Exception):
+    pass
