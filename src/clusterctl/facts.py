@@ -230,7 +230,8 @@ _cat "$f\""""
 
 
 def _snippet_check(arg: str) -> str:
-    return f"eval {_q(arg)} >/dev/null 2>&1"
+    # the user's command runs with bash defaults (our nullglob would change what globs mean)
+    return f"shopt -u nullglob\neval {_q(arg)} >/dev/null 2>&1"
 
 
 def _snippet_link(arg: str) -> str:

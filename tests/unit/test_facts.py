@@ -245,7 +245,7 @@ def test_gpu_node_units_batched(gpu):
                     "active_state": "active", "sub_state": "running", "unit_file_state": "enabled",
                     "fragment_path": "/etc/systemd/system/ray-head.service"}
     assert gpu.get(F("unit", "ray-worker.service"))["active_state"] == "failed"
-    opensm = gpu.get(F("unit", "opensm"))
+    opensm = gpu.get(F("unit", "opensm.service"))
     assert opensm["id"] == "opensm.service" and opensm["load_state"] == "not-found"
     assert opensm["fragment_path"] is None and opensm["unit_file_state"] is None
     assert gpu.get(F("unit", "nvidia-fabricmanager.service"))["unit_file_state"] == "masked"
@@ -528,6 +528,7 @@ def test_param_script_round_trip(tmp_path):
     reqs = [F("file", str(text)), F("file", str(empty)), F("file", str(big)),
             F("dir", str(tmp_path)), F("path", str(venv / "bin/python")), F("pip", str(venv)),
             F("sysctl", "kernel.ostype"), F("check", "true"), F("check", "exit 7"),
+            F("check", "ls /nonexistent-clusterctl/*.conf"),
             F("link", "lo"), F("unit", "ssh.service")]
     res = run_bash(build_script(reqs))
     assert res.returncode == 0, res.stderr
@@ -546,6 +547,8 @@ def test_param_script_round_trip(tmp_path):
         "packages": {"legacy-pkg": "0.1", "ray": "2.60.0", "zope-interface": "6.0"}}
     assert facts.get(F("sysctl", "kernel.ostype")) == "Linux"
     assert facts.get(F("check", "true")) == 0 and facts.get(F("check", "exit 7")) == 7
+    # an unmatched glob stays literal in checks (bash defaults, not the script's nullglob)
+    assert facts.get(F("check", "ls /nonexistent-clusterctl/*.conf")) == 2
     assert facts.get(F("link", "lo"))["mtu"] == 65536
     assert "available" in facts.get(F("unit", "ssh.service"))
 
