@@ -308,3 +308,35 @@ def test_culprits():
     assert culprits([("a", "b")], good=[("a", "c"), ("a", "d")]) == ["b"]
     assert culprits([]) == []
     assert sorted(culprits([("a", "b"), ("c", "d")])) == ["a", "b", "c", "d"]
+
+
+def test_down_node_is_one_finding():
+    nodes, links, ports = healthy()
+    n2 = node(nodes, "n2")
+    n2.reachable, n2.error = False, "timed out connecting to 198.18.0.12:22 after 10s"
+    links = [ln for ln in links if ln.src != "n2"]
+    for ln in links:
+        if ln.dst == "n2":
+            ln.ping_ok, ln.jumbo_ok, ln.rtt_ms, ln.gbps = False, False, None, None
+    f = analyze(nodes, links, [p for p in ports if "n2" not in (p.src, p.dst)], SETTINGS)
+    (u,) = by_code(f, "unreachable")
+    assert u.hosts == ["n2"] and "no ping" in u.message
+    assert [x.hosts for x in errors(f)] == [["n2"]]
+
+
+def test_ssh_stalls_behind_a_1500_port():
+    """port MTU 1500 under a 9000 node: the controller's SSH stalls too."""
+    nodes, links, ports = healthy()
+    n3 = node(nodes, "n3")
+    n3.reachable, n3.error = False, "SSH connects but commands stall (no answer within 30s)"
+    n3.mtu = n3.cluster_ip = n3.interface = None
+    links = [ln for ln in links if ln.src != "n3"]
+    for ln in links:
+        if ln.dst == "n3":
+            ln.jumbo_ok, ln.gbps = False, None
+    f = analyze(nodes, links, [p for p in ports if "n3" not in (p.src, p.dst)], SETTINGS)
+    (b,) = by_code(f, "mtu-blackhole")
+    assert b.hosts == ["n3"]
+    (u,) = by_code(f, "unreachable")
+    assert u.hosts == ["n3"] and "see mtu-blackhole" in u.message
+    assert {h for x in errors(f) for h in x.hosts} == {"n3"}

@@ -61,7 +61,7 @@ def test_terminal_render():
     con = Console(record=True, width=160, color_system="truecolor")
     render(result_with_faults(), con)
     text = con.export_text()
-    assert "Bandwidth Gbit/s" in text and "0.09" in text and "9.40" in text
+    assert "Gbit/s, row" in text and "0.09" in text and "9.40" in text
     assert "NOT FIT" in text and "mtu-blackhole" in text
     styled = con.export_html(inline_styles=True)
     assert "#" in styled                        # coloured cells

@@ -103,15 +103,33 @@ def analyze(nodes: Sequence[NodeInfo], links: Sequence[Link], ports: Sequence[Po
 # -- reachability -----------------------------------------------------------------
 def _unreachable(nodes, links, order) -> list[Finding]:
     out = []
+    down = {n.name for n in nodes if not n.reachable}
     for n in nodes:
-        if not n.reachable:
-            out.append(Finding(
-                "unreachable", ERROR, [n.name],
-                f"{n.name} ({n.address}) cannot be reached over SSH: {n.error or 'no answer'}",
-                f"check that {n.name} is powered on and sshd runs (`ssh {n.address}`), that "
-                f"{n.address} is its management address, and that no firewall drops port 22; "
-                f"or leave it out with --limit"))
-    bad = [(ln.src, ln.dst) for ln in links if ln.ping_ok is False]
+        if n.reachable:
+            continue
+        to_it = [ln for ln in links if ln.dst == n.name and ln.ping_ok is not None]
+        seen = ""
+        fix = (f"check that {n.name} is powered on and sshd runs (`ssh {n.address}`), that "
+               f"{n.address} is its management address, and that no firewall drops port 22; "
+               f"or leave it out with --limit")
+        if to_it and not any(ln.ping_ok for ln in to_it):
+            seen = "; its peers get no ping from it either (down, or cut off from the network)"
+            fix = (f"check power, the cluster NIC link and the switch port of {n.name} "
+                   f"(`ip link` on the switch side, console of {n.name})")
+        elif to_it and any(ln.ping_ok for ln in to_it):
+            jumbo_lost = any(ln.ping_ok and ln.jumbo_ok is False for ln in to_it)
+            seen = "; it answers ping from its peers, so it is up"
+            if jumbo_lost:
+                seen += (", but large frames to it are dropped: SSH stalls once a packet "
+                         "is bigger than the path carries (see mtu-blackhole)")
+                fix = (f"fix the MTU of the path to {n.name} (switch port MTU) as the "
+                       f"mtu-blackhole finding says; SSH recovers with it")
+        out.append(Finding(
+            "unreachable", ERROR, [n.name],
+            f"{n.name} ({n.address}) cannot be reached over SSH: {n.error or 'no answer'}{seen}",
+            fix))
+    bad = [(ln.src, ln.dst) for ln in links
+           if ln.ping_ok is False and ln.src not in down and ln.dst not in down]
     if bad:
         good = [(ln.src, ln.dst) for ln in links if ln.ping_ok]
         hosts = _ordered(culprits(bad, good), order)

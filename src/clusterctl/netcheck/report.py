@@ -53,7 +53,7 @@ def to_json(result: NetcheckResult) -> str:
 # -- terminal ---------------------------------------------------------------------
 def bandwidth_table(result: NetcheckResult) -> Table:
     names, cell = _matrix(result)
-    table = Table(title="Bandwidth Gbit/s (row sends to column)", show_lines=False,
+    table = Table(title="Gbit/s, row → column", show_lines=False,
                   title_justify="left")
     table.add_column("src \\ dst", style="bold")
     for n in names:
@@ -75,7 +75,7 @@ def bandwidth_table(result: NetcheckResult) -> Table:
 
 def latency_table(result: NetcheckResult) -> Table:
     names, cell = _matrix(result)
-    table = Table(title="RTT ms, jumbo path (✓ passes, ✗ dropped)", title_justify="left")
+    table = Table(title="RTT ms, jumbo ✓/✗", title_justify="left")
     table.add_column("src \\ dst", style="bold")
     for n in names:
         table.add_column(n, justify="center")
@@ -127,13 +127,27 @@ def findings_table(result: NetcheckResult) -> Table:
     return table
 
 
+def findings_text(result: NetcheckResult) -> Text:
+    """Findings as blocks (readable at any width): severity code [hosts], message, fix."""
+    out = Text()
+    for f in result.findings:
+        out.append(f"{f.severity.upper():<7} ", style=SEVERITY_STYLE.get(f.severity, ""))
+        out.append(f.code, style="bold")
+        out.append(f"  [{', '.join(f.hosts)}]\n", style="bold")
+        out.append(f"        {f.message}\n")
+        out.append("        fix: ", style="green")
+        out.append(f"{f.fix}\n\n")
+    return out
+
+
 def render(result: NetcheckResult, console: Console) -> None:
     console.print(nodes_table(result))
     if result.links:
         console.print(bandwidth_table(result))
         console.print(latency_table(result))
     if result.findings:
-        console.print(findings_table(result))
+        console.print(Text("Findings", style="italic"))
+        console.print(findings_text(result))
     errors = sum(f.severity == ERROR for f in result.findings)
     warnings = sum(f.severity == WARNING for f in result.findings)
     verdict = Text()

@@ -23,8 +23,8 @@ from ..errors import ClusterctlError, UnreachableError
 from ..facts import parse_output
 from ..remote import Connection, close_all, connect_all
 from . import probe
-from .findings import analyze
-from .model import WARNING, Finding, Link, NetcheckResult, NodeInfo, PortCheck, Settings
+from .findings import analyze, in_network
+from .model import SEVERITY_ORDER, WARNING, Finding, Link, NetcheckResult, NodeInfo, PortCheck, Settings
 from .schedule import phases, serial, tournament
 
 GCS, WORKER_RANGE, RPC, VLLM_API = ("Ray GCS", "Ray worker port range", "llama.cpp RPC",
@@ -52,6 +52,7 @@ class _Run:
     nodes: dict[str, NodeInfo]
     conns: dict[str, Connection]
     problems: list[Finding] = field(default_factory=list)
+    dropped: list[Connection] = field(default_factory=list)   # closed at the end
     extras: dict[str, probe.Extra] = field(default_factory=dict)
 
     def say(self, msg: str) -> None:
@@ -67,7 +68,9 @@ class _Run:
         if isinstance(exc, UnreachableError):
             info.reachable = False
             info.error = str(exc).split(": ", 1)[-1]
-            self.conns.pop(name, None)
+            conn = self.conns.pop(name, None)
+            if conn is not None:
+                self.dropped.append(conn)
             return
         text = str(exc) if isinstance(exc, ClusterctlError) else f"{type(exc).__name__}: {exc}"
         self.problems.append(Finding(
@@ -120,7 +123,7 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
         _gather(run, {h.name: h for h in hosts})
         timings["facts"] = time.monotonic() - t
         t = time.monotonic()
-        _pings(run, links)
+        _pings(run, links, {h.name: h for h in hosts})
         timings["ping"] = time.monotonic() - t
         t = time.monotonic()
         ports = _ports(run, head)
@@ -131,10 +134,12 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
             timings["bandwidth"] = time.monotonic() - t
     finally:
         close_all(run.conns)
+        close_all({str(i): c for i, c in enumerate(run.dropped)})
     node_list = [nodes[h.name] for h in hosts]
     link_list = [links[k] for k in sorted(links, key=lambda k: (_idx(hosts, k[0]),
                                                                 _idx(hosts, k[1])))]
     findings = analyze(node_list, link_list, ports, settings) + run.problems
+    findings.sort(key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
     timings["total"] = time.monotonic() - t0
     return NetcheckResult(nodes=node_list, links=link_list, ports=ports, findings=findings,
                           settings=settings, schedule=options.schedule, rounds=rounds,
@@ -146,12 +151,25 @@ def _idx(hosts, name):
 
 
 # -- 2. facts ---------------------------------------------------------------------
+FACTS_TIMEOUT = 30.0
+MAX_PING_PAYLOAD = 65507          # IPv4: 65535 - 20 (IP) - 8 (ICMP); loopback has MTU 65536
+
+
 def _gather(run: _Run, hosts: dict) -> None:
     run.say("gathering facts")
     script, reqs = probe.gather_script(run.settings)
 
     def one(name: str) -> None:
-        res = run.conns[name].run(script, timeout=60, check=False)
+        try:
+            res = run.conns[name].run(script, timeout=FACTS_TIMEOUT, check=False)
+        except UnreachableError:
+            raise
+        except ClusterctlError as exc:
+            # connected, but a command stalls: large frames dropped on the way (MTU), or
+            # the node is wedged. Without facts nothing else can run there.
+            why = (f"no answer within {FACTS_TIMEOUT:g}s" if "timed out" in str(exc)
+                   else str(exc).splitlines()[0][:200])
+            raise UnreachableError(name, f"SSH connects but commands stall ({why})") from None
         facts_text, extra_text = probe.split_gather_output(res.stdout)
         facts = parse_output(facts_text, reqs)
         extra = probe.parse_extra(extra_text)
@@ -164,20 +182,44 @@ def _gather(run: _Run, hosts: dict) -> None:
 
 
 # -- 3. pings -------------------------------------------------------------------------
-def _pings(run: _Run, links: dict[tuple[str, str], Link]) -> None:
+def _ping_target(run: _Run, name: str, hosts: dict) -> str | None:
+    """The address peers ping: the cluster IP, or for a node netcheck could not log in
+    to, its inventory address when that lies in the cluster network."""
+    info = run.nodes[name]
+    if info.cluster_ip:
+        return info.cluster_ip
+    if info.reachable:
+        return None
+    address = hosts[name].address
+    net = run.settings.network
+    if net and "/" in net and not in_network(address, net):
+        return None
+    return address if _is_ip(address) else None
+
+
+def _is_ip(text: str) -> bool:
+    import ipaddress
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _pings(run: _Run, links: dict[tuple[str, str], Link], hosts: dict) -> None:
     up = [n for n in run.up() if run.nodes[n].cluster_ip]
-    if len(up) < 2:
+    targets = {n: ip for n in run.nodes if (ip := _ping_target(run, n, hosts))}
+    if not up or len(targets) < 2:
         return
     run.say("routes, RTT and jumbo-frame path between every pair")
-    ip_of = {n: run.nodes[n].cluster_ip for n in up}
 
     def one(name: str) -> None:
         mtu = run.nodes[name].mtu or 1500
-        size = max(mtu - 28, 0)
-        peers = [(p, ip_of[p], size) for p in up if p != name]
+        size = min(max(mtu - 28, 0), MAX_PING_PAYLOAD)
+        peers = [(p, ip, size) for p, ip in targets.items() if p != name]
         res = run.conns[name].run(probe.ping_script(peers), timeout=60, check=False)
         got = probe.parse_ping_output(res.stdout)
-        for peer, _, _ in peers:
+        for peer, ip, _ in peers:
             pp = got.get(peer)
             ln = links.setdefault((name, peer), Link(name, peer))
             ln.jumbo_size = size
@@ -185,9 +227,9 @@ def _pings(run: _Run, links: dict[tuple[str, str], Link]) -> None:
                 continue
             ln.ping_ok, ln.rtt_ms, ln.jumbo_ok = pp.ping_ok, pp.rtt_ms, pp.jumbo_ok
             if pp.route_dev:
-                run.nodes[name].route_interfaces[ip_of[peer]] = pp.route_dev
+                run.nodes[name].route_interfaces[ip] = pp.route_dev
             if pp.route_src:
-                run.nodes[name].route_sources[ip_of[peer]] = pp.route_src
+                run.nodes[name].route_sources[ip] = pp.route_src
 
     run.parallel(one, up)
 
@@ -314,8 +356,8 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
                                   timeout=30, check=False)
         pid = probe.parse_pid(res.stdout)
         if res.exit_code != 0 or pid is None:
-            msg = (res.stdout + res.stderr).strip().splitlines()
-            raise _ServerFailed(msg[-1] if msg else f"exit {res.exit_code}")
+            msg = " ".join((res.stdout + res.stderr).split())
+            raise _ServerFailed(msg[:300] or f"exit {res.exit_code}")
         servers[name] = pid
 
     def measure(pair: tuple[str, str]) -> None:
