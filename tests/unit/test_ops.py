@@ -753,3 +753,11 @@ def test_link_mtu_missing_interface():
 def test_link_mtu_validation(args, message):
     with pytest.raises(ValueError, match=message):
         OPS["link_mtu"].validate(args)
+
+
+def test_apt_update_from_one_source_only():
+    from clusterctl.ops.package import apt_update
+    argv = apt_update("/etc/apt/sources.list.d/m.list")
+    assert argv[-7:] == ["update", "-o", "Dir::Etc::SourceList=/etc/apt/sources.list.d/m.list",
+                         "-o", "Dir::Etc::SourceParts=-", "-o", "APT::Get::List-Cleanup=0"]
+    assert apt_update(None)[-1] == "update"

@@ -6,7 +6,7 @@ import re
 from clusterctl.facts import FactRequest, Facts
 from clusterctl.ops.base import Change, Noop, Op, Param, Upload
 from clusterctl.ops.file import plan_file
-from clusterctl.ops.package import apt_get
+from clusterctl.ops.package import apt_update
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
@@ -20,6 +20,8 @@ class AptSourceOp(Op):
     params = {
         "name": Param(str, required=True, help="file name under sources.list.d (without .list)"),
         "line": Param(str, required=True, help='e.g. "deb [trusted=yes] http://10.0.0.1:8080/ ./"'),
+        "only": Param(bool, default=False,
+                      help="refresh only this source after writing it (nodes without internet)"),
     }
 
     def normalize(self, args: dict) -> dict:
@@ -45,7 +47,7 @@ class AptSourceOp(Op):
         result = plan_file(self.name, path, (args["line"] + "\n").encode(),
                            facts.get(FactRequest("file", path)), mode=0o644, target=args["name"])
         if isinstance(result, Change) and any(isinstance(s, Upload) for s in result.steps):
-            result.steps.append(apt_get("update"))
+            result.steps.append(apt_update(path if args["only"] else None))
         return result
 
 

@@ -15,12 +15,22 @@ def apt_get(*args: str) -> Command:
     return [*APT_ENV, "apt-get", *args]
 
 
+def apt_update(only_source: str | None = None) -> Command:
+    """apt-get update; with `only_source` (a .list file) refresh just that source, e.g. an
+    offline mirror on nodes whose other sources are unreachable."""
+    if not only_source:
+        return apt_get("update")
+    return apt_get("update", "-o", f"Dir::Etc::SourceList={only_source}",
+                   "-o", "Dir::Etc::SourceParts=-", "-o", "APT::Get::List-Cleanup=0")
+
+
 class PackageOp(Op):
     name = "package"
     params = {
         "names": Param((list, str), required=True, help="package names; name=version pins a version"),
         "state": Param(str, default="present", choices=("present", "absent")),
         "update_cache": Param(bool, default=False, help="apt-get update before installing (only when installing)"),
+        "update_source": Param((str, type(None)), help="refresh only this sources .list file"),
     }
 
     def normalize(self, args: dict) -> dict:
@@ -55,7 +65,8 @@ class PackageOp(Op):
             if not todo:
                 return Noop(self.name, target, f"all {plural(len(names), 'package')} present"
                             if len(names) > 1 else f"{names[0]} present")
-            steps: list[Command] = [apt_get("update")] if args["update_cache"] else []
+            steps: list[Command] = [apt_update(args["update_source"])] \
+                if args["update_cache"] else []
             steps.append(apt_get("install", "-y", "--no-install-recommends", *todo))
             return Change(self.name, target, steps, "\n".join(diff),
                           f"install {len(todo)} of {plural(len(names), 'package')}: {' '.join(todo)}")
