@@ -320,7 +320,7 @@ def test_down_node_is_one_finding():
             ln.ping_ok, ln.jumbo_ok, ln.rtt_ms, ln.gbps = False, False, None, None
     f = analyze(nodes, links, [p for p in ports if "n2" not in (p.src, p.dst)], SETTINGS)
     (u,) = by_code(f, "unreachable")
-    assert u.hosts == ["n2"] and "no ping" in u.message
+    assert u.hosts == ["n2"] and "cannot ping it" in u.message
     assert [x.hosts for x in errors(f)] == [["n2"]]
 
 

@@ -23,11 +23,14 @@ from ..errors import EXIT_BAD_INPUT, ClusterctlError
 @click.option("--parallel/--serial", "parallel", default=True, show_default=True,
               help="Bandwidth in rounds of disjoint pairs (N-1 rounds), or one pair at a time.")
 @click.option("--no-bandwidth", is_flag=True, help="Skip iperf3 (RTT, MTU, ports, versions only).")
+@click.option("--bidir", is_flag=True,
+              help="Measure both directions of a pair at once (iperf3 --bidir): half the time; "
+                   "hosts short of CPU then measure less.")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust SSH host keys seen for the first time and record them.")
 @click.option("-v", "--verbose", count=True, help="Show progress; -vv: tracebacks of bugs.")
 def netcheck_command(inventory_opt, limit, as_json, report_path, duration, parallel,
-                     no_bandwidth, accept_new_host_keys, verbose):
+                     no_bandwidth, bidir, accept_new_host_keys, verbose):
     """Prove the network is fit for distributed inference: bandwidth matrix (iperf3),
     jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
     skew, InfiniBand. Exit 1 when any finding is an error."""
@@ -46,7 +49,7 @@ def netcheck_command(inventory_opt, limit, as_json, report_path, duration, paral
         hosts = inv.select(list(limit)) if limit else list(inv.hosts.values())
         options = NetcheckOptions(
             duration=duration, schedule="tournament" if parallel else "serial",
-            bandwidth=not no_bandwidth, accept_new_host_keys=accept_new_host_keys,
+            bandwidth=not no_bandwidth, bidir=bidir, accept_new_host_keys=accept_new_host_keys,
             progress=(lambda m: err.print(f"[dim]{m}[/dim]")) if verbose or not as_json
             else None)
         result = run_netcheck(inv, hosts, options)

@@ -113,7 +113,7 @@ def _unreachable(nodes, links, order) -> list[Finding]:
                f"{n.address} is its management address, and that no firewall drops port 22; "
                f"or leave it out with --limit")
         if to_it and not any(ln.ping_ok for ln in to_it):
-            seen = "; its peers get no ping from it either (down, or cut off from the network)"
+            seen = "; its peers cannot ping it either (down, or cut off from the network)"
             fix = (f"check power, the cluster NIC link and the switch port of {n.name} "
                    f"(`ip link` on the switch side, console of {n.name})")
         elif to_it and any(ln.ping_ok for ln in to_it):

@@ -36,10 +36,12 @@ class NetcheckOptions:
     duration: float = 3.0               # seconds per iperf3 run
     schedule: str = "tournament"        # "tournament" (rounds of disjoint pairs) | "serial"
     bandwidth: bool = True
-    bidir: bool | None = None           # None: --bidir when every node's iperf3 has it
+    bidir: bool = False                 # iperf3 --bidir: both directions at once (2x faster;
+    #                                     CPU-bound hosts then under-measure), if all have it
     streams: int = 1                    # iperf3 -P
     port_timeout: float = 2.0
     connect_timeout: float = 10.0
+    facts_timeout: float = 30.0         # a node whose facts take longer counts as unreachable
     accept_new_host_keys: bool = False
     forks: int = 64
     progress: Callable[[str], None] | None = None
@@ -151,7 +153,6 @@ def _idx(hosts, name):
 
 
 # -- 2. facts ---------------------------------------------------------------------
-FACTS_TIMEOUT = 30.0
 MAX_PING_PAYLOAD = 65507          # IPv4: 65535 - 20 (IP) - 8 (ICMP); loopback has MTU 65536
 
 
@@ -161,13 +162,13 @@ def _gather(run: _Run, hosts: dict) -> None:
 
     def one(name: str) -> None:
         try:
-            res = run.conns[name].run(script, timeout=FACTS_TIMEOUT, check=False)
+            res = run.conns[name].run(script, timeout=run.options.facts_timeout, check=False)
         except UnreachableError:
             raise
         except ClusterctlError as exc:
             # connected, but a command stalls: large frames dropped on the way (MTU), or
             # the node is wedged. Without facts nothing else can run there.
-            why = (f"no answer within {FACTS_TIMEOUT:g}s" if "timed out" in str(exc)
+            why = (f"no answer within {run.options.facts_timeout:g}s" if "timed out" in str(exc)
                    else str(exc).splitlines()[0][:200])
             raise UnreachableError(name, f"SSH connects but commands stall ({why})") from None
         facts_text, extra_text = probe.split_gather_output(res.stdout)
@@ -340,9 +341,8 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
           and any(links.get((n, p)) and links[(n, p)].ping_ok for p in run.up())]
     if len(up) < 2:
         return 0
-    bidir = o.bidir
-    if bidir is None:
-        bidir = all(probe.iperf_supports_bidir(run.extras[n].iperf3_version or "") for n in up)
+    bidir = o.bidir and all(probe.iperf_supports_bidir(run.extras[n].iperf3_version or "")
+                            for n in up)
     rounds = tournament(up) if o.schedule == "tournament" else serial(up)
     plan = phases(rounds, bidir=bidir)
     lifetime = len(plan) * (o.duration + 15) + 60

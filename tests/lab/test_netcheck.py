@@ -1,0 +1,254 @@
+"""netcheck against real lab nodes: plant each fault, expect exactly its code naming the
+right host; a healthy lab has no error; measured Gbit/s match the shaped class.
+
+The nodes get iperf3 the way a real user's bootstrap would: from the lab's offline apt
+mirror. The version check reads the venv's dist-info, so this module points the
+inventory's python.venv at a venv of its own (a python symlink and a ray dist-info),
+which keeps the other lab tests' venv untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterctl import lab as labapi
+from clusterctl.inventory import Inventory, load_inventory
+from clusterctl.netcheck.classify import classify
+from clusterctl.netcheck.run import NetcheckOptions, run_netcheck
+from clusterctl.remote import Connection
+
+pytestmark = pytest.mark.lab
+VENV = "/opt/clusterctl-netcheck-test/venv"
+RAY = "2.60.0"
+SITE = f"{VENV}/lib/python3/site-packages"   # the pip fact globs lib/python3*/site-packages
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Net:
+    state: object            # the lab's LabState
+    inv: Inventory
+    inv_path: Path
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.inv.hosts)
+
+    @property
+    def head(self) -> str:
+        return self.inv.head.name
+
+    @property
+    def workers(self) -> list[str]:
+        return [n for n in self.names if n != self.head]
+
+    def run(self, conn_name: str, cmd, **kw):
+        with Connection(self.inv.hosts[conn_name]) as c:
+            return c.run(cmd, **kw)
+
+
+def prepare_node(host, apt_url: str | None) -> None:
+    """iperf3 from the lab mirror (as bootstrap's base role would), and our fake venv."""
+    with Connection(host) as c:
+        if c.run("command -v iperf3", check=False).exit_code != 0:
+            if apt_url:
+                c.put(f"deb [trusted=yes] {apt_url} ./\n",
+                      "/etc/apt/sources.list.d/clusterctl-mirror.list")
+                c.run("export DEBIAN_FRONTEND=noninteractive; "
+                      "apt-get update -o Dir::Etc::sourcelist=sources.list.d/clusterctl-mirror.list "
+                      "-o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 -qq && "
+                      "apt-get install -y -qq --no-install-recommends iperf3 >/dev/null",
+                      timeout=300)
+            else:
+                # no mirror: the controller's own Debian 12 build of iperf3
+                for path in ("/usr/bin/iperf3", _libiperf()):
+                    c.put(Path(path).read_bytes(), path, mode=0o755)
+        c.run(f"mkdir -p {VENV}/bin {SITE}/ray-{RAY}.dist-info && "
+              f"ln -sf /usr/bin/python3 {VENV}/bin/python && "
+              f"printf 'home = /usr/bin\\nversion = %s\\n' "
+              f"\"$(python3 -c 'import platform; print(platform.python_version())')\" "
+              f"> {VENV}/pyvenv.cfg && "
+              f"printf 'Metadata-Version: 2.1\\nName: ray\\nVersion: {RAY}\\n' "
+              f"> {SITE}/ray-{RAY}.dist-info/METADATA")
+
+
+def _libiperf() -> str:
+    out = subprocess.run(["ldd", "/usr/bin/iperf3"], capture_output=True, text=True).stdout
+    return next(ln.split("=>")[1].split()[0] for ln in out.splitlines() if "libiperf" in ln)
+
+
+@pytest.fixture(scope="module")
+def net(lab, tmp_path_factory):
+    src = Path(lab.inventory_path)
+    data = yaml.safe_load(src.read_text())
+    v = data["all"]["vars"]
+    for key in ("ansible_ssh_private_key_file", "ssh_known_hosts_file"):
+        if v.get(key):
+            v[key] = str((src.parent / v[key]).resolve())
+    v["python"] = {**(v.get("python") or {}), "venv": VENV}
+    path = tmp_path_factory.mktemp("netcheck") / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    inv = load_inventory(path)
+    apt = (inv.head.vars.get("mirror") or {}).get("apt")
+    with ThreadPoolExecutor(len(inv.hosts)) as ex:
+        list(ex.map(lambda h: prepare_node(h, apt), inv.hosts.values()))
+    net = Net(lab, inv, path)
+    yield net
+    labapi.heal(lab.name)
+    for host in inv.hosts.values():
+        with Connection(host) as c:
+            c.run(f"rm -rf {Path(VENV).parent}", check=False)
+
+
+def netcheck(net: Net, **opts):
+    opts.setdefault("duration", 2)
+    opts.setdefault("facts_timeout", 15)
+    result = run_netcheck(net.inv, list(net.inv.hosts.values()), NetcheckOptions(**opts))
+    print(summary(result))
+    return result
+
+
+def summary(result) -> str:
+    lines = [f"{f.severity} {f.code} {f.hosts}: {f.message}" for f in result.findings]
+    lines += [f"  {ln.src}->{ln.dst} {ln.gbps} Gbit/s rtt {ln.rtt_ms} jumbo {ln.jumbo_ok}"
+              for ln in result.links]
+    return "\n".join(lines)
+
+
+def assert_exactly(result, code: str, hosts: list[str]) -> None:
+    """`code` is reported naming `hosts`, and no error names any other host."""
+    found = [f for f in result.findings if f.code == code]
+    assert any(f.hosts == hosts for f in found), summary(result)
+    for f in result.findings:
+        if f.severity == "error":
+            assert set(f.hosts) <= set(hosts), summary(result)
+
+
+@pytest.fixture
+def healed(net):
+    yield net
+    labapi.heal(net.state.name)
+
+
+def test_healthy_lab_has_no_errors(net):
+    result = netcheck(net)
+    assert [f for f in result.findings if f.severity == "error"] == [], summary(result)
+    assert result.exit_code == 0
+    n = len(net.names)
+    assert len([ln for ln in result.links if ln.gbps]) == n * (n - 1)
+    assert all(ln.jumbo_ok and ln.ping_ok and ln.rtt_ms is not None for ln in result.links)
+    for node in result.nodes:
+        assert node.cluster_ip and node.versions["ray"] == RAY and node.iperf3
+    assert result.rounds == (n - 1 if n % 2 == 0 else n)
+
+
+def test_measured_bandwidth_matches_the_shaped_class(healed):
+    net = healed
+    if net.state.link != "1gbit":          # shape every port to 1gbit for this test
+        for name in net.names:
+            labapi.fault(net.state.name, name, "slow-link", "1gbit")
+    result = netcheck(net, duration=3)
+    rates = [ln.gbps for ln in result.links]
+    print("Gbit/s at 1gbit shaping:", ", ".join(f"{r:.3f}" for r in rates))
+    assert all(r is not None and 0.9 <= r <= 1.1 for r in rates), summary(result)
+    assert {classify(r).name for r in rates} == {"1GbE"}
+    assert not [f for f in result.findings if f.severity == "error"], summary(result)
+    slow = [f for f in result.findings if f.code == "slow-link"]
+    assert slow and slow[0].severity == "warning"     # 1GbE: no tensor parallel across
+
+
+def test_slow_link_on_one_port(healed):
+    net = healed
+    victim = net.workers[-1]
+    labapi.fault(net.state.name, victim, "slow-link", "100mbit")
+    result = netcheck(net)
+    assert_exactly(result, "slow-link", [victim])
+    to_victim = [ln.gbps for ln in result.links if ln.dst == victim]
+    assert all(0.08 <= r <= 0.11 for r in to_victim), to_victim
+
+
+def test_switch_port_mtu_1500_under_a_node_at_9000(healed):
+    net = healed
+    victim = net.workers[0]
+    labapi.fault(net.state.name, victim, "port-mtu", "1500")
+    result = netcheck(net, bandwidth=False)
+    assert_exactly(result, "mtu-blackhole", [victim])
+    (f,) = [f for f in result.findings if f.code == "mtu-blackhole"]
+    assert "cluster.mtu: 1500" in f.fix
+    # the controller's own SSH to it stalls the same way; netcheck says why
+    for u in (f for f in result.findings if f.code == "unreachable"):
+        assert u.hosts == [victim] and "mtu-blackhole" in u.message
+
+
+def test_blocked_ray_port(healed):
+    net = healed
+    port = int((net.inv.head.vars.get("ray") or {}).get("port") or 6379)
+    labapi.fault(net.state.name, net.head, "block-port", port)
+    result = netcheck(net, bandwidth=False)
+    assert_exactly(result, "port-blocked", [net.head])
+    (f,) = [f for f in result.findings if f.code == "port-blocked"]
+    assert str(port) in f.message and "Ray GCS" in f.message
+    assert result.exit_code == 1
+
+
+def test_different_ray_version_on_one_node(net):
+    victim = net.workers[-1]
+    old = f"{SITE}/ray-2.59.0.dist-info"
+    net.run(victim, f"mv {SITE}/ray-{RAY}.dist-info {old} && "
+                    f"sed -i 's/^Version: .*/Version: 2.59.0/' {old}/METADATA")
+    try:
+        result = netcheck(net, bandwidth=False)
+    finally:
+        net.run(victim, f"mv {old} {SITE}/ray-{RAY}.dist-info && "
+                        f"sed -i 's/^Version: .*/Version: {RAY}/' "
+                        f"{SITE}/ray-{RAY}.dist-info/METADATA")
+    assert_exactly(result, "version-skew", [victim])
+    (f,) = [f for f in result.findings if f.code == "version-skew"]
+    assert "2.59.0" in f.message and f"ray=={RAY}" in f.fix
+
+
+def test_nccl_pointed_at_another_interface(net):
+    victim = net.workers[0]
+    env = "/etc/clusterctl/nccl.env"
+    keep = "/etc/clusterctl/nccl.env.netcheck-test"
+    net.run(victim, f"mkdir -p /etc/clusterctl; if [ -e {env} ]; then mv {env} {keep}; fi; "
+                    f"printf 'NCCL_SOCKET_IFNAME=docker0\\nVLLM_HOST_IP=10.99.0.1\\n' > {env}")
+    try:
+        result = netcheck(net, bandwidth=False)
+    finally:
+        net.run(victim, f"rm -f {env}; if [ -e {keep} ]; then mv {keep} {env}; fi")
+    assert_exactly(result, "wrong-interface", [victim])
+    (f,) = [f for f in result.findings if f.code == "wrong-interface"]
+    assert "NCCL_SOCKET_IFNAME=docker0" in f.message and "VLLM_HOST_IP=10.99.0.1" in f.message
+
+
+def test_node_down(healed):
+    net = healed
+    victim = net.workers[-1]
+    labapi.fault(net.state.name, victim, "down")
+    result = netcheck(net, connect_timeout=5)
+    assert_exactly(result, "unreachable", [victim])
+    rest = [n for n in net.names if n != victim]
+    measured = {(ln.src, ln.dst) for ln in result.links if ln.gbps}
+    assert {(a, b) for a in rest for b in rest if a != b} <= measured   # the rest go on
+
+
+def test_cli_json_and_report(net, tmp_path):
+    svg = tmp_path / "net.svg"
+    proc = subprocess.run([sys.executable, "-m", "clusterctl.cli", "netcheck", "-i",
+                           str(net.inv_path), "--json", "--no-bandwidth", "--report", str(svg)],
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) == {"nodes", "links", "findings"}
+    assert {n["name"] for n in data["nodes"]} == set(net.names)
+    assert svg.read_text().startswith("<svg")
