@@ -1,0 +1,837 @@
+#!/usr/bin/env python3
+"""clusterctl sync: the agent that runs on nodes (and, imported, on the controller).
+
+Standard library only; it is uploaded to a per-sync directory on each node
+(/tmp/clusterctl-sync-RUNID/agent.py) and run with the node's python3. The
+controller imports the same file for its own side of the stream, so both ends speak
+exactly one protocol.
+
+Commands (all output is one JSON document on stdout):
+
+    scan ROOT [--hash] [--cache FILE]   list a source (file or folder): path, size, mtime_ns,
+                                        sha256 (from the cache, or computed with --hash)
+    survey SPEC.json                    what a destination already holds: final files
+                                        (stat; sha256 with "hash": true), resumable partial
+                                        files, free bytes where the files go
+    relay RUNDIR                        listen on the cluster IP, write the stream to disk
+                                        and forward the same bytes to the next node;
+                                        daemonizes and prints {"port", "pid"}
+    send RUNDIR                         stream local files to the first relay (a source or
+                                        seed node); daemonizes and prints {"pid"}
+    kill RUNDIR                         stop this sync's relay/sender (SIGTERM, then SIGKILL)
+
+Stream protocol (one TCP connection per hop, upstream -> downstream):
+
+    b"CCSYNC1\\n" | u64 header length | header JSON
+        {"token": receiver's nonce, "next": [{"name","ip","port","token"}...],
+         "files": [{"path","size","offset","sha256" (or null),"mtime_ns"}...]}
+    for each file: bytes [offset, size) of the file, then the 32-byte sha256 of the whole
+    file [0, size) as the sender computed it.
+
+A receiver writes a file it wants to STAGING/<partial key>.part (never to the final
+path), checks the sha256 of the whole file against the manifest value (or the sender's
+digest when the manifest value was not known yet), then fsyncs, sets mtime and renames
+it into place. Partial files survive an interruption; the next sync resumes them from
+the byte where the slowest node stopped. The token only keeps stray connections out;
+integrity comes from the sha256 check against the manifest the controller holds.
+"""
+import errno
+import hashlib
+import json
+import os
+import queue
+import signal
+import socket
+import stat
+import struct
+import sys
+import threading
+import time
+
+MAGIC = b"CCSYNC1\n"
+CHUNK = 1 << 20
+DIGEST_LEN = 32
+STAGING = ".clusterctl-sync"
+EXCLUDED_DIRS = (STAGING, ".cache/huggingface")   # ours, and huggingface_hub's metadata
+STATUS_INTERVAL = 0.25
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def partial_key(path, size, mtime_ns):
+    """Stable name of the partial file of one version of one file."""
+    text = "%s\0%d\0%d" % (path, int(size), int(mtime_ns))
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def partial_path(staging, key):
+    return os.path.join(staging, key + ".part")
+
+
+def sha256_file(path, limit=None, chunk=CHUNK):
+    """sha256 of a file, or of its first `limit` bytes."""
+    h = hashlib.sha256()
+    left = limit
+    with open(path, "rb", buffering=0) as fh:
+        while left is None or left > 0:
+            n = chunk if left is None else min(chunk, left)
+            data = fh.read(n)
+            if not data:
+                break
+            h.update(data)
+            if left is not None:
+                left -= len(data)
+    if left:
+        raise OSError(errno.EIO, "file is shorter than %d bytes" % limit, path)
+    return h
+
+
+def write_json_atomic(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(data, fh)
+    os.replace(tmp, path)
+
+
+def free_bytes(path):
+    """(nearest existing parent of path, bytes available to unprivileged users there)."""
+    p = os.path.abspath(path)
+    while not os.path.exists(p):
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    st = os.statvfs(p)
+    return p, st.f_bavail * st.f_frsize
+
+
+def parallel_map(fn, items, workers=None):
+    """Map in threads (hashlib and file I/O release the GIL); results in input order."""
+    items = list(items)
+    if not items:
+        return []
+    workers = max(1, min(workers or (os.cpu_count() or 1), len(items), 8))
+    if workers == 1:
+        return [fn(x) for x in items]
+    results = [None] * len(items)
+    errors = []
+    lock = threading.Lock()
+    todo = list(enumerate(items))
+
+    def work():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                i, x = todo.pop(0)
+            try:
+                results[i] = fn(x)
+            except BaseException as exc:  # noqa: BLE001 - re-raised below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+# ----------------------------------------------------------------------------- scan
+
+class HashCache:
+    """sha256 by absolute path, valid while (size, mtime_ns, inode) are unchanged."""
+
+    def __init__(self, path):
+        self.path = path
+        self.data = {}
+        self.dirty = False
+        if path:
+            try:
+                with open(path) as fh:
+                    self.data = json.load(fh)
+            except (OSError, ValueError):
+                self.data = {}
+
+    def get(self, abspath, st):
+        rec = self.data.get(abspath)
+        if rec and rec[:3] == [st.st_size, st.st_mtime_ns, st.st_ino]:
+            return rec[3]
+        return None
+
+    def put(self, abspath, st, digest):
+        self.data[abspath] = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
+        self.dirty = True
+
+    def save(self):
+        if not (self.path and self.dirty):
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            write_json_atomic(self.path, self.data)
+            self.dirty = False
+        except OSError:
+            pass
+
+
+def walk_files(root):
+    """[(relpath, abspath, stat)] of regular files under root (symlinked files followed,
+    symlinked folders skipped), sorted; plus the list of skipped entries."""
+    out, skipped = [], []
+    root = os.path.abspath(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        keep = []
+        for d in dirnames:
+            rel = os.path.join(rel_dir, d) if rel_dir else d
+            if rel in EXCLUDED_DIRS:
+                continue
+            if os.path.islink(os.path.join(dirpath, d)):
+                skipped.append(rel + "/ (symlinked folder)")
+                continue
+            keep.append(d)
+        dirnames[:] = sorted(keep)
+        for f in filenames:
+            rel = os.path.join(rel_dir, f) if rel_dir else f
+            full = os.path.join(dirpath, f)
+            try:
+                st = os.stat(full)
+            except OSError:
+                skipped.append(rel + " (dangling symlink)")
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                skipped.append(rel + " (not a regular file)")
+                continue
+            out.append((rel, full, st))
+    out.sort(key=lambda x: x[0])
+    return out, skipped
+
+
+def scan(root, want_hash=False, cache_path=None):
+    """The listing of a source: a folder's files, or one file."""
+    root = os.path.abspath(root)
+    try:
+        st = os.stat(root)
+    except OSError as exc:
+        raise SystemExit(_fail("cannot read %s: %s" % (root, exc.strerror or exc)))
+    if stat.S_ISREG(st.st_mode):
+        kind, entries, skipped = "file", [(os.path.basename(root), root, st)], []
+    elif stat.S_ISDIR(st.st_mode):
+        kind = "dir"
+        entries, skipped = walk_files(root)
+    else:
+        raise SystemExit(_fail("%s is neither a file nor a folder" % root))
+    cache = HashCache(cache_path)
+    digests = [cache.get(full, s) for _, full, s in entries]
+    if want_hash:
+        missing = [i for i, d in enumerate(digests) if d is None]
+
+        def one(i):
+            return sha256_file(entries[i][1]).hexdigest()
+
+        for i, d in zip(missing, parallel_map(one, missing)):
+            digests[i] = d
+            cache.put(entries[i][1], entries[i][2], d)
+        cache.save()
+    files = [{"path": rel, "size": s.st_size, "mtime_ns": s.st_mtime_ns, "sha256": d}
+             for (rel, _, s), d in zip(entries, digests)]
+    return {"kind": kind, "root": root, "files": files, "skipped": skipped}
+
+
+def remember_hashes(cache_path, root, kind, digests):
+    """Record sha256 values computed while sending ({relpath: sha256})."""
+    cache = HashCache(cache_path)
+    for rel, digest in digests.items():
+        full = root if kind == "file" else os.path.join(root, rel)
+        try:
+            st = os.stat(full)
+        except OSError:
+            continue
+        cache.put(full, st, digest)
+    cache.save()
+
+
+# ----------------------------------------------------------------------------- survey
+
+def survey(spec):
+    """What a destination holds. spec: {"root", "staging", "files": [{"path", "size",
+    "key"}], "hash": bool}. Output: {"files": {path: {size, mtime_ns[, sha256]}},
+    "partials": {key: bytes}, "space_path", "avail"}."""
+    root, staging = spec["root"], spec["staging"]
+    found = {}
+    to_hash = []
+    for f in spec["files"]:
+        full = os.path.join(root, f["path"])
+        try:
+            st = os.stat(full)
+        except OSError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            found[f["path"]] = {"size": -1, "mtime_ns": 0, "kind": "not a regular file"}
+            continue
+        found[f["path"]] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        if spec.get("hash") and st.st_size == f["size"]:
+            to_hash.append(f["path"])
+
+    def one(rel):
+        try:
+            return sha256_file(os.path.join(root, rel)).hexdigest()
+        except OSError:
+            return None
+
+    for rel, digest in zip(to_hash, parallel_map(one, to_hash)):
+        found[rel]["sha256"] = digest
+    partials = {}
+    for f in spec["files"]:
+        try:
+            partials[f["key"]] = os.stat(partial_path(staging, f["key"])).st_size
+        except OSError:
+            pass
+    space_path, avail = free_bytes(root)
+    return {"files": found, "partials": partials, "space_path": space_path, "avail": avail}
+
+
+# ----------------------------------------------------------------------------- stream
+
+class StreamError(Exception):
+    pass
+
+
+def recv_exact(sock, n):
+    parts, got = [], 0
+    while got < n:
+        data = sock.recv(min(CHUNK, n - got))
+        if not data:
+            raise StreamError("connection closed after %d of %d bytes" % (got, n))
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
+
+
+def encode_header(header):
+    body = json.dumps(header).encode()
+    return MAGIC + struct.pack(">Q", len(body)) + body
+
+
+def read_header(sock):
+    magic = recv_exact(sock, len(MAGIC))
+    if magic != MAGIC:
+        raise StreamError("not a clusterctl sync stream")
+    (n,) = struct.unpack(">Q", recv_exact(sock, 8))
+    if n > 256 << 20:
+        raise StreamError("header too large")
+    return json.loads(recv_exact(sock, n).decode())
+
+
+def connect(ip, port, timeout=30.0):
+    """Connect with retries until `timeout` (the peer may still be starting)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        try:
+            s = socket.create_connection((ip, port), timeout=10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return s
+        except OSError as exc:
+            last = exc
+            if time.monotonic() >= deadline:
+                raise StreamError("cannot connect to %s:%s: %s" % (ip, port, last))
+            time.sleep(0.2)
+
+
+def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwlimit=None):
+    """Send `files` to the first hop over `out` (anything with sendall).
+
+    files: [{"path","size","offset","sha256","mtime_ns"}]; sources: {path: local file};
+    first: the receiving hop {"token", ...}; rest: the hops after it; bwlimit: bytes per
+    second at most (None: as fast as the links go).
+    Returns {path: sha256 hex of the whole file as read here}. Raises StreamError when a
+    source file changed size while being sent.
+    """
+    header = {"token": first["token"], "next": rest, "files": files}
+    out.sendall(encode_header(header))
+    digests = {}
+    started, sent = time.monotonic(), 0
+    for f in files:
+        src = sources[f["path"]]
+        offset, size = int(f["offset"]), int(f["size"])
+        with open(src, "rb", buffering=0) as fh:
+            h = sha256_file(src, limit=offset) if offset else hashlib.sha256()
+            fh.seek(offset)
+            left = size - offset
+            while left > 0:
+                if stop is not None and stop.is_set():
+                    raise StreamError("stopped")
+                data = fh.read(min(CHUNK, left))
+                if not data:
+                    raise StreamError("%s shrank while being sent (expected %d bytes)"
+                                      % (src, size))
+                h.update(data)
+                out.sendall(data)
+                left -= len(data)
+                sent += len(data)
+                if on_bytes is not None:
+                    on_bytes(len(data))
+                if bwlimit:
+                    ahead = sent / float(bwlimit) - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+            if fh.read(1):
+                raise StreamError("%s grew while being sent (expected %d bytes)" % (src, size))
+        digest = h.digest()
+        out.sendall(digest)
+        digests[f["path"]] = digest.hex()
+    return digests
+
+
+class _Status:
+    """A JSON status file the controller polls over SSH (written atomically)."""
+
+    def __init__(self, path, **initial):
+        self.path = path
+        self.data = dict(initial)
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+
+    def update(self, **kw):
+        with self.lock:
+            self.data.update(kw)
+
+    def add(self, key, n):
+        with self.lock:
+            self.data[key] = self.data.get(key, 0) + n
+
+    def file_result(self, path, **kw):
+        with self.lock:
+            self.data.setdefault("files", {})[path] = kw
+
+    def flush(self):
+        with self.lock:
+            snap = json.dumps(self.data)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as fh:
+            fh.write(snap)
+        os.replace(tmp, self.path)
+
+    def start(self):
+        def loop():
+            while not self._stop.wait(STATUS_INTERVAL):
+                try:
+                    self.flush()
+                except OSError:
+                    pass
+
+        self.flush()
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+
+class _Writer(threading.Thread):
+    """Writes and hashes the files this node wants, off the forwarding thread."""
+
+    def __init__(self, cfg, status):
+        super().__init__(daemon=True)
+        self.root, self.staging = cfg["root"], cfg["staging"]
+        self.want = cfg["want"]                  # {path: {"key"}}
+        self.fsync = cfg.get("fsync", True)
+        self.status = status
+        self.q = queue.Queue(maxsize=int(cfg.get("queue_chunks", 64)))
+        self.disk_error = None
+        self.fh = None
+        self.cur = None
+        self.h = None
+        self.ok = True
+
+    # messages: ("begin", f) ("data", bytes) ("end", digest) ("abort", reason) None
+    def run(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            kind, arg = item
+            try:
+                getattr(self, "_" + kind)(arg)
+            except Exception as exc:  # noqa: BLE001 - reported, the stream goes on
+                self._failure(exc)
+
+    def _failure(self, exc):
+        code = getattr(exc, "errno", None)
+        what = (os.strerror(code) if code else str(exc)) or type(exc).__name__
+        if self.cur is not None:
+            self.status.file_result(self.cur["path"], ok=False, error=what)
+        self._close(remove=True)
+        self.ok = False
+        # a disk that cannot take the files is this node's problem: stop writing, keep
+        # forwarding; anything else only loses the file at hand
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                    errno.EIO) or not isinstance(exc, OSError):
+            self.disk_error = "%s (writing under %s)" % (what, self.root)
+            self.status.update(disk_error=self.disk_error)
+
+    def _close(self, remove=False):
+        if self.fh is not None:
+            try:
+                self.fh.close()
+            except OSError:
+                pass
+            if remove:
+                try:
+                    os.unlink(self._partial)
+                except OSError:
+                    pass
+        self.fh = self.cur = self.h = None
+
+    def _begin(self, f):
+        self.cur = None
+        if self.disk_error:
+            return
+        w = self.want[f["path"]]
+        self._partial = partial_path(self.staging, w["key"])
+        offset = int(f["offset"])
+        os.makedirs(self.staging, exist_ok=True)
+        have = os.stat(self._partial).st_size if os.path.exists(self._partial) else 0
+        if have < offset:
+            self.status.file_result(f["path"], ok=False, error="partial file has %d bytes, "
+                                    "stream resumes at %d" % (have, offset), retry=True)
+            return
+        self.cur = f
+        fh = open(self._partial, "r+b" if os.path.exists(self._partial) else "wb",
+                  buffering=0)
+        self.fh = fh
+        fh.truncate(offset)
+        self.h = sha256_file(self._partial, limit=offset) if offset else hashlib.sha256()
+        fh.seek(offset)
+        self.status.update(current=f["path"])
+        self.status.add("bytes_resumed", offset)
+
+    def _data(self, data):
+        if self.cur is None:
+            return
+        view = memoryview(data)
+        while view:
+            n = self.fh.write(view)
+            view = view[n:]
+        self.h.update(data)
+        self.status.add("bytes_written", len(data))
+
+    def _end(self, sender_digest):
+        f = self.cur
+        if f is None:
+            return
+        digest = self.h.hexdigest()
+        expected = f.get("sha256") or sender_digest.hex()
+        if sender_digest.hex() != expected:
+            self.status.file_result(f["path"], ok=False, sha256=digest, retry=True,
+                                    error="the source file changed during the sync")
+            self._close(remove=True)
+            return
+        if digest != expected:
+            self.status.file_result(f["path"], ok=False, sha256=digest, retry=True,
+                                    error="sha256 mismatch after transfer")
+            self._close(remove=True)
+            return
+        if self.fsync:
+            os.fsync(self.fh.fileno())
+        self.fh.close()
+        self.fh = None
+        os.chmod(self._partial, 0o644)
+        os.utime(self._partial, ns=(int(f["mtime_ns"]), int(f["mtime_ns"])))
+        final = os.path.join(self.root, f["path"])
+        parent = os.path.dirname(final)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        if os.path.isdir(final) and not os.path.islink(final):
+            raise OSError(errno.EISDIR, "a folder is in the way of %s" % final)
+        os.replace(self._partial, final)
+        self.status.file_result(f["path"], ok=True, sha256=digest)
+        self.status.add("files_done", 1)
+        self.cur = self.h = None
+
+    def _abort(self, reason):
+        # keep the partial file: the next sync resumes it
+        if self.fh is not None:
+            try:
+                self.fh.flush()
+            except OSError:
+                pass
+        self._close(remove=False)
+
+
+def run_relay(cfg, listener, status):
+    """Receive the stream, forward it downstream, write what this node wants."""
+    writer = _Writer(cfg, status)
+    writer.start()
+    up = down = None
+    try:
+        deadline = time.monotonic() + float(cfg.get("accept_timeout", 300))
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StreamError("no upstream connected within %ss" % cfg.get("accept_timeout"))
+            listener.settimeout(left)
+            try:
+                conn, addr = listener.accept()
+            except socket.timeout:
+                continue
+            conn.settimeout(10)
+            try:
+                header = read_header(conn)
+            except (StreamError, OSError, ValueError):
+                conn.close()
+                continue
+            if header.get("token") != cfg["token"]:
+                conn.close()
+                continue
+            up = conn
+            break
+        listener.close()
+        up.settimeout(float(cfg.get("idle_timeout", 120)))
+        status.update(state="receiving", upstream="%s:%s" % addr[:2])
+        nxt = header.get("next") or []
+        if nxt:
+            hop = nxt[0]
+            status.update(downstream=hop.get("name"))
+            try:
+                down = connect(hop["ip"], int(hop["port"]),
+                               timeout=float(cfg.get("connect_timeout", 30)))
+                down.sendall(encode_header({"token": hop["token"], "next": nxt[1:],
+                                            "files": header["files"]}))
+                status.update(forwarding=True)
+            except (StreamError, OSError) as exc:
+                down = None
+                status.update(forward_error="%s: %s" % (hop.get("name"), exc))
+        want = cfg["want"]
+        for f in header["files"]:
+            wanted = f["path"] in want
+            if wanted:
+                writer.q.put(("begin", f))
+            left = int(f["size"]) - int(f["offset"])
+            while left > 0:
+                data = up.recv(min(CHUNK, left))
+                if not data:
+                    raise StreamError("upstream closed the stream in %s" % f["path"])
+                left -= len(data)
+                status.add("bytes_in", len(data))
+                if down is not None:
+                    try:
+                        down.sendall(data)
+                    except OSError as exc:
+                        status.update(forward_error="%s: %s" % (nxt[0].get("name"), exc))
+                        down.close()
+                        down = None
+                if wanted:
+                    writer.q.put(("data", data))
+            digest = recv_exact(up, DIGEST_LEN)
+            if down is not None:
+                try:
+                    down.sendall(digest)
+                except OSError as exc:
+                    status.update(forward_error="%s: %s" % (nxt[0].get("name"), exc))
+                    down.close()
+                    down = None
+            if wanted:
+                writer.q.put(("end", digest))
+        if down is not None:
+            try:
+                down.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+        writer.q.put(None)
+        writer.join()
+        status.update(state="done" if writer.disk_error is None else "failed",
+                      current=None, error=writer.disk_error)
+    except (StreamError, OSError, socket.timeout) as exc:
+        writer.q.put(("abort", str(exc)))
+        writer.q.put(None)
+        writer.join()
+        status.update(state="failed", error=str(exc) or type(exc).__name__, current=None)
+    finally:
+        for s in (up, down):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+
+def run_sender(cfg, status):
+    """A source or seed node streams local files to the first relay."""
+    try:
+        first = cfg["chain"][0]
+        sock = connect(first["ip"], int(first["port"]),
+                       timeout=float(cfg.get("connect_timeout", 30)))
+        status.update(state="sending")
+        digests = send_stream(sock, cfg["files"], first, cfg["chain"][1:], cfg["sources"],
+                              on_bytes=lambda n: status.add("bytes_sent", n),
+                              bwlimit=cfg.get("bwlimit"))
+        sock.shutdown(socket.SHUT_WR)
+        sock.close()
+        if cfg.get("cache"):
+            remember_hashes(cfg["cache"], cfg["cache_root"], cfg.get("kind", "dir"),
+                            {p: d for p, d in digests.items()})
+        status.update(state="done", digests=digests)
+    except (StreamError, OSError) as exc:
+        status.update(state="failed", error=str(exc))
+
+
+# ----------------------------------------------------------------------------- daemon
+
+def _daemonize(rundir, role):
+    """Fork; the parent returns the child's pid, the child returns 0 detached from the
+    SSH session (own session, stdio to a log file)."""
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    os.setsid()
+    os.umask(0o022)          # model files and folders readable by every user
+    log = os.open(os.path.join(rundir, role + ".log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                  0o600)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    with open(os.path.join(rundir, role + ".pid"), "w") as fh:
+        fh.write(str(os.getpid()))
+    return 0
+
+
+def _terminate(signum, frame):
+    raise SystemExit(143)
+
+
+def cmd_relay(rundir):
+    with open(os.path.join(rundir, "relay.json")) as fh:
+        cfg = json.load(fh)
+    family = socket.AF_INET6 if ":" in cfg["listen"] else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((cfg["listen"], int(cfg.get("port", 0))))
+    except OSError as exc:
+        print(json.dumps({"error": "cannot listen on %s: %s" % (cfg["listen"], exc)}))
+        return 1
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    status_path = os.path.join(rundir, "relay.status")
+    status = _Status(status_path, role="relay", state="listening", port=port,
+                     bytes_in=0, bytes_written=0, bytes_resumed=0, files_done=0, files={})
+    status.flush()
+    pid = _daemonize(rundir, "relay")
+    if pid:
+        listener.close()
+        print(json.dumps({"port": port, "pid": pid}))
+        return 0
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    status.update(pid=os.getpid())
+    status.start()
+    try:
+        run_relay(cfg, listener, status)
+    except SystemExit:
+        status.update(state="failed", error="stopped")
+    finally:
+        status.stop()
+    os._exit(0)
+
+
+def cmd_send(rundir):
+    with open(os.path.join(rundir, "send.json")) as fh:
+        cfg = json.load(fh)
+    status = _Status(os.path.join(rundir, "send.status"), role="sender", state="starting",
+                     bytes_sent=0)
+    status.flush()
+    pid = _daemonize(rundir, "send")
+    if pid:
+        print(json.dumps({"pid": pid}))
+        return 0
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    status.update(pid=os.getpid())
+    status.start()
+    try:
+        run_sender(cfg, status)
+    except SystemExit:
+        status.update(state="failed", error="stopped")
+    finally:
+        status.stop()
+    os._exit(0)
+
+
+def cmd_kill(rundir):
+    pids = []
+    for role in ("relay", "send"):
+        try:
+            with open(os.path.join(rundir, role + ".pid")) as fh:
+                pid = int(fh.read().strip())
+        except (OSError, ValueError):
+            continue
+        try:
+            with open("/proc/%d/cmdline" % pid, "rb") as fh:
+                if b"agent.py" not in fh.read():
+                    continue          # not ours (pid reused)
+            os.kill(pid, signal.SIGTERM)
+            pids.append(pid)
+        except (OSError, ProcessLookupError):
+            pass
+    deadline = time.monotonic() + 3
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except OSError:
+                break
+            time.sleep(0.05)
+        else:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    print(json.dumps({"stopped": pids}))
+    return 0
+
+
+def _fail(msg):
+    print(json.dumps({"error": msg}))
+    return 3
+
+
+def main(argv):
+    if not argv:
+        return _fail("usage: agent.py scan|survey|relay|send|kill ...")
+    cmd, args = argv[0], argv[1:]
+    if cmd == "scan":
+        want_hash = "--hash" in args
+        cache = None
+        if "--cache" in args:
+            cache = args[args.index("--cache") + 1]
+        root = [a for i, a in enumerate(args)
+                if not a.startswith("--") and (i == 0 or args[i - 1] != "--cache")][0]
+        print(json.dumps(scan(root, want_hash, cache)))
+        return 0
+    if cmd == "survey":
+        with open(args[0]) as fh:
+            spec = json.load(fh)
+        print(json.dumps(survey(spec)))
+        return 0
+    if cmd == "relay":
+        return cmd_relay(args[0])
+    if cmd == "send":
+        return cmd_send(args[0])
+    if cmd == "kill":
+        return cmd_kill(args[0])
+    return _fail("unknown command %r" % cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

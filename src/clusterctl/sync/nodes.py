@@ -1,0 +1,240 @@
+"""One node's side of a sync, over its SSH connection: upload the agent, find the cluster
+IP, scan, survey, start/poll/stop the relay or sender, clean up."""
+from __future__ import annotations
+
+import base64
+import gzip
+import ipaddress
+import json
+import shlex
+import socket
+from pathlib import Path
+from typing import Any
+
+from ..errors import CommandFailed, HostError
+from ..facts import FactRequest, Facts, build_script, parse_output
+from ..remote import Connection
+
+AGENT_FILE = Path(__file__).with_name("node_agent.py")
+RUN_PREFIX = "/tmp/clusterctl-sync-"
+NODE_HASH_CACHE = "/var/cache/clusterctl/sync-sha256.json"
+_FACTS = [FactRequest("interfaces"), FactRequest("python")]
+SURVEY_MARKER = "@@clusterctl-sync-survey"
+INLINE_LIMIT = 40 * 1024      # gzip bytes sent inside a command (the limit is 128 KiB)
+FINAL_STATES = ("done", "failed")
+
+
+def agent_source() -> bytes:
+    return AGENT_FILE.read_bytes()
+
+
+def cluster_ip_of(host, facts: Facts) -> str | None:
+    """The host's address inside cluster.network (a CIDR or an interface name); with no
+    network set, the address of the interface holding ansible_host. Pure."""
+    network = (host.vars.get("cluster") or {}).get("network")
+    try:
+        iface = facts.interface_for(network, host.address)
+    except ValueError:
+        iface = None
+    if iface is None:
+        return None
+    addrs = [a for a, _ in iface.addresses]
+    if network and "/" in str(network):
+        net = ipaddress.ip_network(str(network), strict=False)
+        addrs = [a for a in addrs if _in(a, net)]
+    v4 = [a for a in addrs if ":" not in a]
+    if host.address in addrs:
+        return host.address
+    if v4:
+        return v4[0]
+    v6 = [a for a in addrs if not a.lower().startswith("fe80")]
+    return v6[0] if v6 else None
+
+
+def _in(addr: str, net) -> bool:
+    try:
+        return ipaddress.ip_address(addr.split("%")[0]) in net
+    except ValueError:
+        return False
+
+
+class SyncNode:
+    """A node taking part in one sync (run id `run_id`)."""
+
+    def __init__(self, host, conn: Connection, run_id: str):
+        self.host, self.conn = host, conn
+        self.name = host.name
+        self.rundir = f"{RUN_PREFIX}{run_id}-{host.name}"
+        self.cluster_ip: str | None = None
+        self.python = "python3"
+        self.pids: dict[str, int] = {}       # role -> pid of this sync's relay / sender
+
+    # -- plumbing
+    def _agent(self, *args: str) -> list[str]:
+        return [self.python, f"{self.rundir}/agent.py", *args]
+
+    def _write_file(self, name: str, data: bytes) -> str:
+        """A shell step writing `data` to RUNDIR/name: inline (base64 in the command, no
+        extra round trip) when small, else uploaded now over SFTP."""
+        path = f"{self.rundir}/{name}"
+        packed = gzip.compress(data, compresslevel=6, mtime=0)
+        if len(packed) <= INLINE_LIMIT:
+            b64 = base64.b64encode(packed).decode()
+            return f"printf %s {b64} | base64 -d | gzip -dc > {shlex.quote(path)}"
+        self.conn.put(data, path, mode=0o600)
+        return "true"
+
+    def run_json(self, argv: list[str] | str, *, timeout: float | None = None) -> dict:
+        """Run an agent command; its last stdout line is JSON. An {"error"} answer or a
+        failed command is a HostError naming the command."""
+        res = self.conn.run(argv, check=False, timeout=timeout)
+        return self._json(res)
+
+    def _json(self, res) -> dict:
+        lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+        data: Any = None
+        if lines:
+            try:
+                data = json.loads(lines[-1])
+            except ValueError:
+                data = None
+        if isinstance(data, dict) and "error" in data:
+            raise HostError(self.name, str(data["error"]))
+        if res.exit_code != 0 or not isinstance(data, dict):
+            raise CommandFailed(self.name, res.command, res.exit_code, res.stderr, res.stdout)
+        return data
+
+    # -- setup
+    def prepare(self, agent: bytes, survey_spec: dict | None = None) -> dict | None:
+        """One round trip: upload the agent, learn python3 and the cluster IP, and (when
+        the manifest is already known) survey the destination. Returns the survey."""
+        steps = ["set -e", "umask 077", f"mkdir -p {shlex.quote(self.rundir)}",
+                 self._write_file("agent.py", agent)]
+        if survey_spec is not None:
+            steps.append(self._write_file("survey.json", json.dumps(survey_spec).encode()))
+        steps.append("set +e")
+        if survey_spec is not None:
+            steps.append(f"S=$({shlex.join(self._agent('survey', self.rundir + '/survey.json'))}"
+                         " 2>&1)")
+        steps.append(build_script(_FACTS))
+        if survey_spec is not None:
+            steps.append(f"printf '\\n%s\\n%s\\n' {SURVEY_MARKER} \"$S\"")
+        res = self.conn.run("\n".join(steps), check=False)
+        facts_text, _, survey_text = res.stdout.partition(f"\n{SURVEY_MARKER}\n")
+        try:
+            facts = parse_output(facts_text, _FACTS)
+        except ValueError:
+            raise CommandFailed(self.name, "upload the sync agent and gather facts",
+                                res.exit_code, res.stderr, res.stdout) from None
+        if not facts.python:
+            raise HostError(self.name, "python3 is not installed (the sync agent needs it; "
+                            "Debian: apt-get install python3)")
+        self.cluster_ip = cluster_ip_of(self.host, facts)
+        if self.cluster_ip is None:
+            network = (self.host.vars.get("cluster") or {}).get("network")
+            raise HostError(self.name, "no address inside cluster.network "
+                            f"({network or 'the interface of ' + self.host.address})")
+        if survey_spec is None:
+            return None
+        return self._json(_Output(survey_text, res.stderr, res.exit_code,
+                                  "sync agent survey"))
+
+    # -- agent commands
+    def scan(self, root: str, *, want_hash: bool, timeout: float | None = None) -> dict:
+        args = ["scan", root, "--cache", NODE_HASH_CACHE] + (["--hash"] if want_hash else [])
+        return self.run_json(self._agent(*args), timeout=timeout)
+
+    def survey(self, spec: dict) -> dict:
+        step = self._write_file("survey.json", json.dumps(spec).encode())
+        cmd = step + " && " + shlex.join(self._agent("survey", f"{self.rundir}/survey.json"))
+        return self.run_json(cmd)
+
+    def _start(self, role: str, cfg: dict) -> dict:
+        step = self._write_file(f"{role}.json", json.dumps(cfg).encode())
+        out = self.run_json(f"umask 077; {step} && "
+                            + shlex.join(self._agent(role, self.rundir)), timeout=60)
+        self.pids[role] = int(out["pid"])
+        return out
+
+    def start_relay(self, cfg: dict) -> int:
+        return int(self._start("relay", cfg)["port"])
+
+    def start_sender(self, cfg: dict) -> None:
+        self._start("send", cfg)
+
+    def status(self, role: str) -> dict:
+        """The role's status file plus "alive" (is its process still running)."""
+        pid = self.pids.get(role, 0)
+        script = (f"cat {shlex.quote(self.rundir)}/{role}.status 2>/dev/null; echo; "
+                  f"if kill -0 {int(pid)} 2>/dev/null; then echo ALIVE; else echo DEAD; fi")
+        res = self.conn.run(script, check=False, timeout=30)
+        lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
+        st: dict = {}
+        if len(lines) >= 2:
+            try:
+                st = json.loads(lines[0])
+            except ValueError:
+                st = {}
+        st["alive"] = bool(lines) and lines[-1] == "ALIVE"
+        return st
+
+    def stop(self) -> None:
+        """Stop this sync's relay/sender (partial files stay for the next run)."""
+        if self.pids:
+            self.conn.run(self._agent("kill", self.rundir), check=False, timeout=30)
+            self.pids.clear()
+
+    def remove_file(self, path: str) -> None:
+        self.conn.run(["rm", "-f", "--", path], check=False)
+
+    def finish(self, staging: str | None) -> None:
+        """Stop what still runs, remove the run folder and an empty staging folder."""
+        cmd = ""
+        if self.pids:
+            cmd = shlex.join(self._agent("kill", self.rundir)) + " >/dev/null 2>&1; "
+        cmd += f"rm -rf -- {shlex.quote(self.rundir)}"
+        if staging:
+            cmd += f"; rmdir -- {shlex.quote(staging)} 2>/dev/null"
+        self.conn.run(cmd + "; true", check=False, timeout=30)
+        self.pids.clear()
+
+    # -- a byte pipe to a relay, for the controller's own stream
+    def open_stream(self, ip: str, port: int, timeout: float) -> Any:
+        """A socket to the relay at ip:port: directly when this machine reaches the cluster
+        network, else tunnelled through this node's SSH connection (direct-tcpip)."""
+        try:
+            sock = socket.create_connection((ip, port), timeout=3)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.settimeout(timeout)
+            return sock
+        except OSError:
+            pass
+        # remote.Connection has no tunnel API yet; use its paramiko transport
+        transport = self.conn._conn.client.get_transport()  # noqa: SLF001
+        chan = transport.open_channel("direct-tcpip", (ip, port), ("127.0.0.1", 0),
+                                      timeout=15)
+        chan.settimeout(timeout)
+        return _ChannelStream(chan)
+
+
+class _ChannelStream:
+    """A paramiko channel with the socket calls send_stream uses."""
+
+    def __init__(self, chan):
+        self.chan = chan
+
+    def sendall(self, data) -> None:
+        self.chan.sendall(data)
+
+    def shutdown(self, how) -> None:
+        self.chan.shutdown_write()
+
+    def close(self) -> None:
+        self.chan.close()
+
+
+class _Output:
+    """A RunResult-like view of part of a command's output."""
+
+    def __init__(self, stdout: str, stderr: str, exit_code: int, command: str):
+        self.stdout, self.stderr, self.exit_code, self.command = stdout, stderr, exit_code, command

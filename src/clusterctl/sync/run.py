@@ -1,0 +1,675 @@
+"""sync_model: put a model at models_dir/NAME on every node, verified, at link speed.
+
+A run, in rounds (at most MAX_ROUNDS transfers):
+  connect (parallel) -> upload the agent, find cluster IPs -> source manifest (HF: download
+  on one node first) -> per round: survey every node not yet done (one agent call each),
+  diff against the manifest, check disk space, plan the chain, start one relay per
+  receiver, start the feeder (the controller, the source node, or a node that already
+  holds the model), poll the relays' status files until the stream ends -> collect.
+A node that fails (disk, unreachable, broken link) is named in the report; the others go
+on. Nodes after a broken link are retried in the next round.
+"""
+from __future__ import annotations
+
+import os
+import posixpath
+import secrets
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable
+
+from ..errors import ClusterctlError, HostError, InputError
+from ..inventory import Inventory, load_inventory
+from ..remote import close_all, connect_all
+from . import node_agent
+from .manifest import Manifest, NodeNeed, diff, parse_listing, summarize_reasons
+from .nodes import FINAL_STATES, SyncNode, agent_source
+from .plan import (CONTROLLER, Chain, choose_seed, human_bytes, node_stream_bytes,
+                   plan_chain, relay_want, space_message, space_problem, stream_files)
+from .report import FAILED, SYNCED, UNCHANGED, NodeReport, RoundReport, SyncProgress, SyncReport
+from .source import (HF_NO_HUB_EXIT, HF_NO_SPACE_EXIT, HFSource, LocalSource, NodeSource,
+                     check_name, hf_download_command, hf_env, hf_python, hf_token,
+                     parse_source)
+
+MAX_ROUNDS = 3
+POLL_INTERVAL = 0.5
+STALL_TIMEOUT = 120.0          # no byte moved anywhere for this long: the round is over
+ACCEPT_TIMEOUT = 300           # a relay nobody connects to gives up after this
+HF_TIMEOUT = 24 * 3600
+
+ProgressFn = Callable[[SyncProgress], None]
+
+
+def local_hash_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return os.path.join(base, "clusterctl", "sync-sha256.json")
+
+
+def sync_model(inventory: Inventory | str | os.PathLike, source: str, name: str | None = None,
+               *, hosts: Iterable | None = None, verify: bool = False,
+               progress: ProgressFn | None = None, bwlimit: int | None = None,
+               accept_new_host_keys: bool = False) -> SyncReport:
+    """Copy SOURCE to models_dir/NAME on `hosts` (default: every inventory host).
+
+    SOURCE: a folder or file on the controller, NODE:/path, or a Hugging Face repo id
+    ([hf:]ORG/NAME[@REVISION], downloaded on one node with huggingface_hub from its
+    python.venv). Returns the report; nodes that failed are in report.failed. Raises
+    InputError for bad input and ClusterctlError when the source cannot be read.
+    `progress` gets a SyncProgress snapshot about twice a second; if it raises, the sync
+    stops (partial files stay and the next run resumes them) and the exception propagates.
+    `bwlimit` caps the stream at that many bytes per second (None: link speed).
+    """
+    inv = inventory if isinstance(inventory, Inventory) else load_inventory(Path(inventory))
+    targets = _select(inv, hosts)
+    src = parse_source(source, list(inv.hosts))
+    name = check_name(name or src.default_name)
+    dirs = {h.vars.get("models_dir") for h in targets}
+    if len(dirs) != 1:
+        listed = ", ".join(f"{h.name}={h.vars.get('models_dir')}" for h in targets)
+        raise InputError(f"models_dir must be the same on every node (the model has to be at "
+                         f"the same path everywhere); got {listed}", key="models_dir")
+    if bwlimit is not None and int(bwlimit) <= 0:
+        raise InputError(f"bwlimit must be a positive number of bytes per second (got "
+                         f"{bwlimit})", key="bwlimit")
+    job = _SyncJob(inv, targets, src, name, dirs.pop(), verify=verify, progress=progress,
+                   accept_new_host_keys=accept_new_host_keys, bwlimit=bwlimit)
+    return job.run()
+
+
+def _select(inv: Inventory, hosts) -> list:
+    if hosts is None:
+        return list(inv.hosts.values())
+    out = []
+    for h in hosts:
+        key = h if isinstance(h, str) else h.name
+        if key not in inv.hosts:
+            raise InputError(f"{key!r} is not a host of the inventory", key="hosts")
+        if inv.hosts[key] not in out:
+            out.append(inv.hosts[key])
+    if not out:
+        raise InputError("no hosts to sync to", key="hosts")
+    return out
+
+
+class _SyncJob:
+    def __init__(self, inv, targets, src, name, models_dir, *, verify, progress,
+                 accept_new_host_keys, bwlimit=None):
+        self.bwlimit = int(bwlimit) if bwlimit else None
+        self.inv, self.targets, self.src, self.name = inv, targets, src, name
+        self.models_dir = models_dir.rstrip("/") or "/"
+        self.dest = posixpath.join(self.models_dir, name)
+        self.verify, self.progress_fn = verify, progress
+        self.accept_new_host_keys = accept_new_host_keys
+        self.run_id = uuid.uuid4().hex[:12]
+        self.nodes: dict[str, SyncNode] = {}
+        self.reports = {h.name: NodeReport(h.name) for h in targets}
+        self.order = [h.name for h in targets]
+        self.pool = ThreadPoolExecutor(max_workers=max(4, min(32, len(targets) + 2)))
+        self.source_node: str | None = None       # feeds the stream (NodeSource / HF)
+        self.source_path: str | None = None
+        self.manifest: Manifest | None = None
+        self.controller_bytes = 0
+        self.warnings: list[str] = []
+        self.phase_nodes: dict[str, str] = {n: "connecting" for n in self.order}
+        self.errors: dict[str, str] = {}          # node -> first error (targets or not)
+        self.stop_reason: dict[str, str] = {}     # node -> why we stopped its relay
+
+    # ------------------------------------------------------------------ plumbing
+    def emit(self, phase: str, *, total: int = 0, done: int = 0, rnd: int = 0,
+             message: str = "") -> None:
+        if self.progress_fn is not None:
+            self.progress_fn(SyncProgress(phase=phase, total=total, done=done, round=rnd,
+                                          nodes=dict(self.phase_nodes), message=message))
+
+    def fail(self, node: str, error: str) -> None:
+        self.errors.setdefault(node, error)
+        r = self.reports.get(node)
+        if r is not None and r.state != FAILED:
+            r.state, r.error = FAILED, error
+            self.phase_nodes[node] = "failed"
+
+    def alive(self) -> list[str]:
+        return [n for n in self.order if self.reports[n].state != FAILED and n in self.nodes]
+
+    def parallel(self, fn, names: list[str]) -> dict[str, object]:
+        """fn(name) for every name in parallel; values are results or exceptions."""
+        futures = {n: self.pool.submit(fn, n) for n in names}
+        out: dict[str, object] = {}
+        for n, fut in futures.items():
+            try:
+                out[n] = fut.result()
+            except Exception as exc:  # noqa: BLE001 - isolated per node
+                out[n] = exc
+        return out
+
+    @property
+    def root(self) -> str:
+        """Folder the manifest's paths are relative to, on every node."""
+        return self.dest if self.manifest.kind == "dir" else self.models_dir
+
+    @property
+    def staging(self) -> str:
+        return posixpath.join(self.root, node_agent.STAGING)
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> SyncReport:
+        started = time.monotonic()
+        if isinstance(self.src, LocalSource):
+            self.scan_local()          # first: its manifest lets the first survey ride along
+        self.emit("connecting")
+        hosts = list(self.targets)
+        if isinstance(self.src, NodeSource) and self.src.host not in self.reports:
+            hosts.append(self.inv.hosts[self.src.host])
+        conns, errors = connect_all(hosts, accept_new_host_keys=self.accept_new_host_keys)
+        report = None
+        try:
+            for name, exc in errors.items():
+                self.fail(name, str(exc).removeprefix(f"{name}: "))
+            agent = agent_source()
+            for name, conn in conns.items():
+                self.nodes[name] = SyncNode(self.inv.hosts[name], conn, self.run_id)
+            spec = None
+            if self.manifest is not None:
+                spec = self.manifest.survey_spec(self.root, self.staging, verify=self.verify)
+            prepared = self.parallel(
+                lambda n: self.nodes[n].prepare(agent, spec if n in self.reports else None),
+                list(self.nodes))
+            first_surveys = {}
+            for name, res in prepared.items():
+                if isinstance(res, Exception):
+                    self.fail(name, _msg(name, res))      # kept in self.nodes for cleanup
+                elif res is not None:
+                    first_surveys[name] = res
+            if self.manifest is None:
+                self.resolve_remote_source()
+            report = SyncReport(source=str(self.src), name=self.name, destination=self.dest,
+                                manifest=self.manifest, nodes=self.reports, verify=self.verify,
+                                warnings=self.warnings)
+            for r in self.reports.values():
+                r.files = len(self.manifest.files)
+            self.rounds(report, first_surveys)
+        finally:
+            self.shutdown()
+            close_all(conns)
+            self.pool.shutdown(wait=False)
+        report.manifest = self.manifest
+        report.controller_bytes = self.controller_bytes
+        report.seconds = time.monotonic() - started
+        self.emit("done")
+        return report
+
+    # ------------------------------------------------------------------ source
+    def scan_local(self) -> None:
+        """The manifest of a source on the controller (sha256 from the cache; all of them
+        with verify)."""
+        self.emit("scanning", message=f"listing {self.src.path}")
+        try:
+            scan = node_agent.scan(str(self.src.path), want_hash=self.verify,
+                                   cache_path=local_hash_cache())
+        except SystemExit:
+            raise InputError(f"cannot read {self.src.path}", key="SOURCE") from None
+        self.source_path = scan["root"]
+        self.set_manifest(scan)
+
+    def resolve_remote_source(self) -> None:
+        """NODE:/path or a Hugging Face repo (downloaded on one node first): list it there."""
+        if isinstance(self.src, HFSource):
+            self.download_hf(self.src)
+        src = self.src
+        self.emit("scanning", message=f"listing {src}")
+        node = self.nodes.get(src.host)
+        if node is None or src.host in self.errors:
+            raise HostError(src.host, "the source node is not usable: "
+                            + self.errors.get(src.host, "unreachable"))
+        scan = node.scan(src.path, want_hash=self.verify, timeout=None)
+        self.source_node, self.source_path = src.host, scan["root"]
+        self.set_manifest(scan)
+        if (self.source_node in self.reports and self.manifest.kind == "dir"
+                and posixpath.normpath(self.source_path) == self.dest):
+            # the source is the destination on that node: nothing to do there
+            r = self.reports[self.source_node]
+            r.state, r.check = UNCHANGED, "source"
+            self.phase_nodes[self.source_node] = "source"
+
+    def set_manifest(self, scan: dict) -> None:
+        for skipped in scan.get("skipped") or []:
+            self.warnings.append(f"not synced: {skipped}")
+        self.manifest = Manifest.from_scan(scan, self.name)
+        if not self.manifest.files:
+            raise InputError(f"{self.src} holds no files to sync", key="SOURCE")
+
+    def download_hf(self, src: HFSource) -> None:
+        """snapshot_download on one node (the head if it takes part) into models_dir/NAME;
+        that node then is the source of the fan-out."""
+        usable = self.alive()
+        head = self.inv.head.name
+        candidates = ([head] if head in usable else []) + [n for n in usable if n != head]
+        if not candidates:
+            raise HostError(self.order[0], "no reachable node to download "
+                            f"{src.repo_id} on")
+        name = candidates[0]
+        node = self.nodes[name]
+        venv = (node.host.vars.get("python") or {}).get("venv") or "/opt/clusterctl/venv"
+        self.emit("downloading", message=f"{src} on {name}")
+        self.phase_nodes[name] = "downloading"
+        has_venv = node.conn.run(["test", "-x", hf_python(venv)], check=False).exit_code == 0
+        if not has_venv:
+            raise HostError(name, f"no python venv at {venv} (python.venv) to download "
+                            f"{src.repo_id} with: run `clusterctl bootstrap` first, or create "
+                            f"it and `{venv}/bin/pip install huggingface_hub`")
+        token = hf_token(os.environ, node.host.vars)
+        res = node.conn.run(hf_download_command(venv, src, self.dest), env=hf_env(token),
+                            check=False, timeout=HF_TIMEOUT)
+        if res.exit_code == HF_NO_HUB_EXIT:
+            raise HostError(name, f"huggingface_hub is not installed in {venv} (python.venv): "
+                            f"run `{venv}/bin/pip install huggingface_hub` there")
+        if res.exit_code == HF_NO_SPACE_EXIT:
+            data = _last_json(res.stdout) or {}
+            raise HostError(name, space_message(name, data.get("path", self.models_dir),
+                                                int(data.get("needed", 0)),
+                                                int(data.get("available", 0))))
+        if res.exit_code != 0:
+            tail = "\n".join((res.stderr or res.stdout).strip().splitlines()[-8:])
+            raise HostError(name, f"downloading {src} failed (exit {res.exit_code}):\n{tail}")
+        self.phase_nodes[name] = "downloaded"
+        self.src = NodeSource(name, self.dest)
+
+    # ------------------------------------------------------------------ rounds
+    def rounds(self, report: SyncReport, first_surveys: dict[str, dict]) -> None:
+        done: set[str] = {n for n, r in self.reports.items() if r.state == UNCHANGED}
+        last_error: dict[str, str] = {}
+        for rnd in range(1, MAX_ROUNDS + 2):
+            todo_nodes = [n for n in self.alive() if n not in done]
+            if not todo_nodes:
+                return
+            self.emit("surveying", rnd=rnd)
+            spec = self.manifest.survey_spec(self.root, self.staging,
+                                             verify=self.verify and rnd == 1)
+            if self.verify and rnd == 1 and not self.manifest.complete:
+                self.hash_source()
+                spec = self.manifest.survey_spec(self.root, self.staging, verify=True)
+            if rnd == 1 and first_surveys:
+                surveys = {n: first_surveys.get(n) or self.nodes[n].survey(spec)
+                           for n in todo_nodes}
+            else:
+                surveys = self.parallel(lambda n: self.nodes[n].survey(spec), todo_nodes)
+            needs: dict[str, NodeNeed] = {}
+            complete: list[str] = []
+            for n, res in surveys.items():
+                if isinstance(res, Exception):
+                    self.fail(n, _msg(n, res))
+                    continue
+                need = diff(self.manifest, parse_listing(res), res.get("partials"),
+                            verify=self.verify and rnd == 1)
+                r = self.reports[n]
+                if need.complete:
+                    done.add(n)
+                    complete.append(n)
+                    if rnd == 1:
+                        r.state = UNCHANGED
+                        r.check = "sha256" if self.verify else "size+mtime"
+                        self.phase_nodes[n] = "unchanged"
+                    else:
+                        r.state = SYNCED
+                        self.phase_nodes[n] = "synced"
+                    continue
+                avail = res.get("avail")
+                if rnd == 1:
+                    r.needed_bytes, r.available_bytes = need.needed_bytes, avail
+                if space_problem(need.needed_bytes, avail):
+                    self.fail(n, space_message(n, res.get("space_path", self.root),
+                                               need.needed_bytes, int(avail)))
+                    continue
+                needs[n] = need
+                self.phase_nodes[n] = f"needs {summarize_reasons(need)}"
+            if not needs:
+                return
+            if rnd > MAX_ROUNDS:
+                for n in needs:
+                    self.fail(n, f"still not in sync after {MAX_ROUNDS} rounds: "
+                              + last_error.get(n, summarize_reasons(needs[n])))
+                return
+            chain = self.plan(needs, complete if rnd == 1 else [])
+            outcome = self.transfer(chain, needs, rnd, report)
+            for n, (ok, err, fatal) in outcome.items():
+                if ok:
+                    done.add(n)
+                    self.reports[n].state = SYNCED
+                    self.phase_nodes[n] = "synced"
+                elif fatal:
+                    self.fail(n, err)
+                else:
+                    last_error[n] = err
+                    self.phase_nodes[n] = "retrying"
+
+    def plan(self, needs: dict[str, NodeNeed], complete: list[str]) -> Chain:
+        """Who feeds this round: the source node; else a node that already holds every
+        file (first round only; spares the controller's link, and receivers check sha256
+        against the manifest, so the source is hashed first); else the controller."""
+        if self.source_node is not None:
+            return plan_chain(self.manifest, needs, self.order, feeder=self.source_node,
+                              first=self.source_node)
+        seed = choose_seed({n: NodeNeed() for n in complete}, [n for n in self.order
+                                                               if n in complete])
+        if seed is not None:
+            self.hash_source()
+            return plan_chain(self.manifest, needs, self.order, feeder=seed)
+        return plan_chain(self.manifest, needs, self.order, feeder=CONTROLLER)
+
+    def hash_source(self) -> None:
+        """Complete the manifest's sha256 values at the source (cached across runs)."""
+        if self.manifest.complete:
+            return
+        self.emit("hashing", message=f"sha256 of {len(self.manifest.unhashed())} files")
+        if self.source_node is not None:
+            scan = self.nodes[self.source_node].scan(self.src.path, want_hash=True)
+        else:
+            scan = node_agent.scan(str(self.src.path), want_hash=True,
+                                   cache_path=local_hash_cache())
+        fresh = Manifest.from_scan(scan, self.name)
+        digests = {p: e.sha256 for p, e in fresh.files.items() if e.sha256}
+        self.manifest, changed = self.manifest.with_digests(digests)
+        for p in changed:
+            self.warnings.append(f"{p} changed at the source during the sync")
+
+    def sources(self, chain: Chain) -> dict[str, str]:
+        """Stream path -> file to read, on the feeder."""
+        if chain.feeder not in (CONTROLLER, self.source_node):       # a seed node
+            return {f.path: posixpath.join(self.root, f.path) for f in chain.files}
+        if self.manifest.kind == "file":
+            return {f.path: self.source_path for f in chain.files}
+        join = posixpath.join if chain.feeder != CONTROLLER else os.path.join
+        return {f.path: join(self.source_path, f.path) for f in chain.files}
+
+    # ------------------------------------------------------------------ one round
+    def transfer(self, chain: Chain, needs: dict[str, NodeNeed], rnd: int,
+                 report: SyncReport) -> dict[str, tuple[bool, str, bool]]:
+        """Run one chain. Returns node -> (in sync, error, error is final)."""
+        started = time.monotonic()
+        outcome: dict[str, tuple[bool, str, bool]] = {}
+        tokens = {n: secrets.token_hex(16) for n in chain.nodes}
+        self.emit("starting relays", rnd=rnd)
+
+        def start(n: str) -> int:
+            node = self.nodes[n]
+            self.reports[n].attempts += 1
+            return node.start_relay({
+                "listen": node.cluster_ip, "token": tokens[n], "root": self.root,
+                "staging": self.staging, "want": relay_want(self.manifest, needs[n]),
+                "accept_timeout": ACCEPT_TIMEOUT, "idle_timeout": STALL_TIMEOUT})
+
+        ports = self.parallel(start, chain.nodes)
+        for n, res in ports.items():
+            if isinstance(res, Exception):
+                outcome[n] = (False, f"cannot start the relay: {_msg(n, res)}", False)
+        chain.nodes = [n for n in chain.nodes if n not in outcome]
+        if not chain.nodes:
+            return outcome
+        chain.files = stream_files(self.manifest, needs, chain.nodes)
+        hops = [{"name": n, "ip": self.nodes[n].cluster_ip, "port": ports[n],
+                 "token": tokens[n]} for n in chain.nodes]
+        node_bytes = {n: node_stream_bytes(chain, needs[n]) for n in chain.nodes}
+        for n in chain.nodes:
+            self.phase_nodes[n] = "waiting"
+
+        feeder = None
+        if chain.feeder == CONTROLLER:
+            feeder = _ControllerFeeder(self.nodes[chain.nodes[0]], hops, chain,
+                                       self.sources(chain), self.bwlimit)
+            feeder.start()
+        else:
+            node = self.nodes[chain.feeder]
+            try:
+                node.start_sender({"chain": hops, "files": [f.to_dict() for f in chain.files],
+                                   "sources": self.sources(chain), "kind": self.manifest.kind,
+                                   "cache": "/var/cache/clusterctl/sync-sha256.json"
+                                   if chain.feeder == self.source_node else None,
+                                   "cache_root": self.source_path,
+                                   "idle_timeout": STALL_TIMEOUT, "bwlimit": self.bwlimit})
+            except ClusterctlError as exc:
+                for n in chain.nodes:
+                    outcome[n] = (False, f"the feeder {chain.feeder} failed: "
+                                  f"{_msg(chain.feeder, exc)}", False)
+                self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
+                return outcome
+
+        if chain.feeder in self.phase_nodes and chain.feeder not in chain.nodes:
+            self.phase_nodes[chain.feeder] = "sending"
+        try:
+            statuses, feeder_state = self.poll(chain, feeder, node_bytes, rnd)
+        finally:
+            if feeder is not None:
+                feeder.stop.set()
+        if chain.feeder in self.phase_nodes and chain.feeder not in chain.nodes:
+            r = self.reports.get(chain.feeder)
+            self.phase_nodes[chain.feeder] = r.state if r else ""
+
+        # the feeder's digests complete the manifest
+        digests, feeder_error = {}, None
+        if feeder is not None:
+            feeder.join(timeout=30)
+            digests, feeder_error = feeder.digests, feeder.error
+            self.controller_bytes += feeder.sent
+        else:
+            digests = feeder_state.get("digests") or {}
+            if feeder_state.get("state") != "done":
+                feeder_error = feeder_state.get("error") or "the sender stopped"
+        self.manifest, changed = self.manifest.with_digests(digests)
+        for p in changed:
+            self.warnings.append(f"{p} changed at the source during the sync")
+        if feeder is not None and digests:
+            cache = node_agent.HashCache(local_hash_cache())
+            for p, d in digests.items():
+                src = self.sources(chain)[p]
+                try:
+                    cache.put(src, os.stat(src), d)
+                except OSError:
+                    pass
+            cache.save()
+
+        for n in chain.nodes:
+            outcome[n] = self.collect(n, statuses.get(n) or {}, needs[n], feeder_error)
+        report.rounds.append(RoundReport(rnd, chain.describe(), len(chain.files),
+                                         chain.stream_bytes, time.monotonic() - started,
+                                         feeder_error))
+        return outcome
+
+    def poll(self, chain: Chain, feeder, node_bytes: dict[str, int], rnd: int):
+        """Wait for the round to end, reporting progress. Returns (final relay statuses,
+        remote sender status)."""
+        statuses: dict[str, dict] = {}
+        sender: dict = {}
+        last_moved, last_total = time.monotonic(), -1
+        stopped: set[str] = set()
+        while True:
+            got = self.parallel(lambda n: self.nodes[n].status("relay"), chain.nodes)
+            for n, st in got.items():
+                if isinstance(st, Exception):
+                    st = {"state": "failed", "error": _msg(n, st), "alive": False}
+                statuses[n] = st
+            if feeder is None:
+                try:
+                    sender = self.nodes[chain.feeder].status("send")
+                except ClusterctlError as exc:
+                    sender = {"state": "failed", "error": _msg(chain.feeder, exc),
+                              "alive": False}
+            # progress
+            moving = [n for n in chain.nodes if statuses[n].get("state") != "failed"]
+            ins = [int(statuses[n].get("bytes_in", 0)) for n in moving]
+            done_bytes = min(ins) if ins else 0
+            for n in chain.nodes:
+                st = statuses[n]
+                state = st.get("state")
+                if state == "done":
+                    self.phase_nodes[n] = "verified"
+                elif state == "failed":
+                    self.phase_nodes[n] = "failed"
+                elif state == "receiving":
+                    pct = 100 * int(st.get("bytes_written", 0)) / max(1, node_bytes[n])
+                    self.phase_nodes[n] = f"{min(pct, 100):.0f}%"
+                else:
+                    self.phase_nodes[n] = "waiting"
+            self.emit("transferring", total=chain.stream_bytes, done=done_bytes, rnd=rnd)
+            # finished?
+            finished = {n for n in chain.nodes if _final(statuses[n])}
+            if len(finished) == len(chain.nodes):
+                break
+            # a relay nobody will connect to: its upstream ended without forwarding
+            for i, n in enumerate(chain.nodes):
+                if n in finished or n in stopped or statuses[n].get("state") != "listening":
+                    continue
+                if i == 0:
+                    up_over = (feeder is not None and not feeder.is_alive()
+                               and not feeder.connected) or \
+                              (feeder is None and _final(sender)
+                               and sender.get("state") != "done" and not sender.get("bytes_sent"))
+                else:
+                    up = statuses[chain.nodes[i - 1]]
+                    up_over = _final(up) and not up.get("forwarding")
+                if up_over:
+                    up_name = chain.feeder if i == 0 else chain.nodes[i - 1]
+                    up_err = (feeder.error if feeder is not None and i == 0 else
+                              sender.get("error") if i == 0 else
+                              statuses[up_name].get("forward_error")
+                              or statuses[up_name].get("error"))
+                    self.stop_reason[n] = f"{up_name} before it in the chain did not " \
+                        "forward the stream" + (f" ({up_err})" if up_err else "")
+                    stopped.add(n)
+                    self.nodes[n].stop()
+            total_moved = sum(ins) + (feeder.sent if feeder is not None
+                                      else int(sender.get("bytes_sent", 0)))
+            now = time.monotonic()
+            if total_moved != last_total:
+                last_total, last_moved = total_moved, now
+            elif now - last_moved > STALL_TIMEOUT:
+                self.warnings.append(f"round {rnd}: no progress for {STALL_TIMEOUT:.0f}s; "
+                                     "stopped it")
+                self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
+                if feeder is not None:
+                    feeder.stop.set()
+                break
+            time.sleep(POLL_INTERVAL)
+        # statuses of relays that had not ended (stopped ones), as they ended
+        unsettled = [n for n in chain.nodes if statuses[n].get("state") not in FINAL_STATES]
+        final = self.parallel(lambda n: self.nodes[n].status("relay"), unsettled)
+        for n, st in final.items():
+            if not isinstance(st, Exception) and st:
+                statuses[n] = st
+        if feeder is None:
+            for _ in range(20):
+                if _final(sender):
+                    break
+                time.sleep(0.25)
+                try:
+                    sender = self.nodes[chain.feeder].status("send")
+                except ClusterctlError:
+                    break
+            self.nodes[chain.feeder].stop()
+        return statuses, sender
+
+    def collect(self, n: str, st: dict, need: NodeNeed, feeder_error: str | None
+                ) -> tuple[bool, str, bool]:
+        """Judge one receiver from its final status: every wanted file written and its
+        sha256 equal to the manifest's."""
+        r = self.reports[n]
+        r.bytes_received += int(st.get("bytes_written", 0))
+        r.bytes_resumed += int(st.get("bytes_resumed", 0))
+        files = st.get("files") or {}
+        missing, errors = [], []
+        for path in need.send:
+            f = files.get(path)
+            if not f or not f.get("ok"):
+                missing.append(path)
+                if f and f.get("error"):
+                    errors.append(f"{path}: {f['error']}")
+                continue
+            want = self.manifest.files[path].sha256
+            if want and f.get("sha256") != want:
+                # cannot happen unless the feeder lied: remove it so the next round resends
+                self.nodes[n].remove_file(posixpath.join(self.root, path))
+                missing.append(path)
+                errors.append(f"{path}: sha256 {f.get('sha256')} != manifest {want}")
+                continue
+            r.files_sent += 1
+        if not missing:
+            if r.files_sent == len(self.manifest.files) or self.verify:
+                r.check = "sha256"         # every file was hashed on this node in this run
+            return True, "", False
+        if st.get("disk_error"):
+            return False, f"cannot write: {st['disk_error']}", True
+        why = self.stop_reason.pop(n, None) or (errors[0] if errors else None) \
+            or st.get("error") or feeder_error or "incomplete"
+        if st.get("state") not in FINAL_STATES and not st.get("alive") and st:
+            why = "the relay process died" + (f" ({why})" if why else "")
+        detail = f"{len(missing)} of {len(need.send)} files not written ({why})"
+        return False, detail, False
+
+    # ------------------------------------------------------------------ end
+    def shutdown(self) -> None:
+        """Stop whatever of this sync still runs on the nodes, remove its run folder."""
+        staging = self.staging if self.manifest is not None else None
+
+        self.parallel(lambda n: self.nodes[n].finish(staging), list(self.nodes))
+
+
+class _ControllerFeeder(threading.Thread):
+    """The controller streams its local files to the first relay (one copy)."""
+
+    def __init__(self, first: SyncNode, hops: list[dict], chain: Chain, sources: dict[str, str],
+                 bwlimit: int | None = None):
+        super().__init__(daemon=True, name="sync-feeder")
+        self.first, self.hops, self.chain, self.sources = first, hops, chain, sources
+        self.bwlimit = bwlimit
+        self.sent = 0
+        self.digests: dict[str, str] = {}
+        self.error: str | None = None
+        self.connected = False
+        self.stop = threading.Event()
+
+    def _count(self, n: int) -> None:
+        self.sent += n
+
+    def run(self) -> None:
+        stream = None
+        try:
+            hop = self.hops[0]
+            stream = self.first.open_stream(hop["ip"], int(hop["port"]), STALL_TIMEOUT)
+            self.connected = True
+            self.digests = node_agent.send_stream(
+                stream, [f.to_dict() for f in self.chain.files], hop, self.hops[1:],
+                self.sources, on_bytes=self._count, stop=self.stop, bwlimit=self.bwlimit)
+            stream.shutdown(socket.SHUT_WR)
+        except Exception as exc:  # noqa: BLE001 - reported in the round
+            self.error = str(exc) or type(exc).__name__
+        finally:
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+
+
+def _final(st: dict) -> bool:
+    return bool(st) and (st.get("state") in FINAL_STATES or not st.get("alive"))
+
+
+def _msg(name: str, exc) -> str:
+    text = str(exc)
+    return text.removeprefix(f"{name}: ")
+
+
+def _last_json(text: str):
+    import json
+    for line in reversed(text.splitlines()):
+        try:
+            return json.loads(line)
+        except ValueError:
+            continue
+    return None
+
+
+__all__ = ["sync_model", "MAX_ROUNDS", "human_bytes"]
