@@ -37,6 +37,13 @@ class LineReporter:
         with self._lock:
             self.out.print(f"[bold]PLAY {play.name}[/bold] [dim]({len(hosts)} hosts)[/dim]")
 
+    def progress(self, host: str, text: str) -> None:
+        """A long step's progress (e.g. a build); shown unless quiet."""
+        if self.quiet:
+            return
+        with self._lock:
+            self.out.print(f"  [dim]…         {host:<16} {_esc(text)}[/dim]")
+
     def task_result(self, result):
         if self.quiet:
             return

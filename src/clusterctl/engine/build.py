@@ -169,7 +169,7 @@ def stage_source(source: str, ref: str | None) -> Path:
             # a pip requirement: its sdist (llama-cpp-python vendors llama.cpp)
             import sys
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
-                   "--no-build-isolation", "-d", str(tmp_path), source]
+                   "-d", str(tmp_path), source]
             _controller_run(cmd, f"pip download of {source}")
             found = [p for p in tmp_path.iterdir() if p.name.endswith((".tar.gz", ".zip"))]
             if not found:
@@ -197,7 +197,7 @@ def build_script(src_tar: str, workdir: str, prefix: str, flags: list[str], jobs
 work={q(workdir)}; prefix={q(prefix)}
 rm -rf "$work"; mkdir -p "$work/src"
 tar -xzf {q(src_tar)} -C "$work/src"
-root=$(dirname "$(find "$work/src" -maxdepth 4 -path '*/ggml/CMakeLists.txt' | head -n 1)")
+root=$(dirname "$(find "$work/src" -maxdepth 6 -path '*/ggml/CMakeLists.txt' | awk '{{ print length($0), $0 }}' | sort -n | head -n 1 | cut -d' ' -f2-)")
 root=$(dirname "$root")
 [ -f "$root/CMakeLists.txt" ] || {{ echo "no llama.cpp tree (ggml/CMakeLists.txt) in the source" >&2; exit 3; }}
 cd "$root"
