@@ -1,0 +1,127 @@
+"""The controller side: commands, preconditions, interfaces. Every command the lab runs
+on the host goes through `run` (argv lists, never a shell string)."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import ClusterctlError
+
+# tool -> Debian package that provides it
+TOOLS = {
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "ssh-keygen": "openssh-client",
+    "ip": "iproute2",
+    "tc": "iproute2",
+    "bridge": "iproute2",
+    "nsenter": "util-linux",
+    "nft": "nftables",
+    "dpkg-scanpackages": "dpkg-dev",
+    "apt-get": "apt",
+}
+LAB_TOOLS = ("systemd-nspawn", "debootstrap", "ssh-keygen", "ip", "tc", "bridge", "nsenter",
+             "nft")
+MIRROR_TOOLS = ("apt-get", "dpkg-scanpackages")
+
+
+class HostCommandFailed(ClusterctlError):
+    def __init__(self, argv: list[str], code: int, stderr: str):
+        self.argv, self.code, self.stderr = argv, code, stderr
+        tail = "\n".join("    " + ln for ln in stderr.strip().splitlines()[-10:])
+        msg = f"command failed on the controller (exit {code}): {' '.join(argv)}"
+        super().__init__(msg + ("\n" + tail if tail else ""))
+
+
+def run(argv: list[str], *, check: bool = True, input: str | None = None,
+        timeout: float | None = 120) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                              timeout=timeout)
+    except FileNotFoundError:
+        raise ClusterctlError(f"{argv[0]} not found; install it with: apt-get install "
+                              f"{TOOLS.get(argv[0], argv[0])}") from None
+    except subprocess.TimeoutExpired:
+        raise ClusterctlError(f"timed out after {timeout:.0f}s: {' '.join(argv)}") from None
+    if check and proc.returncode != 0:
+        raise HostCommandFailed(argv, proc.returncode, proc.stderr or proc.stdout)
+    return proc
+
+
+def nsenter_net(pid: int, argv: list[str]) -> list[str]:
+    """argv run in a node's network namespace with the host's binaries."""
+    return ["nsenter", "-t", str(pid), "-n", "--", *argv]
+
+
+def require_root(what: str = "clusterctl lab") -> None:
+    if os.geteuid() != 0:
+        raise ClusterctlError(f"{what} needs root: it creates a bridge, network namespaces "
+                              "and systemd-nspawn containers. Run it with sudo.")
+
+
+def missing_tools(tools) -> list[str]:
+    return [t for t in tools if shutil.which(t) is None
+            and not any(Path(d, t).exists() for d in ("/usr/sbin", "/sbin"))]
+
+
+def require_tools(tools) -> None:
+    missing = missing_tools(tools)
+    if missing:
+        packages = sorted({TOOLS.get(t, t) for t in missing})
+        raise ClusterctlError(f"missing tools: {', '.join(missing)}. Install them with: "
+                              f"apt-get install {' '.join(packages)}")
+
+
+# ----------------------------------------------------------------------------- links
+
+def links() -> dict[str, dict]:
+    """ifname -> `ip -j -d link` record."""
+    out = run(["ip", "-j", "-d", "link", "show"]).stdout
+    return {rec["ifname"]: rec for rec in json.loads(out or "[]")}
+
+
+def link(ifname: str) -> dict | None:
+    proc = run(["ip", "-j", "-d", "link", "show", "dev", ifname], check=False)
+    if proc.returncode != 0:
+        return None
+    recs = json.loads(proc.stdout or "[]")
+    return recs[0] if recs else None
+
+
+def link_is_ours(ifname: str, alias: str) -> bool:
+    rec = link(ifname)
+    return rec is not None and rec.get("ifalias") == alias
+
+
+def used_networks() -> list[ipaddress.IPv4Network]:
+    """IPv4 networks on this host: every address's prefix and every route's destination."""
+    nets: list[ipaddress.IPv4Network] = []
+    addrs = json.loads(run(["ip", "-j", "-4", "addr", "show"]).stdout or "[]")
+    for rec in addrs:
+        for a in rec.get("addr_info", []):
+            if a.get("family") == "inet":
+                nets.append(ipaddress.IPv4Network(f"{a['local']}/{a['prefixlen']}",
+                                                  strict=False))
+    routes = json.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout
+                        or "[]")
+    for rec in routes:
+        dst = rec.get("dst", "")
+        if not dst or dst == "default":
+            continue
+        try:
+            nets.append(ipaddress.IPv4Network(dst if "/" in dst else f"{dst}/32",
+                                              strict=False))
+        except ValueError:
+            continue
+    return nets
+
+
+def write_sysctl(path: str, value: str) -> None:
+    try:
+        Path("/proc/sys", path).write_text(value)
+    except OSError:
+        pass

@@ -1,0 +1,100 @@
+"""Controller-side safety checks: PIDs are ours before they are signalled, clear refusals."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from clusterctl.errors import ClusterctlError
+from clusterctl.lab import host, procs
+
+
+def test_start_time_and_cmdline_of_this_process():
+    assert procs.start_time(os.getpid()) is not None
+    assert any("python" in a for a in procs.cmdline(os.getpid()))
+    assert procs.start_time(2**22 + 12345) is None
+
+
+def test_is_ours_checks_start_time_and_markers():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)",
+                              "clusterctl-test-marker"])
+    try:
+        started = procs.start_time(child.pid)
+        assert procs.is_ours(child.pid, started, "clusterctl-test-marker")
+        assert not procs.is_ours(child.pid, started + 1, "clusterctl-test-marker")
+        assert not procs.is_ours(child.pid, started, "some-other-program")
+        assert not procs.is_ours(None, started)
+        assert procs.stop(child.pid, started, "clusterctl-test-marker", timeout=5)
+        assert not procs.alive(child.pid)
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_stop_leaves_a_reused_pid_alone():
+    # our own PID with another start time: the recorded process is gone, ours untouched
+    assert procs.stop(os.getpid(), 1, timeout=0.1) is True
+    assert procs.alive(os.getpid())
+
+
+def test_not_root_is_refused(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterctlError, match="needs root.*sudo"):
+        host.require_root()
+
+
+def test_missing_tools_name_the_apt_packages(monkeypatch):
+    monkeypatch.setattr(host, "missing_tools", lambda tools: ["systemd-nspawn", "debootstrap"])
+    with pytest.raises(ClusterctlError,
+                       match="apt-get install debootstrap systemd-container"):
+        host.require_tools(["systemd-nspawn", "debootstrap"])
+
+
+def test_up_refuses_without_root_before_touching_anything(monkeypatch, tmp_path):
+    from clusterctl import lab
+    monkeypatch.setenv("CLUSTERCTL_LAB_ROOT", str(tmp_path / "labs"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ClusterctlError, match="needs root"):
+        lab.up("unit", nodes=1)
+    assert not (tmp_path / "labs").exists()
+
+
+def test_cli_errors_are_one_line_with_exit_code(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+    from clusterctl.lab.cli import lab_group
+    monkeypatch.setenv("CLUSTERCTL_LAB_ROOT", str(tmp_path / "labs"))
+    result = CliRunner().invoke(lab_group, ["status", "--name", "nope"])
+    assert result.exit_code == 1
+    assert "error: no lab named 'nope'" in result.output
+    result = CliRunner().invoke(lab_group, ["up", "--name", "Bad_Name"])
+    assert result.exit_code == 2 and "bad lab name" in result.output
+    result = CliRunner().invoke(lab_group, ["down", "--name", "nope"])
+    assert result.exit_code == 0 and "nothing to remove" in result.output
+
+
+MOUNTINFO = """\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+"""
+
+
+def test_cgroup_hierarchies_nspawn_uses():
+    from clusterctl.lab import cgroups
+    assert cgroups.parse_mountinfo(MOUNTINFO) == ["/sys/fs/cgroup/systemd",
+                                                  "/sys/fs/cgroup/unified"]
+    pure_v2 = "29 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert cgroups.parse_mountinfo(pure_v2) == ["/sys/fs/cgroup"]
+
+
+def test_each_node_gets_its_own_cgroup(monkeypatch):
+    from pathlib import Path
+    from clusterctl.lab import cgroups
+    monkeypatch.setattr(cgroups, "hierarchies", lambda: [Path("/sys/fs/cgroup/unified")])
+    assert cgroups.node_cgroups("lab", "node1") == [
+        "/sys/fs/cgroup/unified/clusterctl-lab/lab/node1"]
+    assert cgroups.node_cgroups("lab", "node1") != cgroups.node_cgroups("lab", "node2")
+    argv = cgroups.launcher(["/x/cgroup.procs"], ["systemd-nspawn", "--boot"])
+    assert argv[:2] == ["/bin/sh", "-c"] and argv[-2:] == ["systemd-nspawn", "--boot"]
+    assert "exec \"$@\"" in argv[2]
