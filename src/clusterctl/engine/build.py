@@ -204,9 +204,9 @@ cd "$root"
 cmake -B build {' '.join(q(f) for f in flags)}
 targets=$(cmake --build build --target help)
 want=""
-for t in ggml-rpc-server rpc-server llama-server llama-cli; do
-  if printf '%s\\n' "$targets" | grep -q -- "\\b$t\\b"; then want="$want $t"; fi
-done
+has_target() {{ printf '%s\\n' "$targets" | grep -Eq -- "(^|[[:space:]])$1(:|[[:space:]]|\\$)"; }}
+if has_target ggml-rpc-server; then want="ggml-rpc-server"; else want="rpc-server"; fi
+for t in llama-server llama-cli; do if has_target "$t"; then want="$want $t"; fi; done
 cmake --build build -j{jobs or '"$(nproc)"'} --target $want
 mkdir -p "$prefix/bin.new"
 for t in $want; do cp "build/bin/$t" "$prefix/bin.new/$t"; done
