@@ -160,6 +160,19 @@ def apply_cmd(playbook, inventory_opt, limit, check, diff, as_json, verbose, for
     sys.exit(exit_code_for(report))
 
 
+@main.command()
+@click.argument("inventory", required=False, metavar="[INVENTORY]")
+@inventory_options
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED)
+@handle_errors
+def verify(inventory, inventory_opt, limit, pytest_args):
+    """Check every node read-only with the pytest-testinfra suite: services, MTU, env
+    files, venv versions, binaries. Extra arguments after -- go to pytest."""
+    from .verify.run import run_verify
+    inv = load_inventory_arg(inventory, inventory_opt)
+    sys.exit(run_verify(inv, inv.select(list(limit) or None), extra_args=list(pytest_args)))
+
+
 def _not_yet(what: str):
     click.secho(f"clusterctl {what}: not implemented yet in {__version__}. "
                 "It is planned; see the project's issues.", fg="yellow", err=True)
