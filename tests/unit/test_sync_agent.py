@@ -121,7 +121,8 @@ def test_sha_mismatch_never_reaches_the_final_path(tmp_path, source):
     st = r.join()
     bad = st["files"]["a.bin"]
     assert bad["ok"] is False and bad["retry"] is True
-    assert "changed during the sync" in bad["error"]     # the sender's digest disagrees too
+    assert bad["error"] == "sha256 mismatch after transfer"
+    assert bad["sha256"] == _sha(files["a.bin"])
     assert not (tmp_path / "n1" / "a.bin").exists()
     assert os.listdir(r.staging) == []
     assert st["files"]["empty"]["ok"] is True
@@ -263,14 +264,40 @@ def test_unreachable_next_hop_is_reported_and_this_node_still_writes(tmp_path, s
     assert (tmp_path / "n1" / "a.bin").read_bytes() == files["a.bin"]
 
 
-def test_sender_notices_a_source_file_that_shrank(tmp_path, source):
+def test_sender_notices_a_source_file_that_changed_size(tmp_path, source):
     src, files = source
     stream = _stream_files(files)
     r = Relay(tmp_path / "n1", _want(stream))
     (src / "a.bin").write_bytes(b"short")
-    with pytest.raises(agent.StreamError, match="shrank"):
+    with pytest.raises(agent.StreamError, match="it changed"):
         _send(stream, src, [r.hop()])
     assert r.join()["state"] == "failed"
+
+
+def test_sender_notices_a_source_file_rewritten_while_sent(tmp_path, source, monkeypatch):
+    src, files = source
+    stream = _stream_files(files, hashed=False)
+    r = Relay(tmp_path / "n1", _want(stream))
+    real = agent._send_read
+
+    def touch_then_send(out, fh, *args):
+        os.utime(fh.name, ns=(1, 1))
+        return real(out, fh, *args)
+
+    monkeypatch.setattr(agent, "_send_read", touch_then_send)
+    with pytest.raises(agent.StreamError, match="changed while being sent"):
+        _send(stream, src, [r.hop()])
+    r.join()
+
+
+def test_known_sha_goes_zero_copy_and_is_still_checked_by_the_receiver(tmp_path, source):
+    src, files = source
+    stream = _stream_files(files)
+    r = Relay(tmp_path / "n1", _want(stream))
+    digests = _send(stream, src, [r.hop()])            # a real socket: sendfile
+    st = r.join()
+    assert digests["a.bin"] == _sha(files["a.bin"])
+    assert st["files"]["a.bin"] == {"ok": True, "sha256": _sha(files["a.bin"])}
 
 
 def test_bwlimit_paces_the_sender(tmp_path):

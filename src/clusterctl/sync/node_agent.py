@@ -343,48 +343,79 @@ def connect(ip, port, timeout=30.0):
 
 
 def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwlimit=None):
-    """Send `files` to the first hop over `out` (anything with sendall).
+    """Send `files` to the first hop over `out` (a socket, or anything with sendall).
 
     files: [{"path","size","offset","sha256","mtime_ns"}]; sources: {path: local file};
     first: the receiving hop {"token", ...}; rest: the hops after it; bwlimit: bytes per
     second at most (None: as fast as the links go).
-    Returns {path: sha256 hex of the whole file as read here}. Raises StreamError when a
-    source file changed size while being sent.
+
+    A file whose sha256 is not known yet is hashed while it is read; a file whose sha256
+    the manifest knows is sent as is (zero-copy to a socket) with that value as its
+    digest: every receiver hashes what it got and compares, so nothing unverified lands.
+    Returns {path: sha256 hex} (computed here, or the manifest's). Raises StreamError when
+    a source file changes while being sent.
     """
     header = {"token": first["token"], "next": rest, "files": files}
     out.sendall(encode_header(header))
     digests = {}
-    started, sent = time.monotonic(), 0
+    clock = {"started": time.monotonic(), "sent": 0}
+    zero_copy = isinstance(out, socket.socket) and not bwlimit and stop is None
     for f in files:
         src = sources[f["path"]]
         offset, size = int(f["offset"]), int(f["size"])
         with open(src, "rb", buffering=0) as fh:
-            h = sha256_file(src, limit=offset) if offset else hashlib.sha256()
-            fh.seek(offset)
-            left = size - offset
-            while left > 0:
-                if stop is not None and stop.is_set():
-                    raise StreamError("stopped")
-                data = fh.read(min(CHUNK, left))
-                if not data:
-                    raise StreamError("%s shrank while being sent (expected %d bytes)"
-                                      % (src, size))
-                h.update(data)
-                out.sendall(data)
-                left -= len(data)
-                sent += len(data)
-                if on_bytes is not None:
-                    on_bytes(len(data))
-                if bwlimit:
-                    ahead = sent / float(bwlimit) - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
-            if fh.read(1):
-                raise StreamError("%s grew while being sent (expected %d bytes)" % (src, size))
-        digest = h.digest()
+            before = os.fstat(fh.fileno())
+            if before.st_size != size:
+                raise StreamError("%s has %d bytes, the manifest says %d (it changed)"
+                                  % (src, before.st_size, size))
+            known = f.get("sha256")
+            if known and zero_copy:
+                _sendfile(out, fh, offset, size - offset, on_bytes)
+            else:
+                h = None if known else (sha256_file(src, limit=offset) if offset
+                                        else hashlib.sha256())
+                _send_read(out, fh, offset, size - offset, h, on_bytes, stop, bwlimit, clock)
+            after = os.fstat(fh.fileno())
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                raise StreamError("%s changed while being sent" % src)
+        digest = bytes.fromhex(known) if known else h.digest()
         out.sendall(digest)
         digests[f["path"]] = digest.hex()
     return digests
+
+
+def _sendfile(out, fh, offset, count, on_bytes):
+    while count > 0:
+        n = out.sendfile(fh, offset, min(count, 8 * CHUNK))   # honours the socket timeout
+        if n == 0:
+            raise StreamError("%s shrank while being sent" % fh.name)
+        offset += n
+        count -= n
+        if on_bytes is not None:
+            on_bytes(n)
+
+
+def _send_read(out, fh, offset, count, h, on_bytes, stop, bwlimit, clock):
+    fh.seek(offset)
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while count > 0:
+        if stop is not None and stop.is_set():
+            raise StreamError("stopped")
+        n = fh.readinto(view[:min(CHUNK, count)])
+        if not n:
+            raise StreamError("%s shrank while being sent" % fh.name)
+        if h is not None:
+            h.update(view[:n])
+        out.sendall(view[:n])
+        count -= n
+        clock["sent"] += n
+        if on_bytes is not None:
+            on_bytes(n)
+        if bwlimit:
+            ahead = clock["sent"] / float(bwlimit) - (time.monotonic() - clock["started"])
+            if ahead > 0:
+                time.sleep(ahead)
 
 
 class _Status:
@@ -444,15 +475,24 @@ class _Writer(threading.Thread):
         self.root, self.staging = cfg["root"], cfg["staging"]
         self.want = cfg["want"]                  # {path: {"key"}}
         self.fsync = cfg.get("fsync", True)
+        # flush as we go, so the fsync before the rename does not meet gigabytes of dirty
+        # pages (many nodes sharing one disk would all flush at the very end)
+        self.sync_every = int(cfg.get("sync_every", 128 << 20))
+        self.unsynced = 0
         self.status = status
-        self.q = queue.Queue(maxsize=int(cfg.get("queue_chunks", 64)))
+        self.q = queue.Queue()
+        # the buffers the stream is received into; a full pool stalls the stream, which
+        # bounds memory to pool size x CHUNK when the disk is slower than the network
+        self.pool = queue.Queue()
+        for _ in range(int(cfg.get("buffers", 32))):
+            self.pool.put(bytearray(CHUNK))
         self.disk_error = None
         self.fh = None
         self.cur = None
         self.h = None
         self.ok = True
 
-    # messages: ("begin", f) ("data", bytes) ("end", digest) ("abort", reason) None
+    # messages: ("begin", f) ("data", (buffer, n)) ("end", digest) ("abort", reason) None
     def run(self):
         while True:
             item = self.q.get()
@@ -463,6 +503,9 @@ class _Writer(threading.Thread):
                 getattr(self, "_" + kind)(arg)
             except Exception as exc:  # noqa: BLE001 - reported, the stream goes on
                 self._failure(exc)
+            finally:
+                if kind == "data":
+                    self.pool.put(arg[0])
 
     def _failure(self, exc):
         code = getattr(exc, "errno", None)
@@ -505,6 +548,7 @@ class _Writer(threading.Thread):
                                     "stream resumes at %d" % (have, offset), retry=True)
             return
         self.cur = f
+        self.unsynced = 0
         fh = open(self._partial, "r+b" if os.path.exists(self._partial) else "wb",
                   buffering=0)
         self.fh = fh
@@ -514,15 +558,21 @@ class _Writer(threading.Thread):
         self.status.update(current=f["path"])
         self.status.add("bytes_resumed", offset)
 
-    def _data(self, data):
+    def _data(self, arg):
         if self.cur is None:
             return
-        view = memoryview(data)
+        buf, n = arg
+        data = memoryview(buf)[:n]
+        view = data
         while view:
-            n = self.fh.write(view)
-            view = view[n:]
+            w = self.fh.write(view)
+            view = view[w:]
         self.h.update(data)
-        self.status.add("bytes_written", len(data))
+        self.status.add("bytes_written", n)
+        self.unsynced += n
+        if self.fsync and self.sync_every and self.unsynced >= self.sync_every:
+            os.fdatasync(self.fh.fileno())
+            self.unsynced = 0
 
     def _end(self, sender_digest):
         f = self.cur
@@ -617,20 +667,27 @@ def run_relay(cfg, listener, status):
                 writer.q.put(("begin", f))
             left = int(f["size"]) - int(f["offset"])
             while left > 0:
-                data = up.recv(min(CHUNK, left))
-                if not data:
-                    raise StreamError("upstream closed the stream in %s" % f["path"])
-                left -= len(data)
-                status.add("bytes_in", len(data))
-                if down is not None:
-                    try:
-                        down.sendall(data)
-                    except OSError as exc:
-                        status.update(forward_error="%s: %s" % (nxt[0].get("name"), exc))
-                        down.close()
-                        down = None
+                buf = writer.pool.get()
+                view = memoryview(buf)
+                target, got = min(CHUNK, left), 0
+                while got < target:     # forward each piece at once, write whole buffers
+                    n = up.recv_into(view[got:target])
+                    if not n:
+                        raise StreamError("upstream closed the stream in %s" % f["path"])
+                    if down is not None:
+                        try:
+                            down.sendall(view[got:got + n])
+                        except OSError as exc:
+                            status.update(forward_error="%s: %s" % (nxt[0].get("name"), exc))
+                            down.close()
+                            down = None
+                    got += n
+                    status.add("bytes_in", n)
+                left -= got
                 if wanted:
-                    writer.q.put(("data", data))
+                    writer.q.put(("data", (buf, got)))
+                else:
+                    writer.pool.put(buf)
             digest = recv_exact(up, DIGEST_LEN)
             if down is not None:
                 try:
@@ -648,8 +705,10 @@ def run_relay(cfg, listener, status):
                 pass
         writer.q.put(None)
         writer.join()
+        t = os.times()
         status.update(state="done" if writer.disk_error is None else "failed",
-                      current=None, error=writer.disk_error)
+                      current=None, error=writer.disk_error,
+                      cpu_seconds=round(t.user + t.system, 3))
     except (StreamError, OSError, socket.timeout) as exc:
         writer.q.put(("abort", str(exc)))
         writer.q.put(None)

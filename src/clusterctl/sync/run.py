@@ -36,7 +36,8 @@ from .source import (HF_NO_HUB_EXIT, HF_NO_SPACE_EXIT, HFSource, LocalSource, No
                      parse_source)
 
 MAX_ROUNDS = 3
-POLL_INTERVAL = 0.5
+POLL_INTERVAL = 1.0            # node status reads while the stream flows
+TICK = 0.25                    # progress updates; status reads near the end
 STALL_TIMEOUT = 120.0          # no byte moved anywhere for this long: the round is over
 ACCEPT_TIMEOUT = 300           # a relay nobody connects to gives up after this
 HF_TIMEOUT = 24 * 3600
@@ -480,27 +481,37 @@ class _SyncJob:
 
     def poll(self, chain: Chain, feeder, node_bytes: dict[str, int], rnd: int):
         """Wait for the round to end, reporting progress. Returns (final relay statuses,
-        remote sender status)."""
-        statuses: dict[str, dict] = {}
+        remote sender status). Node statuses are read over SSH once a second while the
+        stream flows (each read is a process on the node) and every TICK near the end."""
+        statuses: dict[str, dict] = {n: {"state": "listening", "alive": True}
+                                     for n in chain.nodes}
         sender: dict = {}
         last_moved, last_total = time.monotonic(), -1
         stopped: set[str] = set()
+        next_read = 0.0
+        total = chain.stream_bytes
         while True:
-            got = self.parallel(lambda n: self.nodes[n].status("relay"), chain.nodes)
-            for n, st in got.items():
-                if isinstance(st, Exception):
-                    st = {"state": "failed", "error": _msg(n, st), "alive": False}
-                statuses[n] = st
-            if feeder is None:
-                try:
-                    sender = self.nodes[chain.feeder].status("send")
-                except ClusterctlError as exc:
-                    sender = {"state": "failed", "error": _msg(chain.feeder, exc),
-                              "alive": False}
-            # progress
+            now = time.monotonic()
+            ins = [int(st.get("bytes_in", 0)) for st in statuses.values()]
+            near_end = (feeder is not None and not feeder.is_alive()) or _final(sender) \
+                or any(i >= total for i in ins)
+            if now >= next_read:
+                self.read_statuses(chain, statuses)
+                if feeder is None:
+                    try:
+                        sender = self.nodes[chain.feeder].status("send")
+                    except ClusterctlError as exc:
+                        sender = {"state": "failed", "error": _msg(chain.feeder, exc),
+                                  "alive": False}
+                next_read = now + (TICK if near_end else POLL_INTERVAL)
+                fresh = True
+            else:
+                fresh = False
+            # progress: bytes into the chain (the controller counts its own) or the
+            # slowest receiver still going
             moving = [n for n in chain.nodes if statuses[n].get("state") != "failed"]
             ins = [int(statuses[n].get("bytes_in", 0)) for n in moving]
-            done_bytes = min(ins) if ins else 0
+            done_bytes = feeder.sent if feeder is not None else (min(ins) if ins else 0)
             for n in chain.nodes:
                 st = statuses[n]
                 state = st.get("state")
@@ -513,63 +524,71 @@ class _SyncJob:
                     self.phase_nodes[n] = f"{min(pct, 100):.0f}%"
                 else:
                     self.phase_nodes[n] = "waiting"
-            self.emit("transferring", total=chain.stream_bytes, done=done_bytes, rnd=rnd)
-            # finished?
-            finished = {n for n in chain.nodes if _final(statuses[n])}
-            if len(finished) == len(chain.nodes):
-                break
-            # a relay nobody will connect to: its upstream ended without forwarding
-            for i, n in enumerate(chain.nodes):
-                if n in finished or n in stopped or statuses[n].get("state") != "listening":
-                    continue
-                if i == 0:
-                    up_over = (feeder is not None and not feeder.is_alive()
-                               and not feeder.connected) or \
-                              (feeder is None and _final(sender)
-                               and sender.get("state") != "done" and not sender.get("bytes_sent"))
-                else:
-                    up = statuses[chain.nodes[i - 1]]
-                    up_over = _final(up) and not up.get("forwarding")
-                if up_over:
-                    up_name = chain.feeder if i == 0 else chain.nodes[i - 1]
-                    up_err = (feeder.error if feeder is not None and i == 0 else
-                              sender.get("error") if i == 0 else
-                              statuses[up_name].get("forward_error")
-                              or statuses[up_name].get("error"))
-                    self.stop_reason[n] = f"{up_name} before it in the chain did not " \
-                        "forward the stream" + (f" ({up_err})" if up_err else "")
-                    stopped.add(n)
-                    self.nodes[n].stop()
-            total_moved = sum(ins) + (feeder.sent if feeder is not None
-                                      else int(sender.get("bytes_sent", 0)))
-            now = time.monotonic()
-            if total_moved != last_total:
-                last_total, last_moved = total_moved, now
-            elif now - last_moved > STALL_TIMEOUT:
-                self.warnings.append(f"round {rnd}: no progress for {STALL_TIMEOUT:.0f}s; "
-                                     "stopped it")
-                self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
-                if feeder is not None:
-                    feeder.stop.set()
-                break
-            time.sleep(POLL_INTERVAL)
+            self.emit("transferring", total=total, done=min(done_bytes, total), rnd=rnd)
+            if fresh:
+                finished = {n for n in chain.nodes if _final(statuses[n])}
+                if len(finished) == len(chain.nodes):
+                    break
+                self.stop_orphans(chain, statuses, feeder, sender, finished, stopped)
+                moved = sum(int(st.get("bytes_in", 0)) for st in statuses.values()) + (
+                    feeder.sent if feeder is not None else int(sender.get("bytes_sent", 0)))
+                if moved != last_total:
+                    last_total, last_moved = moved, now
+                elif now - last_moved > STALL_TIMEOUT:
+                    self.warnings.append(f"round {rnd}: no progress for {STALL_TIMEOUT:.0f}s; "
+                                         "stopped it")
+                    self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
+                    if feeder is not None:
+                        feeder.stop.set()
+                    break
+            time.sleep(TICK)
         # statuses of relays that had not ended (stopped ones), as they ended
         unsettled = [n for n in chain.nodes if statuses[n].get("state") not in FINAL_STATES]
-        final = self.parallel(lambda n: self.nodes[n].status("relay"), unsettled)
-        for n, st in final.items():
-            if not isinstance(st, Exception) and st:
-                statuses[n] = st
+        self.read_statuses(chain, statuses, unsettled)
         if feeder is None:
             for _ in range(20):
                 if _final(sender):
                     break
-                time.sleep(0.25)
+                time.sleep(TICK)
                 try:
                     sender = self.nodes[chain.feeder].status("send")
                 except ClusterctlError:
                     break
             self.nodes[chain.feeder].stop()
         return statuses, sender
+
+    def read_statuses(self, chain: Chain, statuses: dict, names: list[str] | None = None
+                      ) -> None:
+        got = self.parallel(lambda n: self.nodes[n].status("relay"),
+                            chain.nodes if names is None else names)
+        for n, st in got.items():
+            if isinstance(st, Exception):
+                st = {"state": "failed", "error": _msg(n, st), "alive": False}
+            if st:
+                statuses[n] = st
+
+    def stop_orphans(self, chain: Chain, statuses: dict, feeder, sender: dict,
+                     finished: set, stopped: set) -> None:
+        """Stop a relay nobody will connect to: its upstream ended without forwarding."""
+        for i, n in enumerate(chain.nodes):
+            if n in finished or n in stopped or statuses[n].get("state") != "listening":
+                continue
+            if i == 0:
+                up_over = (feeder is not None and not feeder.is_alive()
+                           and not feeder.connected) or \
+                          (feeder is None and _final(sender) and sender.get("state") != "done"
+                           and not sender.get("bytes_sent"))
+                up_err = feeder.error if feeder is not None else sender.get("error")
+            else:
+                up = statuses[chain.nodes[i - 1]]
+                up_over = _final(up) and not up.get("forwarding")
+                up_err = up.get("forward_error") or up.get("error")
+            if up_over:
+                up_name = chain.feeder if i == 0 else chain.nodes[i - 1]
+                self.stop_reason[n] = f"{up_name} before it in the chain did not forward " \
+                    "the stream" + (f" ({up_err})" if up_err else "")
+                stopped.add(n)
+                self.nodes[n].stop()
 
     def collect(self, n: str, st: dict, need: NodeNeed, feeder_error: str | None
                 ) -> tuple[bool, str, bool]:
