@@ -103,6 +103,25 @@ def test_chain_of_two_writes_what_each_wants_and_forwards_everything(tmp_path, s
     assert os.listdir(r1.staging) == []                 # no partial left behind
 
 
+def test_relays_started_early_take_their_lists_from_the_header(tmp_path, source):
+    """Relays start before the controller knows what each node needs; the header says."""
+    src, files = source
+    stream = _stream_files(files)
+    r1 = Relay(tmp_path / "n1", {})
+    r2 = Relay(tmp_path / "n2", {})
+    r1.cfg["name"], r2.cfg["name"] = "n1", "n2"
+    sock = agent.connect("127.0.0.1", r1.port)
+    sources = {f["path"]: str(src / f["path"]) for f in stream}
+    agent.send_stream(sock, stream, r1.hop("n1"), [r2.hop("n2")], sources,
+                      want={"n1": _want(stream, {"empty"}), "n2": _want(stream)})
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+    s1, s2 = r1.join(), r2.join()
+    assert set(s1["files"]) == {"empty"} and set(s2["files"]) == set(files)
+    assert not (tmp_path / "n1" / "a.bin").exists()
+    assert (tmp_path / "n2" / "a.bin").read_bytes() == files["a.bin"]
+
+
 def test_unknown_manifest_sha_uses_the_senders_digest(tmp_path, source):
     src, files = source
     stream = _stream_files(files, hashed=False)

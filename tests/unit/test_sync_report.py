@@ -9,7 +9,7 @@ from rich.console import Console
 from clusterctl.facts import FactRequest, Facts, Interface
 from clusterctl.sync.cli import node_states_text, parse_rate, short_names, sync_model_command
 from clusterctl.sync.manifest import Manifest
-from clusterctl.sync.nodes import cluster_ip_of
+from clusterctl.sync.nodes import cluster_ip_of, guess_cluster_ip
 from clusterctl.sync.report import (FAILED, SYNCED, UNCHANGED, NodeReport, RoundReport,
                                     SyncReport, render, to_json)
 
@@ -116,3 +116,11 @@ def test_cluster_ip_by_interface_name_or_default():
 
 def test_no_cluster_ip():
     assert cluster_ip_of(_Host("10.0.0.5", "192.168.0.0/16"), _facts(ETH0, ETH1)) is None
+
+
+def test_guess_cluster_ip_before_asking_the_node():
+    assert guess_cluster_ip(_Host("198.18.5.11", "198.18.5.0/24")) == "198.18.5.11"
+    assert guess_cluster_ip(_Host("198.18.5.11", None)) == "198.18.5.11"
+    assert guess_cluster_ip(_Host("10.0.0.5", "198.18.5.0/24")) is None   # NAT / other NIC
+    assert guess_cluster_ip(_Host("10.0.0.5", "eth1")) is None            # ask the node
+    assert guess_cluster_ip(_Host("node1.example", "198.18.5.0/24")) is None

@@ -24,7 +24,8 @@ Stream protocol (one TCP connection per hop, upstream -> downstream):
 
     b"CCSYNC1\\n" | u64 header length | header JSON
         {"token": receiver's nonce, "next": [{"name","ip","port","token"}...],
-         "files": [{"path","size","offset","sha256" (or null),"mtime_ns"}...]}
+         "files": [{"path","size","offset","sha256" (or null),"mtime_ns"}...],
+         "want": {node name: {path: {"key": partial file key}}}}
     for each file: bytes [offset, size) of the file, then the 32-byte sha256 of the whole
     file [0, size) as the sender computed it.
 
@@ -342,12 +343,14 @@ def connect(ip, port, timeout=30.0):
             time.sleep(0.2)
 
 
-def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwlimit=None):
+def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwlimit=None,
+                want=None):
     """Send `files` to the first hop over `out` (a socket, or anything with sendall).
 
     files: [{"path","size","offset","sha256","mtime_ns"}]; sources: {path: local file};
     first: the receiving hop {"token", ...}; rest: the hops after it; bwlimit: bytes per
-    second at most (None: as fast as the links go).
+    second at most (None: as fast as the links go); want: {node name: {path: {"key"}}},
+    what each relay writes (a relay started without its list takes it from here).
 
     A file whose sha256 is not known yet is hashed while it is read; a file whose sha256
     the manifest knows is sent as is (zero-copy to a socket) with that value as its
@@ -355,7 +358,7 @@ def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwli
     Returns {path: sha256 hex} (computed here, or the manifest's). Raises StreamError when
     a source file changes while being sent.
     """
-    header = {"token": first["token"], "next": rest, "files": files}
+    header = {"token": first["token"], "next": rest, "files": files, "want": want or {}}
     out.sendall(encode_header(header))
     digests = {}
     clock = {"started": time.monotonic(), "sent": 0}
@@ -473,7 +476,7 @@ class _Writer(threading.Thread):
     def __init__(self, cfg, status):
         super().__init__(daemon=True)
         self.root, self.staging = cfg["root"], cfg["staging"]
-        self.want = cfg["want"]                  # {path: {"key"}}
+        self.want = cfg.get("want") or {}        # {path: {"key"}}; or from the header
         self.fsync = cfg.get("fsync", True)
         # flush as we go, so the fsync before the rename does not meet gigabytes of dirty
         # pages (many nodes sharing one disk would all flush at the very end)
@@ -655,12 +658,18 @@ def run_relay(cfg, listener, status):
                 down = connect(hop["ip"], int(hop["port"]),
                                timeout=float(cfg.get("connect_timeout", 30)))
                 down.sendall(encode_header({"token": hop["token"], "next": nxt[1:],
-                                            "files": header["files"]}))
+                                            "files": header["files"],
+                                            "want": header.get("want") or {}}))
                 status.update(forwarding=True)
             except (StreamError, OSError) as exc:
                 down = None
                 status.update(forward_error="%s: %s" % (hop.get("name"), exc))
-        want = cfg["want"]
+        # what this node writes: its entry in the header's "want" (the controller knows it
+        # only after the relays started), else the list it was started with
+        want = (header.get("want") or {}).get(cfg.get("name"))
+        if want is None:
+            want = cfg.get("want") or {}
+        writer.want = want
         for f in header["files"]:
             wanted = f["path"] in want
             if wanted:
@@ -732,7 +741,7 @@ def run_sender(cfg, status):
         status.update(state="sending")
         digests = send_stream(sock, cfg["files"], first, cfg["chain"][1:], cfg["sources"],
                               on_bytes=lambda n: status.add("bytes_sent", n),
-                              bwlimit=cfg.get("bwlimit"))
+                              bwlimit=cfg.get("bwlimit"), want=cfg.get("want"))
         sock.shutdown(socket.SHUT_WR)
         sock.close()
         if cfg.get("cache"):

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..errors import CommandFailed, HostError
+from ..errors import ClusterctlError, CommandFailed, HostError
 from ..facts import FactRequest, Facts, build_script, parse_output
 from ..remote import Connection
 
@@ -20,6 +20,7 @@ RUN_PREFIX = "/tmp/clusterctl-sync-"
 NODE_HASH_CACHE = "/var/cache/clusterctl/sync-sha256.json"
 _FACTS = [FactRequest("interfaces"), FactRequest("python")]
 SURVEY_MARKER = "@@clusterctl-sync-survey"
+RELAY_MARKER = "@@clusterctl-sync-relay"
 INLINE_LIMIT = 40 * 1024      # gzip bytes sent inside a command (the limit is 128 KiB)
 FINAL_STATES = ("done", "failed")
 
@@ -49,6 +50,21 @@ def cluster_ip_of(host, facts: Facts) -> str | None:
         return v4[0]
     v6 = [a for a in addrs if not a.lower().startswith("fe80")]
     return v6[0] if v6 else None
+
+
+def guess_cluster_ip(host) -> str | None:
+    """The cluster IP when it can be told before looking at the node: ansible_host is an
+    IP inside cluster.network (or there is no cluster.network). Else None. Pure."""
+    try:
+        ip = ipaddress.ip_address(host.address)
+    except ValueError:
+        return None
+    network = (host.vars.get("cluster") or {}).get("network")
+    if network is None:
+        return str(ip)
+    if "/" in str(network) and ip in ipaddress.ip_network(str(network), strict=False):
+        return str(ip)
+    return None
 
 
 def _in(addr: str, net) -> bool:
@@ -105,22 +121,40 @@ class SyncNode:
         return data
 
     # -- setup
-    def prepare(self, agent: bytes, survey_spec: dict | None = None) -> dict | None:
-        """One round trip: upload the agent, learn python3 and the cluster IP, and (when
-        the manifest is already known) survey the destination. Returns the survey."""
+    def prepare(self, agent: bytes, survey_spec: dict | None = None,
+                relay_cfg: dict | None = None) -> tuple[dict | None, int | None]:
+        """One round trip: upload the agent, learn python3 and the cluster IP and, when the
+        manifest is known already, survey the destination and start a relay (listening on
+        relay_cfg["listen"]). Returns (survey, relay port); the relay may fail to start
+        (port None) and is then started later."""
         steps = ["set -e", "umask 077", f"mkdir -p {shlex.quote(self.rundir)}",
                  self._write_file("agent.py", agent)]
         if survey_spec is not None:
             steps.append(self._write_file("survey.json", json.dumps(survey_spec).encode()))
+        if relay_cfg is not None:
+            steps.append(self._write_file("relay.json", json.dumps(relay_cfg).encode()))
         steps.append("set +e")
         if survey_spec is not None:
             steps.append(f"S=$({shlex.join(self._agent('survey', self.rundir + '/survey.json'))}"
                          " 2>&1)")
+        if relay_cfg is not None:
+            steps.append(f"R=$({shlex.join(self._agent('relay', self.rundir))} 2>&1)")
         steps.append(build_script(_FACTS))
         if survey_spec is not None:
             steps.append(f"printf '\\n%s\\n%s\\n' {SURVEY_MARKER} \"$S\"")
+        if relay_cfg is not None:
+            steps.append(f"printf '\\n%s\\n%s\\n' {RELAY_MARKER} \"$R\"")
         res = self.conn.run("\n".join(steps), check=False)
-        facts_text, _, survey_text = res.stdout.partition(f"\n{SURVEY_MARKER}\n")
+        rest, _, relay_text = res.stdout.partition(f"\n{RELAY_MARKER}\n")
+        facts_text, _, survey_text = rest.partition(f"\n{SURVEY_MARKER}\n")
+        port = None
+        if relay_cfg is not None:
+            try:
+                out = self._json(_Output(relay_text, res.stderr, res.exit_code, "relay"))
+                self.pids["relay"] = int(out["pid"])
+                port = int(out["port"])
+            except ClusterctlError:
+                port = None
         try:
             facts = parse_output(facts_text, _FACTS)
         except ValueError:
@@ -134,10 +168,13 @@ class SyncNode:
             network = (self.host.vars.get("cluster") or {}).get("network")
             raise HostError(self.name, "no address inside cluster.network "
                             f"({network or 'the interface of ' + self.host.address})")
-        if survey_spec is None:
-            return None
-        return self._json(_Output(survey_text, res.stderr, res.exit_code,
-                                  "sync agent survey"))
+        if relay_cfg is not None and relay_cfg.get("listen") != self.cluster_ip:
+            port = None                      # started on a guessed address that was wrong
+        survey = None
+        if survey_spec is not None:
+            survey = self._json(_Output(survey_text, res.stderr, res.exit_code,
+                                        "sync agent survey"))
+        return survey, port
 
     # -- agent commands
     def scan(self, root: str, *, want_hash: bool, timeout: float | None = None) -> dict:
@@ -188,10 +225,12 @@ class SyncNode:
         self.conn.run(["rm", "-f", "--", path], check=False)
 
     def finish(self, staging: str | None) -> None:
-        """Stop what still runs, remove the run folder and an empty staging folder."""
+        """Stop what still runs (SIGTERM: a relay keeps its partial file), remove the run
+        folder and an empty staging folder. Shell only: no python start-up."""
         cmd = ""
-        if self.pids:
-            cmd = shlex.join(self._agent("kill", self.rundir)) + " >/dev/null 2>&1; "
+        for pid in self.pids.values():
+            cmd += (f"grep -qs {shlex.quote(self.rundir)} /proc/{int(pid)}/cmdline && "
+                    f"kill {int(pid)}; ")
         cmd += f"rm -rf -- {shlex.quote(self.rundir)}"
         if staging:
             cmd += f"; rmdir -- {shlex.quote(staging)} 2>/dev/null"

@@ -27,7 +27,7 @@ from ..inventory import Inventory, load_inventory
 from ..remote import close_all, connect_all
 from . import node_agent
 from .manifest import Manifest, NodeNeed, diff, parse_listing, summarize_reasons
-from .nodes import FINAL_STATES, SyncNode, agent_source
+from .nodes import FINAL_STATES, SyncNode, agent_source, guess_cluster_ip
 from .plan import (CONTROLLER, Chain, choose_seed, human_bytes, node_stream_bytes,
                    plan_chain, relay_want, space_message, space_problem, stream_files)
 from .report import FAILED, SYNCED, UNCHANGED, NodeReport, RoundReport, SyncProgress, SyncReport
@@ -117,6 +117,8 @@ class _SyncJob:
         self.warnings: list[str] = []
         self.phase_nodes: dict[str, str] = {n: "connecting" for n in self.order}
         self.errors: dict[str, str] = {}          # node -> first error (targets or not)
+        self.tokens = {h.name: secrets.token_hex(16) for h in targets}
+        self.ready: dict[str, int] = {}           # node -> port of a relay started early
         self.stop_reason: dict[str, str] = {}     # node -> why we stopped its relay
 
     # ------------------------------------------------------------------ plumbing
@@ -176,15 +178,26 @@ class _SyncJob:
             spec = None
             if self.manifest is not None:
                 spec = self.manifest.survey_spec(self.root, self.staging, verify=self.verify)
-            prepared = self.parallel(
-                lambda n: self.nodes[n].prepare(agent, spec if n in self.reports else None),
-                list(self.nodes))
+
+            def prepare(n: str):
+                # with the manifest known, the survey and a relay ride along (one round trip)
+                if spec is None or n not in self.reports:
+                    return self.nodes[n].prepare(agent)
+                guess = guess_cluster_ip(self.nodes[n].host)
+                return self.nodes[n].prepare(agent, spec, self.relay_cfg(n, guess)
+                                             if guess else None)
+
+            prepared = self.parallel(prepare, list(self.nodes))
             first_surveys = {}
             for name, res in prepared.items():
                 if isinstance(res, Exception):
                     self.fail(name, _msg(name, res))      # kept in self.nodes for cleanup
-                elif res is not None:
-                    first_surveys[name] = res
+                    continue
+                survey, port = res
+                if survey is not None:
+                    first_surveys[name] = survey
+                if port is not None:
+                    self.ready[name] = port
             if self.manifest is None:
                 self.resolve_remote_source()
             report = SyncReport(source=str(self.src), name=self.name, destination=self.dest,
@@ -377,6 +390,12 @@ class _SyncJob:
         for p in changed:
             self.warnings.append(f"{p} changed at the source during the sync")
 
+    def relay_cfg(self, n: str, listen: str) -> dict:
+        """A relay's start-up settings; what it writes comes in the stream's header."""
+        return {"name": n, "listen": listen, "token": self.tokens[n], "root": self.root,
+                "staging": self.staging, "accept_timeout": ACCEPT_TIMEOUT,
+                "idle_timeout": STALL_TIMEOUT}
+
     def sources(self, chain: Chain) -> dict[str, str]:
         """Stream path -> file to read, on the feeder."""
         if chain.feeder not in (CONTROLLER, self.source_node):       # a seed node
@@ -392,16 +411,14 @@ class _SyncJob:
         """Run one chain. Returns node -> (in sync, error, error is final)."""
         started = time.monotonic()
         outcome: dict[str, tuple[bool, str, bool]] = {}
-        tokens = {n: secrets.token_hex(16) for n in chain.nodes}
         self.emit("starting relays", rnd=rnd)
 
         def start(n: str) -> int:
-            node = self.nodes[n]
             self.reports[n].attempts += 1
-            return node.start_relay({
-                "listen": node.cluster_ip, "token": tokens[n], "root": self.root,
-                "staging": self.staging, "want": relay_want(self.manifest, needs[n]),
-                "accept_timeout": ACCEPT_TIMEOUT, "idle_timeout": STALL_TIMEOUT})
+            if n in self.ready:                  # started with the first survey
+                return self.ready.pop(n)
+            self.tokens[n] = secrets.token_hex(16)
+            return self.nodes[n].start_relay(self.relay_cfg(n, self.nodes[n].cluster_ip))
 
         ports = self.parallel(start, chain.nodes)
         for n, res in ports.items():
@@ -412,7 +429,8 @@ class _SyncJob:
             return outcome
         chain.files = stream_files(self.manifest, needs, chain.nodes)
         hops = [{"name": n, "ip": self.nodes[n].cluster_ip, "port": ports[n],
-                 "token": tokens[n]} for n in chain.nodes]
+                 "token": self.tokens[n]} for n in chain.nodes]
+        want = {n: relay_want(self.manifest, needs[n]) for n in chain.nodes}
         node_bytes = {n: node_stream_bytes(chain, needs[n]) for n in chain.nodes}
         for n in chain.nodes:
             self.phase_nodes[n] = "waiting"
@@ -420,12 +438,13 @@ class _SyncJob:
         feeder = None
         if chain.feeder == CONTROLLER:
             feeder = _ControllerFeeder(self.nodes[chain.nodes[0]], hops, chain,
-                                       self.sources(chain), self.bwlimit)
+                                       self.sources(chain), want, self.bwlimit)
             feeder.start()
         else:
             node = self.nodes[chain.feeder]
             try:
                 node.start_sender({"chain": hops, "files": [f.to_dict() for f in chain.files],
+                                   "want": want,
                                    "sources": self.sources(chain), "kind": self.manifest.kind,
                                    "cache": "/var/cache/clusterctl/sync-sha256.json"
                                    if chain.feeder == self.source_node else None,
@@ -639,9 +658,10 @@ class _ControllerFeeder(threading.Thread):
     """The controller streams its local files to the first relay (one copy)."""
 
     def __init__(self, first: SyncNode, hops: list[dict], chain: Chain, sources: dict[str, str],
-                 bwlimit: int | None = None):
+                 want: dict, bwlimit: int | None = None):
         super().__init__(daemon=True, name="sync-feeder")
         self.first, self.hops, self.chain, self.sources = first, hops, chain, sources
+        self.want = want
         self.bwlimit = bwlimit
         self.sent = 0
         self.digests: dict[str, str] = {}
@@ -660,7 +680,8 @@ class _ControllerFeeder(threading.Thread):
             self.connected = True
             self.digests = node_agent.send_stream(
                 stream, [f.to_dict() for f in self.chain.files], hop, self.hops[1:],
-                self.sources, on_bytes=self._count, stop=self.stop, bwlimit=self.bwlimit)
+                self.sources, on_bytes=self._count, stop=self.stop, bwlimit=self.bwlimit,
+                want=self.want)
             stream.shutdown(socket.SHUT_WR)
         except Exception as exc:  # noqa: BLE001 - reported in the round
             self.error = str(exc) or type(exc).__name__
