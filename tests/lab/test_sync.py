@@ -1,6 +1,7 @@
 """sync-model against real lab nodes: fresh sync, unchanged re-sync, a corrupted file found
 and repaired, an interrupted sync resumed, a full disk on one node, a relay killed
-mid-stream, an unreachable node, a node as the source."""
+mid-stream, an unreachable node, a node as the source, a single file, the SSH tunnel
+fallback, and a Hugging Face source (a stand-in huggingface_hub: the lab is offline)."""
 from __future__ import annotations
 
 import hashlib
@@ -267,3 +268,97 @@ def test_single_file_model(inv, tmp_path):
     for host in inv.hosts.values():
         out = _run(host, ["sha256sum", _dest(inv, name)]).stdout.split()[0]
         assert out == want
+
+
+def test_controller_outside_the_cluster_network_tunnels_through_ssh(inv, model,
+                                                                     monkeypatch):
+    """The controller cannot open a TCP connection to the first relay: its stream goes
+    through that node's SSH connection instead."""
+    from clusterctl.sync import nodes as sync_nodes
+
+    def unreachable(*args, **kw):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(sync_nodes.socket, "create_connection", unreachable)
+    name = PREFIX + "tunnel"
+    report = sync_model(inv, str(model), name)
+    assert report.ok, to_json(report)
+    assert report.controller_bytes == report.manifest.total_bytes
+    _assert_everywhere(inv, model, name)
+
+
+FAKE_HUB = '''
+import json, os
+def _log(**kw):
+    with open("/tmp/fake-hub.log", "a") as fh:
+        fh.write(json.dumps(kw) + "\\n")
+class HfApi:
+    def model_info(self, repo, revision=None, files_metadata=False):
+        raise RuntimeError("offline")
+def snapshot_download(repo_id, revision=None, local_dir=None):
+    _log(repo_id=repo_id, revision=revision, local_dir=local_dir,
+         token=os.environ.get("HF_TOKEN"))
+    os.makedirs(local_dir, exist_ok=True)
+    with open(os.path.join(local_dir, "config.json"), "w") as fh:
+        fh.write('{"model_type": "llama"}\\n')
+    with open(os.path.join(local_dir, "model.safetensors"), "wb") as fh:
+        fh.write(bytes(range(256)) * 40000)
+    os.makedirs(os.path.join(local_dir, ".cache", "huggingface"), exist_ok=True)
+    with open(os.path.join(local_dir, ".cache", "huggingface", "meta"), "w") as fh:
+        fh.write("hub metadata")
+    return local_dir
+'''
+HF_VENV = "/opt/clusterctl-synctest/venv"
+HF_TOKEN = "hf_labTestTokenValue123"
+
+
+@pytest.fixture
+def hf_inv(inv):
+    """python.venv of every host -> a venv made by hand (pyvenv.cfg + python symlink)
+    whose huggingface_hub is a stand-in: the lab has no internet."""
+    head = inv.head
+    site = f"{HF_VENV}/lib/python3/site-packages"
+    _run(head, f"mkdir -p {HF_VENV}/bin {site}/huggingface_hub && "
+               f"ln -sf /usr/bin/python3 {HF_VENV}/bin/python && "
+               f"printf 'home = /usr/bin\\ninclude-system-site-packages = false\\n' "
+               f"> {HF_VENV}/pyvenv.cfg && "
+               "v=$(python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])') && "
+               f"ln -sfn python3 {HF_VENV}/lib/python$v && rm -f /tmp/fake-hub.log")
+    with Connection(head) as c:
+        c.put(FAKE_HUB.encode(), f"{site}/huggingface_hub/__init__.py")
+    saved = {n: h.vars.get("python") for n, h in inv.hosts.items()}
+    for h in inv.hosts.values():
+        h.vars["python"] = dict(h.vars.get("python") or {}, venv=HF_VENV)
+    yield inv
+    for n, h in inv.hosts.items():
+        h.vars["python"] = saved[n]
+    _run(head, "rm -rf /opt/clusterctl-synctest /tmp/fake-hub.log", check=False)
+
+
+def test_hugging_face_repo_is_downloaded_on_the_head_then_fanned_out(hf_inv, monkeypatch):
+    inv = hf_inv
+    monkeypatch.setenv("HF_TOKEN", HF_TOKEN)
+    name = PREFIX + "hf"
+    report = sync_model(inv, "hf:test-org/tiny-llama@main", name)
+    assert report.ok, to_json(report)
+    log = [json.loads(line) for line in
+           _run(inv.head, ["cat", "/tmp/fake-hub.log"]).stdout.splitlines()]
+    assert log == [{"repo_id": "test-org/tiny-llama", "revision": "main",
+                    "local_dir": _dest(inv, name), "token": HF_TOKEN}]
+    assert HF_TOKEN not in to_json(report)
+    assert report.nodes[inv.head.name].check == "source"
+    assert sorted(report.manifest.files) == ["config.json", "model.safetensors"]
+    assert report.controller_bytes == 0
+    want = hashlib.sha256(bytes(range(256)) * 40000).hexdigest()
+    for host in inv.hosts.values():
+        sums = _remote_sums(host, _dest(inv, name))
+        assert sums["model.safetensors"] == want, host.name
+        assert ".cache/huggingface/meta" not in sums or host.name == inv.head.name
+
+
+def test_hugging_face_without_the_hub_package_says_what_to_install(hf_inv):
+    inv = hf_inv
+    _run(inv.head, f"rm -rf {HF_VENV}/lib/python3/site-packages/huggingface_hub")
+    from clusterctl.errors import HostError
+    with pytest.raises(HostError, match="pip install huggingface_hub"):
+        sync_model(inv, "test-org/other-model", PREFIX + "hf2")
