@@ -269,7 +269,7 @@ class _lock:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"waiting for {self.path} (another clusterctl is building this mirror)",
-                  flush=True)
+                  file=sys.stderr, flush=True)
             fcntl.flock(self.fh, fcntl.LOCK_EX)
         return self
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -65,6 +66,8 @@ def tcp_open(ip: str, port: int, timeout: float = 2.0) -> bool:
 def iperf(lab, client, server, *, reverse: bool = False, seconds: int = 4) -> float:
     """Gbit/s from client to server (or back with reverse), measured with the host's iperf3
     in the nodes' network namespaces (the nodes need nothing installed)."""
+    if shutil.which("iperf3") is None:
+        pytest.skip("iperf3 is not installed on this host: apt-get install iperf3")
     port = "5299"
     srv = subprocess.Popen(["nsenter", "-t", str(server.pid), "-n", "--",
                             "iperf3", "-s", "-p", port],

@@ -98,3 +98,10 @@ def test_each_node_gets_its_own_cgroup(monkeypatch):
     argv = cgroups.launcher(["/x/cgroup.procs"], ["systemd-nspawn", "--boot"])
     assert argv[:2] == ["/bin/sh", "-c"] and argv[-2:] == ["systemd-nspawn", "--boot"]
     assert "exec \"$@\"" in argv[2]
+
+
+def test_inotify_budget():
+    assert host.inotify_shortfall(3, used=40, limit=128) is None
+    msg = host.inotify_shortfall(4, used=100, limit=128)
+    assert "not enough inotify instances for 4 nodes" in msg
+    assert "sysctl -w fs.inotify.max_user_instances=1024" in msg

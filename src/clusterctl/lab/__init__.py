@@ -10,12 +10,12 @@ Python API (the CLI and the tests use the same):
     lab.status("citest"); lab.down("citest")
 """
 from .core import (DEFAULT_NAME, DEFAULT_NODES, check_ssh, down, fault, heal, health,
-                   node_health, ssh_argv, status, up)
+                   node_health, owner_alive, ssh_argv, status, up)
 from .netplan import DEFAULT_LINK, FAULT_KINDS, LINK_CLASSES
 from .state import FaultState, LabState, NodeState, list_labs, load_state
 
 __all__ = [
     "up", "down", "status", "fault", "heal", "health", "node_health", "check_ssh",
-    "ssh_argv", "LabState", "NodeState", "FaultState", "list_labs", "load_state",
+    "ssh_argv", "owner_alive", "LabState", "NodeState", "FaultState", "list_labs", "load_state",
     "DEFAULT_NAME", "DEFAULT_NODES", "DEFAULT_LINK", "FAULT_KINDS", "LINK_CLASSES",
 ]

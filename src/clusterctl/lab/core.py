@@ -9,6 +9,7 @@ their start time and command line still match.
 from __future__ import annotations
 
 import fcntl
+import sys
 import ipaddress
 import os
 import shutil
@@ -51,7 +52,8 @@ def _labs_lock():
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print("waiting for another `clusterctl lab` operation to finish", flush=True)
+            print("waiting for another `clusterctl lab` operation to finish", file=sys.stderr,
+                  flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 
@@ -113,6 +115,7 @@ def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan
         mirror_mod.build_mirror(mdir, apt, pip, image=image, log=log)
 
     with _labs_lock():
+        host.require_inotify(nodes)
         state = _new_state(name, nodes, link, subnet, mtu, node_mtu, image)
         try:
             _boot(state, mdir, boot_timeout, log)
@@ -175,8 +178,9 @@ def _boot(state: LabState, mdir: Path | None, boot_timeout: float, log: Log) -> 
     state.save()
 
     network.create_bridge(state)
+    existing = host.links()
     for n in state.nodes:
-        if n.port in [i for i in host.links()]:
+        if n.port in existing:
             raise ClusterctlError(f"interface {n.port} already exists; clusterctl lab does "
                                   "not touch interfaces it did not create")
         state.interfaces.append(n.port)

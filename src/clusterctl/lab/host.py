@@ -120,6 +120,52 @@ def used_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
+INOTIFY_PER_NODE = 10      # systemd, logind, dbus, getty... measured ~8 per booted node
+
+
+def inotify_instances_in_use() -> int:
+    """inotify instances open on this host (root's are what lab nodes compete for)."""
+    used = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if proc.stat().st_uid != 0:
+                continue
+            for fd in (proc / "fd").iterdir():
+                try:
+                    if os.readlink(fd) == "anon_inode:inotify":
+                        used += 1
+                except OSError:
+                    pass
+        except OSError:
+            pass
+    return used
+
+
+def inotify_shortfall(nodes: int, used: int, limit: int) -> str | None:
+    """Why `nodes` more nodes would not boot, or None. Pure."""
+    need = nodes * INOTIFY_PER_NODE
+    if used + need <= limit:
+        return None
+    return (f"not enough inotify instances for {nodes} nodes: each node's systemd needs "
+            f"about {INOTIFY_PER_NODE}, and {used} of fs.inotify.max_user_instances={limit} "
+            "are in use (other labs or programs). Bring other labs down, or raise the limit: "
+            f"sysctl -w fs.inotify.max_user_instances={max(1024, 2 * (used + need))}")
+
+
+def require_inotify(nodes: int) -> None:
+    """Every node's systemd needs inotify instances; past fs.inotify.max_user_instances
+    (often 128, ~14 nodes on a host) nodes die at boot with "Too many open files"."""
+    try:
+        limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        return
+    problem = inotify_shortfall(nodes, inotify_instances_in_use(), limit)
+    if problem:
+        raise ClusterctlError(problem)
+
+
 def write_sysctl(path: str, value: str) -> None:
     try:
         Path("/proc/sys", path).write_text(value)

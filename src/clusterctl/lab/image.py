@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,7 +136,7 @@ def cache_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"waiting for {path} (another clusterctl is building the same cache)",
-                  flush=True)
+                  file=sys.stderr, flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 

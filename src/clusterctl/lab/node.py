@@ -8,6 +8,7 @@ lab attaches to its bridge, and eth0 in the node. The veth disappears with the n
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -153,7 +154,12 @@ def console_tail(state: LabState, node: NodeState, lines: int = 15) -> str:
         text = (state.node_dir(node) / "console.log").read_text(errors="replace")
     except FileNotFoundError:
         return "    (no console log)"
-    return "\n".join("    " + ln for ln in text.splitlines()[-lines:])
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    tail = "\n".join("    " + ln for ln in text.splitlines()[-lines:] if ln.strip())
+    if "Too many open files" in text:
+        tail += ("\n  hint: the host ran out of inotify instances; raise "
+                 "fs.inotify.max_user_instances (sysctl -w fs.inotify.max_user_instances=1024)")
+    return tail
 
 
 def stop(node: NodeState, timeout: float = 5.0) -> None:

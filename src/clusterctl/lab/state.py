@@ -170,6 +170,7 @@ class LabState:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n"
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".state.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)             # readable: `lab status` works without root
             with os.fdopen(fd, "w") as fh:
                 fh.write(text)
                 fh.flush()
