@@ -190,7 +190,7 @@ def to_svg(result: NetcheckResult) -> str:
     width = max(grid_w + 40, 980)
     parts: list[str] = []
     y = top
-    parts.append(f'<text x="20" y="32" class="title">clusterctl netcheck</text>')
+    parts.append('<text x="20" y="32" class="title">clusterctl netcheck</text>')
     parts.append(f'<text x="20" y="54" class="sub">bandwidth Gbit/s, row sends to column; '
                  f'{_esc(result.schedule)} schedule, {result.rounds} rounds</text>')
     for j, b in enumerate(names):

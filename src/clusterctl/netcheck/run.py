@@ -13,9 +13,10 @@ Everything netcheck starts on a node is also bounded by `timeout`.
 """
 from __future__ import annotations
 
+import socket
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -69,7 +70,7 @@ class _Run:
         info = self.nodes[name]
         if isinstance(exc, UnreachableError):
             info.reachable = False
-            info.error = str(exc).split(": ", 1)[-1]
+            info.error = _short(str(exc).split(": ", 1)[-1])
             conn = self.conns.pop(name, None)
             if conn is not None:
                 self.dropped.append(conn)
@@ -80,20 +81,82 @@ class _Run:
             f"{text}", f"run the command shown by hand on {name}; re-run with fewer "
             f"nodes (--limit) to narrow it down"))
 
-    def parallel(self, fn: Callable[[str], Any], names: Iterable[str]) -> dict[str, Any]:
-        """fn(name) for each node in threads; exceptions recorded with lost(), not raised."""
-        names = list(names)
-        out: dict[str, Any] = {}
-        if not names:
-            return out
-        with ThreadPoolExecutor(max_workers=max(1, min(self.options.forks, len(names)))) as ex:
-            futs = {n: ex.submit(fn, n) for n in names}
-            for n, fut in futs.items():
-                try:
-                    out[n] = fut.result()
-                except Exception as exc:  # noqa: BLE001 - isolated per node
-                    self.lost(n, exc)
+    def parallel(self, fn: Callable[[Any], Any], items: Iterable[Any], *, timeout: float,
+                 node_of: Callable[[Any], str] = lambda x: x) -> dict[Any, Any]:
+        """fn(item) for each item in its own thread, all at once; returns the results.
+
+        Exceptions are recorded with lost(), not raised. `timeout` is a hard bound: an
+        SSH command's own timeout cannot fire while the connection stalls (a path that
+        drops large frames stalls TCP, and paramiko then waits for the kernel's
+        retransmission timeout, ~15 minutes). A node still busy at the deadline has its
+        connection aborted and is recorded as unreachable.
+        """
+        items = list(items)
+        done: dict[int, tuple[bool, Any]] = {}
+
+        def work(i: int, item: Any) -> None:
+            try:
+                done[i] = (True, fn(item))
+            except BaseException as exc:  # noqa: BLE001 - isolated per node
+                done[i] = (False, exc)
+
+        threads = [threading.Thread(target=work, args=(i, item), daemon=True,
+                                    name=f"netcheck-{node_of(item)}")
+                   for i, item in enumerate(items)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        out: dict[Any, Any] = {}
+        for i, (item, t) in enumerate(zip(items, threads)):
+            name = node_of(item)
+            if i not in done:
+                conn = self.conns.get(name)
+                if conn is not None:
+                    _abort(conn)
+                self.lost(name, UnreachableError(
+                    name, f"SSH connects but commands stall (no answer within {timeout:g}s): "
+                    f"large frames dropped on the way, or the node is overloaded"))
+                continue
+            ok, value = done[i]
+            if ok:
+                out[item] = value
+            elif isinstance(value, Exception):
+                self.lost(name, value)
+            else:
+                raise value
         return out
+
+
+def _short(text: str) -> str:
+    """One line of an error: remote's messages quote the whole command (our scripts)."""
+    if text.startswith("connection lost running") and "\n" in text:
+        why = text.rsplit(": ", 1)[-1].strip() if "\n" not in text.rsplit(": ", 1)[-1] else ""
+        return "connection lost while a command ran" + (f": {why}" if why else "")
+    first = text.splitlines()[0] if text else text
+    return first[:300]
+
+
+def _abort(conn: Connection) -> None:
+    """Cut a stalled SSH connection so the thread blocked on it returns at once.
+
+    shutdown(2) on the socket wakes a thread blocked in send/recv (close(2) would not).
+    `Connection.abort()` is used when the remote layer has one.
+    """
+    abort = getattr(conn, "abort", None)
+    if callable(abort):
+        abort()
+        return
+    fab = getattr(conn, "_conn", None)
+    client = getattr(fab, "client", None)
+    try:
+        transport = client.get_transport() if client is not None else None
+        sock = getattr(transport, "sock", None)
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = None
@@ -153,6 +216,7 @@ def _idx(hosts, name):
 
 
 # -- 2. facts ---------------------------------------------------------------------
+PING_TIMEOUT = 45.0               # the pings of one node run in parallel: ~2s when healthy
 MAX_PING_PAYLOAD = 65507          # IPv4: 65535 - 20 (IP) - 8 (ICMP); loopback has MTU 65536
 
 
@@ -179,7 +243,7 @@ def _gather(run: _Run, hosts: dict) -> None:
         info.is_head = run.nodes[name].is_head
         run.nodes[name] = info
 
-    run.parallel(one, run.up())
+    run.parallel(one, run.up(), timeout=run.options.facts_timeout + 5)
 
 
 # -- 3. pings -------------------------------------------------------------------------
@@ -218,7 +282,7 @@ def _pings(run: _Run, links: dict[tuple[str, str], Link], hosts: dict) -> None:
         mtu = run.nodes[name].mtu or 1500
         size = min(max(mtu - 28, 0), MAX_PING_PAYLOAD)
         peers = [(p, ip, size) for p, ip in targets.items() if p != name]
-        res = run.conns[name].run(probe.ping_script(peers), timeout=60, check=False)
+        res = run.conns[name].run(probe.ping_script(peers), timeout=PING_TIMEOUT, check=False)
         got = probe.parse_ping_output(res.stdout)
         for peer, ip, _ in peers:
             pp = got.get(peer)
@@ -232,7 +296,7 @@ def _pings(run: _Run, links: dict[tuple[str, str], Link], hosts: dict) -> None:
             if pp.route_src:
                 run.nodes[name].route_sources[ip] = pp.route_src
 
-    run.parallel(one, up)
+    run.parallel(one, up, timeout=PING_TIMEOUT)
 
 
 # -- 4. ports -------------------------------------------------------------------------
@@ -272,7 +336,7 @@ def _ports(run: _Run, head) -> list[PortCheck]:
 
     checks: list[PortCheck] = []
     try:
-        run.parallel(start, list(wanted))
+        run.parallel(start, list(wanted), timeout=35)
         # who connects to what
         plan: dict[str, list[tuple[str, int, str]]] = {}
         for dst, items in wanted.items():
@@ -295,7 +359,7 @@ def _ports(run: _Run, head) -> list[PortCheck]:
                                      timeout=run.options.port_timeout + 30, check=False)
             results[src] = probe.parse_connector(res.stdout)
 
-        run.parallel(connect, list(plan))
+        run.parallel(connect, list(plan), timeout=run.options.port_timeout + 35)
         for src, items in plan.items():
             got = results.get(src)
             if got is None:
@@ -314,7 +378,7 @@ def _ports(run: _Run, head) -> list[PortCheck]:
             if ls and ls.pid:
                 run.conns[name].run(probe.stop_cmd(ls.pid, "clusterctl-netcheck"),
                                     timeout=30, check=False)
-        run.parallel(stop, [n for n in listeners if n in run.conns])
+        run.parallel(stop, [n for n in listeners if n in run.conns], timeout=35)
     return _collapse_ranges(checks)
 
 
@@ -350,20 +414,26 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
             f"({'bidirectional' if bidir else 'one direction at a time'})")
     servers: dict[str, int] = {}
 
-    def start(name: str) -> None:
+    def start(name: str) -> str | None:
+        """Start the server; None when it listens, else why not."""
         res = run.conns[name].run(probe.iperf_server_cmd(run.nodes[name].cluster_ip,
                                                          s.iperf_port, lifetime),
                                   timeout=30, check=False)
         pid = probe.parse_pid(res.stdout)
         if res.exit_code != 0 or pid is None:
             msg = " ".join((res.stdout + res.stderr).split())
-            raise _ServerFailed(msg[:300] or f"exit {res.exit_code}")
+            return msg[:300] or f"exit {res.exit_code}"
         servers[name] = pid
+        return None
 
-    def measure(pair: tuple[str, str]) -> None:
+    def roles(pair: tuple[str, str]) -> tuple[str, str]:
         client, server = pair
         if server not in servers and client in servers:
             client, server = server, client          # use whichever side has a server
+        return client, server
+
+    def measure(pair: tuple[str, str]) -> None:
+        client, server = roles(pair)
         fwd_link = links.setdefault((client, server), Link(client, server))
         rev_link = links.setdefault((server, client), Link(server, client))
         if server not in servers:
@@ -386,38 +456,22 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
             if rev is None:
                 rev_link.error = err
 
-    server_errors: dict[str, str] = {}
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(o.forks, len(up)))) as ex:
-            futs = {n: ex.submit(start, n) for n in up}
-            for n, fut in futs.items():
-                try:
-                    fut.result()
-                except _ServerFailed as exc:
-                    server_errors[n] = str(exc)
-                except Exception as exc:  # noqa: BLE001
-                    run.lost(n, exc)
-        for n, msg in server_errors.items():
-            run.problems.append(Finding(
-                "iperf3-server-failed", WARNING, [n], f"iperf3 server on {n} did not start: "
-                f"{msg}", f"free port {s.iperf_port} on {n} or set netcheck.iperf_port in the "
-                f"inventory"))
+        started = run.parallel(start, up, timeout=35)
+        for n, msg in started.items():
+            if msg:
+                run.problems.append(Finding(
+                    "iperf3-server-failed", WARNING, [n], f"iperf3 server on {n} did not "
+                    f"start: {msg}", f"free port {s.iperf_port} on {n} or set "
+                    f"netcheck.iperf_port in the inventory"))
         for i, ph in enumerate(plan, 1):
             run.say(f"  phase {i}/{len(plan)}: " + ", ".join(f"{a}->{b}" for a, b in ph))
-            with ThreadPoolExecutor(max_workers=max(1, len(ph))) as ex:
-                futs = {pair: ex.submit(measure, pair) for pair in ph}
-                for pair, fut in futs.items():
-                    try:
-                        fut.result()
-                    except Exception as exc:  # noqa: BLE001
-                        run.lost(pair[0], exc)
+            run.parallel(measure, ph, timeout=o.duration + 35,
+                         node_of=lambda pair: roles(pair)[0])
     finally:
         def stop(name: str) -> None:
             run.conns[name].run(probe.stop_cmd(servers[name], "iperf3"), timeout=30,
                                 check=False)
-        run.parallel(stop, [n for n in servers if n in run.conns])
+        run.parallel(stop, [n for n in servers if n in run.conns], timeout=35)
     return len(rounds)
 
-
-class _ServerFailed(Exception):
-    pass
