@@ -68,9 +68,11 @@ def prepare_node(host, apt_url: str | None) -> None:
                       "apt-get install -y -qq --no-install-recommends iperf3 >/dev/null",
                       timeout=300)
             else:
-                # no mirror: the controller's own Debian 12 build of iperf3
-                for path in ("/usr/bin/iperf3", _libiperf()):
-                    c.put(Path(path).read_bytes(), path, mode=0o755)
+                # no mirror: the controller's own Debian 12 build of iperf3 and the
+                # libraries of it the node lacks (libiperf0, libsctp1)
+                for path in ["/usr/bin/iperf3", *_libraries("/usr/bin/iperf3")]:
+                    if c.run(["test", "-e", path], check=False).exit_code != 0:
+                        c.put(Path(path).read_bytes(), path, mode=0o755)
         c.run(f"mkdir -p {VENV}/bin {SITE}/ray-{RAY}.dist-info && "
               f"ln -sf /usr/bin/python3 {VENV}/bin/python && "
               f"printf 'home = /usr/bin\\nversion = %s\\n' "
@@ -80,9 +82,10 @@ def prepare_node(host, apt_url: str | None) -> None:
               f"> {SITE}/ray-{RAY}.dist-info/METADATA")
 
 
-def _libiperf() -> str:
-    out = subprocess.run(["ldd", "/usr/bin/iperf3"], capture_output=True, text=True).stdout
-    return next(ln.split("=>")[1].split()[0] for ln in out.splitlines() if "libiperf" in ln)
+def _libraries(binary: str) -> list[str]:
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    return [ln.split("=>")[1].split()[0] for ln in out.splitlines()
+            if "=>" in ln and ln.split("=>")[1].split()[:1] != ["not"]]
 
 
 @pytest.fixture(scope="module")
