@@ -90,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
         "cuda": "auto",
     },
     "vllm": {"port": 8000},
+    "netcheck": {"iperf_port": 5201},
     "models_dir": "/opt/models",
     "mirror": {"apt": None, "pip": None},
     "ssh_known_hosts_file": None,
@@ -405,6 +406,9 @@ KNOWN_VARS: dict[str, Any] = {
     },
     "vllm": {
         "port": _spec(_port(), "OpenAI-compatible API port of vLLM on the head"),
+    },
+    "netcheck": {
+        "iperf_port": _spec(_port(), "port of the iperf3 servers netcheck starts and stops"),
     },
     "models_dir": _spec(_abs_path_check(), "where model files live on every host"),
     "mirror": {

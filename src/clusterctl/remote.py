@@ -173,6 +173,18 @@ class Connection:
     def __exit__(self, *exc):
         self.close()
 
+    def abort(self) -> None:
+        """Cut the connection now, also when a command is stuck on a stalled TCP path
+        (e.g. an MTU black hole): shutdown(2) wakes a thread blocked in send/recv."""
+        conn = self._conn
+        transport = conn.client.get_transport() if conn is not None else None
+        sock = getattr(transport, "sock", None)
+        try:
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
     @property
     def is_root(self) -> bool:
         return self.host.user == "root"
@@ -210,17 +222,34 @@ class Connection:
             in_stream = False
         else:
             in_stream = io.StringIO(stdin.decode() if isinstance(stdin, bytes) else stdin)
+        # invoke's own timeout cannot interrupt a channel stalled at the TCP level, so a
+        # timer cuts the connection; the command then fails as timed out.
+        fired: list[bool] = []
+
+        def cut():
+            fired.append(True)
+            self.abort()
+        timer = threading.Timer(timeout, cut) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
         try:
-            res = self._conn.run(text, hide=True, warn=True, in_stream=in_stream,
-                                 timeout=timeout, pty=False)
+            res = self._conn.run(text, hide=True, warn=True, in_stream=in_stream, pty=False)
             code, out, err = res.exited, res.stdout, res.stderr
-        except Exception as exc:  # invoke.CommandTimedOut, socket errors
-            name = type(exc).__name__
-            if name == "CommandTimedOut":
-                raise HostError(self.name, f"command timed out after {timeout}s: "
-                                f"{mask_text(shown, secrets)}") from None
+        except Exception as exc:  # socket errors, a cut connection
+            if fired:
+                self.close()
+                raise HostError(self.name, f"command timed out after {timeout:g}s (connection "
+                                f"cut): {mask_text(shown, secrets)}") from None
             raise UnreachableError(self.name, f"connection lost running "
                                    f"{mask_text(shown, secrets)}: {exc}") from None
+        finally:
+            if timer:
+                timer.cancel()
+        if fired:
+            self.close()
+            raise HostError(self.name, f"command timed out after {timeout:g}s (connection "
+                            f"cut): {mask_text(shown, secrets)}")
         out, err = mask_text(out, secrets), mask_text(err, secrets)
         result = RunResult(mask_text(shown, secrets), code, out, err)
         if check and code != 0:

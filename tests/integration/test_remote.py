@@ -111,3 +111,15 @@ def test_connect_all_isolates_unreachable(sshd, tmp_path):
     finally:
         for c in conns.values():
             c.close()
+
+
+def test_timeout_cuts_a_stuck_command(conn):
+    import time
+
+    from clusterctl.errors import HostError
+    start = time.monotonic()
+    with pytest.raises(HostError) as err:
+        conn.run(["sleep", "30"], timeout=1.5)
+    assert time.monotonic() - start < 10
+    assert "timed out after 1.5s" in str(err.value)
+    assert conn.run(["echo", "again"]).stdout == "again\n"   # reconnects on next use
