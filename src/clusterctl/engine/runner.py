@@ -286,6 +286,10 @@ class Runner:
         def one(state: HostState):
             reqs = self._requests_for(state) if first or not state.gathered else state.gathered
             self._gather(state, reqs)
+            if first:  # facts a task needs that depend on other facts (a second trip, rare)
+                more = self._requests_for(state) - state.gathered
+                if more:
+                    self._gather(state, state.gathered | more)
         for name, res in self._parallel([s for s in states if not s.failed], one).items():
             if isinstance(res, Exception):
                 self._fail_host(self.states[name], None, _message(res),
@@ -394,11 +398,12 @@ class Runner:
                 if not live:
                     return
                 planned: dict[str, PlannedTask] = {}
-                for s in live:
-                    try:
-                        planned[s.host.name] = self.plan_task(s, play, role, task)
-                    except ClusterctlError as exc:
-                        self._fail_host(s, task, _message(exc))
+                for name, res in self._parallel(
+                        live, lambda s: self.plan_task(s, play, role, task)).items():
+                    if isinstance(res, Exception):
+                        self._fail_host(self.states[name], task, _message(res))
+                    else:
+                        planned[name] = res
                 live = [s for s in live if not s.failed]
                 executor = CLUSTER_EXECUTORS.get(_op_name(task))
                 if executor and any(isinstance(p.outcome, Change) for p in planned.values()) \

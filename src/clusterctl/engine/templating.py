@@ -1,6 +1,7 @@
 """Jinja2 rendering with StrictUndefined; errors name the template and line."""
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 import shlex
@@ -44,6 +45,16 @@ def make_environment(search_paths: list[Path] | None = None) -> jinja2.Environme
 _DEFAULT_ENV = make_environment()
 
 
+@functools.lru_cache(maxsize=2048)
+def _compiled_expression(text: str):
+    return _DEFAULT_ENV.compile_expression(text, undefined_to_none=False)
+
+
+@functools.lru_cache(maxsize=2048)
+def _compiled_template(text: str):
+    return _DEFAULT_ENV.from_string(text)
+
+
 def _where(exc: Exception, default_name: str) -> tuple[str, int | None]:
     name = getattr(exc, "filename", None) or getattr(exc, "name", None) or default_name
     line = getattr(exc, "lineno", None)
@@ -53,17 +64,19 @@ def _where(exc: Exception, default_name: str) -> tuple[str, int | None]:
 def render_string(text: str, variables: dict[str, Any], *, source: str = "<string>",
                   line: int | None = None, env: jinja2.Environment | None = None) -> Any:
     """Render one value. "{{ expr }}" alone keeps the native type (list, int, bool)."""
-    env = env or _DEFAULT_ENV
     if "{{" not in text and "{%" not in text:
         return text
     try:
         m = _SINGLE_EXPR.match(text)
         if m and "{{" not in m.group(1):
-            value = env.compile_expression(m.group(1), undefined_to_none=False)(**variables)
+            expr = env.compile_expression(m.group(1), undefined_to_none=False) if env \
+                else _compiled_expression(m.group(1))
+            value = expr(**variables)
             if isinstance(value, jinja2.Undefined):
                 value._fail_with_undefined_error()
             return value
-        return env.from_string(text).render(**variables)
+        template = env.from_string(text) if env else _compiled_template(text)
+        return template.render(**variables)
     except jinja2.UndefinedError as exc:
         raise InputError(f"undefined variable in {text!r}: {exc.message}", file=source,
                          line=line) from None
@@ -132,7 +145,7 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
     if m:
         text = m.group(1)
     try:
-        value = _DEFAULT_ENV.compile_expression(text, undefined_to_none=False)(**variables)
+        value = _compiled_expression(text)(**variables)
         if isinstance(value, jinja2.Undefined):
             value._fail_with_undefined_error()
         return bool(value)
