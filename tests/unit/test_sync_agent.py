@@ -122,6 +122,46 @@ def test_relays_started_early_take_their_lists_from_the_header(tmp_path, source)
     assert (tmp_path / "n2" / "a.bin").read_bytes() == files["a.bin"]
 
 
+def test_status_records_come_back_up_the_chain(tmp_path, source):
+    """Each relay's final record (with per-file results) reaches the feeder on the stream's
+    own connection, and the connection closes only when the whole chain is over."""
+    src, files = source
+    stream = _stream_files(files)
+    r1, r2 = Relay(tmp_path / "n1", {}), Relay(tmp_path / "n2", {})
+    r1.cfg["name"], r2.cfg["name"] = "n1", "n2"
+    sock = agent.connect("127.0.0.1", r1.port)
+    records = {}
+    pump = agent._RecordPump(sock, "n1",
+                             lambda line: agent.merge_record(records, json.loads(line)),
+                             lambda n, e: None)
+    pump.start()
+    sources = {f["path"]: str(src / f["path"]) for f in stream}
+    agent.send_stream(sock, stream, r1.hop("n1"), [r2.hop("n2")], sources,
+                      want={"n1": _want(stream), "n2": _want(stream, {"empty"})})
+    sock.shutdown(socket.SHUT_WR)
+    pump.join(timeout=20)
+    assert not pump.is_alive()
+    r1.join(), r2.join()
+    assert set(records) == {"n1", "n2"}
+    assert records["n1"]["final"] and records["n1"]["state"] == "done"
+    assert records["n1"]["files"]["a.bin"] == {"ok": True, "sha256": _sha(files["a.bin"])}
+    assert set(records["n2"]["files"]) == {"empty"} and records["n2"]["final"]
+
+
+def test_merge_record_keeps_final_records():
+    records = {}
+    agent.merge_record(records, {"node": "a", "bytes_in": 5})
+    agent.merge_record(records, {"node": "a", "bytes_in": 9, "final": True, "state": "done"})
+    agent.merge_record(records, {"node": "a", "bytes_in": 7})          # late progress record
+    agent.merge_record(records, {"node": "a", "lost": True, "error": "reset"})
+    assert records["a"] == {"node": "a", "bytes_in": 9, "final": True, "state": "done"}
+    agent.merge_record(records, {"node": "b", "bytes_in": 1})
+    agent.merge_record(records, {"node": "b", "lost": True, "error": "reset"})
+    assert records["b"]["lost"] is True and records["b"]["lost_error"] == "reset"
+    agent.merge_record(records, {"bytes_in": 1})                         # no node: ignored
+    assert set(records) == {"a", "b"}
+
+
 def test_unknown_manifest_sha_uses_the_senders_digest(tmp_path, source):
     src, files = source
     stream = _stream_files(files, hashed=False)

@@ -362,7 +362,7 @@ def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwli
     out.sendall(encode_header(header))
     digests = {}
     clock = {"started": time.monotonic(), "sent": 0}
-    zero_copy = isinstance(out, socket.socket) and not bwlimit and stop is None
+    zero_copy = isinstance(out, socket.socket) and not bwlimit
     for f in files:
         src = sources[f["path"]]
         offset, size = int(f["offset"]), int(f["size"])
@@ -373,7 +373,7 @@ def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwli
                                   % (src, before.st_size, size))
             known = f.get("sha256")
             if known and zero_copy:
-                _sendfile(out, fh, offset, size - offset, on_bytes)
+                _sendfile(out, fh, offset, size - offset, on_bytes, stop)
             else:
                 h = None if known else (sha256_file(src, limit=offset) if offset
                                         else hashlib.sha256())
@@ -387,8 +387,10 @@ def send_stream(out, files, first, rest, sources, on_bytes=None, stop=None, bwli
     return digests
 
 
-def _sendfile(out, fh, offset, count, on_bytes):
+def _sendfile(out, fh, offset, count, on_bytes, stop=None):
     while count > 0:
+        if stop is not None and stop.is_set():
+            raise StreamError("stopped")
         n = out.sendfile(fh, offset, min(count, 8 * CHUNK))   # honours the socket timeout
         if n == 0:
             raise StreamError("%s shrank while being sent" % fh.name)
@@ -421,6 +423,82 @@ def _send_read(out, fh, offset, count, h, on_bytes, stop, bwlimit, clock):
                 time.sleep(ahead)
 
 
+def merge_record(records, rec):
+    """Keep the latest record per node; a final record is never replaced by a progress
+    record; {"node", "lost"} marks a node whose connection broke before its final record."""
+    name = rec.get("node")
+    if not name:
+        return
+    have = records.get(name)
+    if have is not None and have.get("final"):
+        return
+    if rec.get("lost"):
+        merged = dict(have or {})
+        merged.update(lost=True, lost_error=rec.get("error"))
+        records[name] = merged
+        return
+    records[name] = rec
+
+
+def read_records(sock, on_line, stop=None):
+    """Read newline-delimited records from `sock` until EOF, calling on_line(bytes) with
+    each complete line. A socket timeout is not the end (unless `stop` is set)."""
+    buf = b""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except socket.timeout:
+            if stop is not None and stop.is_set():
+                return
+            continue
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            on_line(line + b"\n")
+
+
+class _Upward:
+    """Status records sent back towards the feeder on the stream's own connection: this
+    node's (progress every STATUS_INTERVAL, then a final one with per-file results) and,
+    line by line, those of the nodes further down the chain."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.lock = threading.Lock()
+        self.broken = False
+        self.closed = False          # after this node's final record: no more progress
+
+    def send_line(self, line):
+        with self.lock:
+            if self.broken:
+                return
+            try:
+                self.sock.sendall(line)
+            except OSError:
+                self.broken = True
+
+    def send(self, record):
+        self.send_line((json.dumps(record) + "\n").encode())
+
+
+class _RecordPump(threading.Thread):
+    """Reads the records coming back from the next hop; hands each line to on_line; when
+    the connection breaks, reports the hop as lost."""
+
+    def __init__(self, sock, hop_name, on_line, on_lost):
+        super().__init__(daemon=True)
+        self.sock, self.hop_name = sock, hop_name
+        self.on_line, self.on_lost = on_line, on_lost
+
+    def run(self):
+        try:
+            read_records(self.sock, self.on_line)
+        except OSError as exc:
+            self.on_lost(self.hop_name, str(exc))
+
+
 class _Status:
     """A JSON status file the controller polls over SSH (written atomically)."""
 
@@ -451,13 +529,24 @@ class _Status:
             fh.write(snap)
         os.replace(tmp, self.path)
 
-    def start(self):
+    def snapshot(self, with_files=False):
+        with self.lock:
+            data = dict(self.data)
+        if not with_files:
+            data.pop("files", None)
+            data.pop("digests", None)
+        return data
+
+    def start(self, reporter=None):
+        """Write the file every STATUS_INTERVAL; call reporter() as often."""
         def loop():
             while not self._stop.wait(STATUS_INTERVAL):
                 try:
                     self.flush()
                 except OSError:
                     pass
+                if reporter is not None:
+                    reporter()
 
         self.flush()
         self._thread = threading.Thread(target=loop, daemon=True)
@@ -621,10 +710,13 @@ class _Writer(threading.Thread):
 
 
 def run_relay(cfg, listener, status):
-    """Receive the stream, forward it downstream, write what this node wants."""
+    """Receive the stream, forward it downstream, write what this node wants; send status
+    records back up the chain."""
     writer = _Writer(cfg, status)
     writer.start()
-    up = down = None
+    name = cfg.get("name")
+    up = down = upward = pump = None
+    idle = float(cfg.get("idle_timeout", 120))
     try:
         deadline = time.monotonic() + float(cfg.get("accept_timeout", 300))
         while True:
@@ -648,8 +740,11 @@ def run_relay(cfg, listener, status):
             up = conn
             break
         listener.close()
-        up.settimeout(float(cfg.get("idle_timeout", 120)))
+        up.settimeout(idle)
+        upward = _Upward(up)
         status.update(state="receiving", upstream="%s:%s" % addr[:2])
+        status.reporter = lambda: (None if upward.closed else
+                                   upward.send(dict(status.snapshot(), node=name)))
         nxt = header.get("next") or []
         if nxt:
             hop = nxt[0]
@@ -661,12 +756,16 @@ def run_relay(cfg, listener, status):
                                             "files": header["files"],
                                             "want": header.get("want") or {}}))
                 status.update(forwarding=True)
+                pump = _RecordPump(down, hop.get("name"), upward.send_line,
+                                   lambda n, e: upward.send({"node": n, "lost": True,
+                                                             "error": e}))
+                pump.start()
             except (StreamError, OSError) as exc:
                 down = None
                 status.update(forward_error="%s: %s" % (hop.get("name"), exc))
         # what this node writes: its entry in the header's "want" (the controller knows it
         # only after the relays started), else the list it was started with
-        want = (header.get("want") or {}).get(cfg.get("name"))
+        want = (header.get("want") or {}).get(name)
         if want is None:
             want = cfg.get("want") or {}
         writer.want = want
@@ -724,30 +823,55 @@ def run_relay(cfg, listener, status):
         writer.join()
         status.update(state="failed", error=str(exc) or type(exc).__name__, current=None)
     finally:
-        for s in (up, down):
-            if s is not None:
+        if upward is not None:
+            # this node's final record, then those of the nodes after it, then close:
+            # the upstream learns that everything from here down is over
+            upward.closed = True
+            upward.send(dict(status.snapshot(with_files=True), node=name, final=True))
+            if pump is not None:
+                pump.join(timeout=idle)
+        for sock in (up, down):
+            if sock is not None:
                 try:
-                    s.close()
+                    sock.close()
                 except OSError:
                     pass
 
 
 def run_sender(cfg, status):
-    """A source or seed node streams local files to the first relay."""
+    """A source or seed node streams local files to the first relay and collects the
+    chain's status records into its status file ("chain")."""
+    records = {}
+
+    def on_line(line):
+        try:
+            rec = json.loads(line.decode())
+        except ValueError:
+            return
+        with status.lock:
+            merge_record(records, rec)
+            status.data["chain"] = dict(records)
+
     try:
         first = cfg["chain"][0]
         sock = connect(first["ip"], int(first["port"]),
                        timeout=float(cfg.get("connect_timeout", 30)))
+        sock.settimeout(float(cfg.get("idle_timeout", 120)))
         status.update(state="sending")
+        pump = _RecordPump(sock, first.get("name"), on_line,
+                           lambda n, e: on_line((json.dumps({"node": n, "lost": True,
+                                                             "error": e}) + "\n").encode()))
+        pump.start()
         digests = send_stream(sock, cfg["files"], first, cfg["chain"][1:], cfg["sources"],
                               on_bytes=lambda n: status.add("bytes_sent", n),
                               bwlimit=cfg.get("bwlimit"), want=cfg.get("want"))
         sock.shutdown(socket.SHUT_WR)
-        sock.close()
+        status.update(state="sent", digests=digests)
         if cfg.get("cache"):
-            remember_hashes(cfg["cache"], cfg["cache_root"], cfg.get("kind", "dir"),
-                            {p: d for p, d in digests.items()})
-        status.update(state="done", digests=digests)
+            remember_hashes(cfg["cache"], cfg["cache_root"], cfg.get("kind", "dir"), digests)
+        pump.join(timeout=float(cfg.get("idle_timeout", 120)))
+        sock.close()
+        status.update(state="done")
     except (StreamError, OSError) as exc:
         status.update(state="failed", error=str(exc))
 
@@ -803,7 +927,8 @@ def cmd_relay(rundir):
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status.update(pid=os.getpid())
-    status.start()
+    status.reporter = None
+    status.start(reporter=lambda: status.reporter and status.reporter())
     try:
         run_relay(cfg, listener, status)
     except SystemExit:

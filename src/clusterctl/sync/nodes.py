@@ -265,6 +265,9 @@ class _ChannelStream:
     def sendall(self, data) -> None:
         self.chan.sendall(data)
 
+    def recv(self, n: int) -> bytes:
+        return self.chan.recv(n)
+
     def shutdown(self, how) -> None:
         self.chan.shutdown_write()
 

@@ -11,6 +11,7 @@ on. Nodes after a broken link are retried in the next round.
 """
 from __future__ import annotations
 
+import json
 import os
 import posixpath
 import secrets
@@ -38,6 +39,7 @@ from .source import (HF_NO_HUB_EXIT, HF_NO_SPACE_EXIT, HFSource, LocalSource, No
 MAX_ROUNDS = 3
 POLL_INTERVAL = 1.0            # node status reads while the stream flows
 TICK = 0.25                    # progress updates; status reads near the end
+FALLBACK_INTERVAL = 5.0        # SSH status reads of nodes whose records do not arrive
 STALL_TIMEOUT = 120.0          # no byte moved anywhere for this long: the round is over
 ACCEPT_TIMEOUT = 300           # a relay nobody connects to gives up after this
 HF_TIMEOUT = 24 * 3600
@@ -499,82 +501,83 @@ class _SyncJob:
         return outcome
 
     def poll(self, chain: Chain, feeder, node_bytes: dict[str, int], rnd: int):
-        """Wait for the round to end, reporting progress. Returns (final relay statuses,
-        remote sender status). Node statuses are read over SSH once a second while the
-        stream flows (each read is a process on the node) and every TICK near the end."""
-        statuses: dict[str, dict] = {n: {"state": "listening", "alive": True}
-                                     for n in chain.nodes}
+        """Wait for the round to end, reporting progress. Returns (each relay's final
+        status, the remote sender's status).
+
+        Progress and results come back up the chain as status records (to the controller's
+        feeder, or into a remote sender's status file). A node whose record never arrives
+        (its relay died, or never got a connection) is read over SSH: every
+        FALLBACK_INTERVAL while the stream flows, and once the chain is over."""
+        ssh: dict[str, dict] = {n: {"state": "listening", "alive": True} for n in chain.nodes}
         sender: dict = {}
         last_moved, last_total = time.monotonic(), -1
         stopped: set[str] = set()
-        next_read = 0.0
-        total = chain.stream_bytes
+        next_ssh = time.monotonic() + FALLBACK_INTERVAL
+        next_sender = 0.0
         while True:
             now = time.monotonic()
-            ins = [int(st.get("bytes_in", 0)) for st in statuses.values()]
-            near_end = (feeder is not None and not feeder.is_alive()) or _final(sender) \
-                or any(i >= total for i in ins)
-            if now >= next_read:
-                self.read_statuses(chain, statuses)
-                if feeder is None:
-                    try:
-                        sender = self.nodes[chain.feeder].status("send")
-                    except ClusterctlError as exc:
-                        sender = {"state": "failed", "error": _msg(chain.feeder, exc),
-                                  "alive": False}
-                next_read = now + (TICK if near_end else POLL_INTERVAL)
-                fresh = True
-            else:
-                fresh = False
-            # progress: bytes into the chain (the controller counts its own) or the
-            # slowest receiver still going
-            moving = [n for n in chain.nodes if statuses[n].get("state") != "failed"]
-            ins = [int(statuses[n].get("bytes_in", 0)) for n in moving]
-            done_bytes = feeder.sent if feeder is not None else (min(ins) if ins else 0)
-            for n in chain.nodes:
-                st = statuses[n]
-                state = st.get("state")
-                if state == "done":
-                    self.phase_nodes[n] = "verified"
-                elif state == "failed":
-                    self.phase_nodes[n] = "failed"
-                elif state == "receiving":
-                    pct = 100 * int(st.get("bytes_written", 0)) / max(1, node_bytes[n])
-                    self.phase_nodes[n] = f"{min(pct, 100):.0f}%"
-                else:
-                    self.phase_nodes[n] = "waiting"
-            self.emit("transferring", total=total, done=min(done_bytes, total), rnd=rnd)
-            if fresh:
-                finished = {n for n in chain.nodes if _final(statuses[n])}
-                if len(finished) == len(chain.nodes):
-                    break
-                self.stop_orphans(chain, statuses, feeder, sender, finished, stopped)
-                moved = sum(int(st.get("bytes_in", 0)) for st in statuses.values()) + (
-                    feeder.sent if feeder is not None else int(sender.get("bytes_sent", 0)))
-                if moved != last_total:
-                    last_total, last_moved = moved, now
-                elif now - last_moved > STALL_TIMEOUT:
-                    self.warnings.append(f"round {rnd}: no progress for {STALL_TIMEOUT:.0f}s; "
-                                         "stopped it")
-                    self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
-                    if feeder is not None:
-                        feeder.stop.set()
-                    break
-            time.sleep(TICK)
-        # statuses of relays that had not ended (stopped ones), as they ended
-        unsettled = [n for n in chain.nodes if statuses[n].get("state") not in FINAL_STATES]
-        self.read_statuses(chain, statuses, unsettled)
-        if feeder is None:
-            for _ in range(20):
-                if _final(sender):
-                    break
-                time.sleep(TICK)
+            if feeder is None and now >= next_sender:
                 try:
                     sender = self.nodes[chain.feeder].status("send")
-                except ClusterctlError:
-                    break
+                except ClusterctlError as exc:
+                    sender = {"state": "failed", "error": _msg(chain.feeder, exc),
+                              "alive": False}
+                sent_all = sender.get("state") in ("sent", "done", "failed")
+                next_sender = now + (TICK if sent_all else POLL_INTERVAL)
+            records = feeder.snapshot() if feeder is not None else dict(sender.get("chain") or {})
+            chain_over = feeder.chain_over if feeder is not None else _final(sender)
+            if chain_over or now >= next_ssh:
+                missing = [n for n in chain.nodes
+                           if not records.get(n, {}).get("final") and not _final(ssh[n])]
+                if missing:
+                    self.read_statuses(chain, ssh, missing)
+                next_ssh = now + FALLBACK_INTERVAL
+            view = {n: records[n] if records.get(n, {}).get("final") or
+                    (n in records and not _final(ssh[n])) else ssh[n] for n in chain.nodes}
+            self.show_progress(chain, view, feeder, node_bytes, rnd)
+            finished = {n for n in chain.nodes if _over(view[n])}
+            if len(finished) == len(chain.nodes):
+                break
+            if chain_over:
+                # nothing more will come: stop relays still waiting for a connection
+                self.stop_orphans(chain, view, feeder, sender, finished, stopped)
+            moved = sum(int(st.get("bytes_in", 0)) for st in view.values()) + (
+                feeder.sent if feeder is not None else int(sender.get("bytes_sent", 0)))
+            if moved != last_total:
+                last_total, last_moved = moved, now
+            elif now - last_moved > STALL_TIMEOUT:
+                self.warnings.append(f"round {rnd}: no progress for {STALL_TIMEOUT:.0f}s; "
+                                     "stopped it")
+                self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
+                if feeder is not None:
+                    feeder.stop.set()
+                self.read_statuses(chain, ssh)
+                view = {n: records.get(n) if records.get(n, {}).get("final") else ssh[n]
+                        for n in chain.nodes}
+                break
+            time.sleep(TICK)
+        if feeder is None:
             self.nodes[chain.feeder].stop()
-        return statuses, sender
+        return view, sender
+
+    def show_progress(self, chain: Chain, view: dict, feeder, node_bytes: dict, rnd: int):
+        ins = [int(view[n].get("bytes_in", 0)) for n in chain.nodes
+               if view[n].get("state") != "failed"]
+        done_bytes = feeder.sent if feeder is not None else (min(ins) if ins else 0)
+        for n in chain.nodes:
+            st = view[n]
+            state = st.get("state")
+            if state == "done":
+                self.phase_nodes[n] = "verified"
+            elif state == "failed" or st.get("lost"):
+                self.phase_nodes[n] = "failed"
+            elif state == "receiving":
+                pct = 100 * int(st.get("bytes_written", 0)) / max(1, node_bytes[n])
+                self.phase_nodes[n] = f"{min(pct, 100):.0f}%"
+            else:
+                self.phase_nodes[n] = "waiting"
+        total = chain.stream_bytes
+        self.emit("transferring", total=total, done=min(done_bytes, total), rnd=rnd)
 
     def read_statuses(self, chain: Chain, statuses: dict, names: list[str] | None = None
                       ) -> None:
@@ -600,7 +603,7 @@ class _SyncJob:
                 up_err = feeder.error if feeder is not None else sender.get("error")
             else:
                 up = statuses[chain.nodes[i - 1]]
-                up_over = _final(up) and not up.get("forwarding")
+                up_over = (_over(up) or up.get("lost")) and not up.get("forwarding")
                 up_err = up.get("forward_error") or up.get("error")
             if up_over:
                 up_name = chain.feeder if i == 0 else chain.nodes[i - 1]
@@ -655,7 +658,8 @@ class _SyncJob:
 
 
 class _ControllerFeeder(threading.Thread):
-    """The controller streams its local files to the first relay (one copy)."""
+    """The controller streams its local files to the first relay (one copy) and reads the
+    chain's status records coming back on the same connection."""
 
     def __init__(self, first: SyncNode, hops: list[dict], chain: Chain, sources: dict[str, str],
                  want: dict, bwlimit: int | None = None):
@@ -667,25 +671,49 @@ class _ControllerFeeder(threading.Thread):
         self.digests: dict[str, str] = {}
         self.error: str | None = None
         self.connected = False
+        self.chain_over = False              # every relay has reported and closed
+        self.records: dict[str, dict] = {}
+        self.lock = threading.Lock()
         self.stop = threading.Event()
 
     def _count(self, n: int) -> None:
         self.sent += n
 
+    def _on_line(self, line: bytes) -> None:
+        try:
+            rec = json.loads(line.decode())
+        except ValueError:
+            return
+        with self.lock:
+            node_agent.merge_record(self.records, rec)
+
+    def _on_lost(self, name: str, error: str) -> None:
+        with self.lock:
+            node_agent.merge_record(self.records, {"node": name, "lost": True, "error": error})
+
+    def snapshot(self) -> dict[str, dict]:
+        with self.lock:
+            return dict(self.records)
+
     def run(self) -> None:
-        stream = None
+        stream = pump = None
         try:
             hop = self.hops[0]
             stream = self.first.open_stream(hop["ip"], int(hop["port"]), STALL_TIMEOUT)
             self.connected = True
+            pump = node_agent._RecordPump(stream, hop["name"], self._on_line, self._on_lost)
+            pump.start()
             self.digests = node_agent.send_stream(
                 stream, [f.to_dict() for f in self.chain.files], hop, self.hops[1:],
                 self.sources, on_bytes=self._count, stop=self.stop, bwlimit=self.bwlimit,
                 want=self.want)
             stream.shutdown(socket.SHUT_WR)
+            while pump.is_alive() and not self.stop.is_set():
+                pump.join(timeout=TICK)
         except Exception as exc:  # noqa: BLE001 - reported in the round
             self.error = str(exc) or type(exc).__name__
         finally:
+            self.chain_over = True
             if stream is not None:
                 try:
                     stream.close()
@@ -694,7 +722,15 @@ class _ControllerFeeder(threading.Thread):
 
 
 def _final(st: dict) -> bool:
+    """An SSH-read status (it has "alive"): the process ended or is gone."""
     return bool(st) and (st.get("state") in FINAL_STATES or not st.get("alive"))
+
+
+def _over(st: dict) -> bool:
+    """A node's view (a record from the chain, or an SSH-read status) says it is over."""
+    if st.get("final"):
+        return True
+    return "alive" in st and _final(st)
 
 
 def _msg(name: str, exc) -> str:
@@ -703,7 +739,6 @@ def _msg(name: str, exc) -> str:
 
 
 def _last_json(text: str):
-    import json
     for line in reversed(text.splitlines()):
         try:
             return json.loads(line)
