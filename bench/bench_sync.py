@@ -2,22 +2,27 @@
 """Benchmark: sync-model fan-out vs a naive copy from the controller, on a lab whose links
 are shaped to 1 Gbit/s. Prints figures; asserts nothing.
 
-    sudo python bench/bench_sync.py                 # 2 GB to 4 and to 8 nodes
+    sudo python bench/bench_sync.py                     # 2 GB to 4 and to 8 nodes, 1 Gbit/s
     sudo python bench/bench_sync.py --size 500M --nodes 4 --repeat 2
+    sudo python bench/bench_sync.py --link 250mbit      # links slowed with the lab's
+                                                        # slow-link fault
 
 For each node count N it prints time / (size / link rate) for
-  clusterctl  sync_model(): one stream from the controller, forwarded node to node
-              (first sync: the controller hashes while it sends; its sha256 cache is
-              cleared before each run so every run pays that)
-  naive       the controller copies to every node at once (tar | ssh | tar, N streams)
-  resync      sync_model() again with nothing changed (time in seconds)
+  cold     sync_model() of a model never hashed before (the controller's sha256 cache is
+           cleared: the controller hashes while it sends)
+  warm     sync_model() of a model already hashed (cache kept: the controller sends with
+           sendfile); the nodes' copies are removed before each run either way
+  naive    the controller copies to every node at once (tar | ssh | tar, N streams)
+  re-sync  sync_model() again with nothing changed (time in seconds)
 1.0 is the size crossing one link at line rate. The controller's own link is shaped to
 the same rate (tbf on the lab bridge's egress), as it would be on a real network: the
 naive copy pushes N copies through it, the chain one.
 
-Everything runs on this machine: all nodes share its CPU cores and disk, so at high
-node counts the figures also measure that (the script prints the load average and the
-relays' CPU time).
+Everything runs on this machine: all nodes share its CPU cores and its disk. Each relay
+hashes (sha256), writes and forwards what it receives, so N nodes at line rate need N
+times that work from the same cores. The script prints, per run, how busy the machine's
+CPUs were and the relays' CPU time, so a CPU-bound figure can be told from a network-bound
+one; --link with a lower rate measures the scaling where the lab is not CPU-bound.
 """
 from __future__ import annotations
 
@@ -40,23 +45,22 @@ from clusterctl.sync import sync_model                      # noqa: E402
 from clusterctl.sync.cli import parse_rate                  # noqa: E402
 from clusterctl.sync.run import local_hash_cache            # noqa: E402
 
-LINK = "1gbit"
 WORK = Path(os.environ.get("CLUSTERCTL_BENCH_DIR", "/var/tmp/clusterctl-bench-sync"))
 
 
 def make_model(size: int) -> Path:
     """Two weight shards (random bytes, so nothing compresses) and a config."""
     root = WORK / "model"
-    want = {"config.json": b'{"architectures": ["LlamaForCausalLM"]}\n'}
-    half = (size - len(want["config.json"])) // 2
+    config = b'{"architectures": ["LlamaForCausalLM"]}\n'
+    half = (size - len(config)) // 2
     sizes = {"model-00001-of-00002.safetensors": half,
-             "model-00002-of-00002.safetensors": size - len(want["config.json"]) - half}
+             "model-00002-of-00002.safetensors": size - len(config) - half}
     ok = root.is_dir() and all((root / n).is_file() and (root / n).stat().st_size == s
                                for n, s in sizes.items())
     if not ok:
         shutil.rmtree(root, ignore_errors=True)
         root.mkdir(parents=True)
-        (root / "config.json").write_bytes(want["config.json"])
+        (root / "config.json").write_bytes(config)
         for name, n in sizes.items():
             with open(root / name, "wb") as fh:
                 while n > 0:
@@ -85,6 +89,30 @@ def flush_disks() -> None:
     subprocess.run(["sync"], check=False)
 
 
+class CpuMeter:
+    """How busy the machine's CPUs were between start() and stop() (all processes)."""
+
+    @staticmethod
+    def _read() -> tuple[int, int]:
+        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        idle = v[3] + v[4]
+        return sum(v) - idle, sum(v)
+
+    def start(self) -> "CpuMeter":
+        self.busy0, self.total0 = self._read()
+        self.own0 = os.times()
+        return self
+
+    def stop(self) -> "CpuMeter":
+        busy, total = self._read()
+        own = os.times()
+        self.busy = (busy - self.busy0) / max(1, total - self.total0)
+        self.controller = (own.user + own.system + own.children_user + own.children_system
+                           - self.own0.user - self.own0.system - self.own0.children_user
+                           - self.own0.children_system)
+        return self
+
+
 def naive_copy(state, hosts, src: Path, dest: str) -> float:
     """tar | ssh | tar from the controller to every node at the same time."""
     procs = []
@@ -109,6 +137,8 @@ def main() -> int:
     ap.add_argument("--size", default="2G", help="model size (default 2G = 2*10^9 bytes)")
     ap.add_argument("--nodes", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--link", default="1gbit",
+                    help="link rate: 1gbit (the lab's class) or lower, e.g. 250mbit")
     ap.add_argument("--name", default="syncbench", help="lab name (brought up and down)")
     ap.add_argument("--no-naive", action="store_true")
     args = ap.parse_args()
@@ -116,68 +146,88 @@ def main() -> int:
         print("needs root (it brings up a lab)", file=sys.stderr)
         return 2
     size = parse_rate(args.size)
-    link_bytes = netplan.link_rate(LINK) / 8
-    ideal = size / link_bytes
+    link_bps = netplan.parse_rate(args.link)
+    ideal = size / (link_bps / 8)
     src = make_model(size)
-    print(f"model: {size / 1e9:.2f} GB in 3 files; link {LINK} ({link_bytes / 1e6:.0f} MB/s): "
-          f"size / link rate = {ideal:.1f}s; {os.cpu_count()} cores shared by all nodes")
+    print(f"model: {size / 1e9:.2f} GB in 3 files; links {netplan.format_rate(link_bps)} "
+          f"({link_bps / 8e6:.0f} MB/s): size / link rate = {ideal:.1f}s; "
+          f"{os.cpu_count()} cores shared by all nodes", flush=True)
     rows = []
-    biggest = max(args.nodes)
     state = None
     try:
-        state = labapi.up(args.name, nodes=biggest, link=LINK, mirror=False,
+        state = labapi.up(args.name, nodes=max(args.nodes), link="1gbit", mirror=False,
                           log=lambda m: None)
-        shape_controller(state, netplan.link_rate(LINK))
+        if link_bps != netplan.link_rate("1gbit"):
+            for node in state.nodes:
+                labapi.fault(args.name, node.name, "slow-link", args.link)
+        shape_controller(state, link_bps)
         inv = load_inventory(state.inventory_path)
         all_hosts = list(inv.hosts.values())
         dest = f"{all_hosts[0].vars['models_dir']}/bench-model"
         for n in args.nodes:
             hosts = all_hosts[:n]
             for rep in range(args.repeat):
-                clear(all_hosts, dest)
-                flush_disks()
-                Path(local_hash_cache()).unlink(missing_ok=True)
-                load0 = os.getloadavg()[0]
-                t0 = time.monotonic()
-                report = sync_model(inv, str(src), "bench-model", hosts=hosts)
-                took = time.monotonic() - t0
-                if not report.ok:
-                    print(f"  clusterctl sync FAILED on {report.failed}", file=sys.stderr)
+                row = {"nodes": n, "load": os.getloadavg()[0]}
+                for kind in ("cold", "warm"):
+                    clear(all_hosts, dest)
+                    flush_disks()
+                    if kind == "cold":
+                        Path(local_hash_cache()).unlink(missing_ok=True)
+                    cpu = CpuMeter().start()
+                    t0 = time.monotonic()
+                    report = sync_model(inv, str(src), "bench-model", hosts=hosts)
+                    row[kind] = time.monotonic() - t0
+                    cpu.stop()
+                    row[kind + "_cpu"] = (cpu.busy, sum(r.cpu_seconds for r in
+                                                        report.nodes.values()), cpu.controller)
+                    if not report.ok:
+                        print(f"  clusterctl sync FAILED on {report.failed}", file=sys.stderr)
                 t1 = time.monotonic()
                 again = sync_model(inv, str(src), "bench-model", hosts=hosts)
-                resync = time.monotonic() - t1
+                row["resync"] = time.monotonic() - t1
                 assert again.ok and not again.rounds
-                naive = None
+                row["naive"] = None
                 if not args.no_naive:
                     clear(all_hosts, dest)
                     flush_disks()
-                    naive = naive_copy(state, hosts, src, dest)
-                rows.append((n, took, naive, resync, load0, report))
-                print(f"  {n} nodes run {rep + 1}: clusterctl {took:.1f}s "
-                      f"(ratio {took / ideal:.2f}, {report.rounds[0].chain if report.rounds else ''})"
-                      + (f", naive {naive:.1f}s (ratio {naive / ideal:.2f})" if naive else "")
-                      + f", resync {resync:.2f}s, load {load0:.1f}", flush=True)
+                    cpu = CpuMeter().start()
+                    row["naive"] = naive_copy(state, hosts, src, dest)
+                    row["naive_cpu"] = cpu.stop().busy
+                rows.append(row)
+                line = f"  {n} nodes run {rep + 1} (load {row['load']:.1f}):"
+                for kind in ("cold", "warm"):
+                    busy, relays, ctl = row[kind + "_cpu"]
+                    line += (f" {kind} {row[kind]:.1f}s ratio {row[kind] / ideal:.2f} "
+                             f"[cpu busy {busy:.0%}, relays {relays:.1f} cpu-s, controller "
+                             f"{ctl:.1f} cpu-s];")
+                if row["naive"]:
+                    line += (f" naive {row['naive']:.1f}s ratio {row['naive'] / ideal:.2f} "
+                             f"[cpu busy {row['naive_cpu']:.0%}];")
+                line += f" re-sync {row['resync']:.2f}s"
+                print(line, flush=True)
         clear(all_hosts, dest)
     finally:
         if state is not None:
             shape_controller(state, None)
             labapi.down(args.name, log=lambda m: None)
     print()
-    print(f"{'nodes':>5}  {'clusterctl':>10}  {'ratio':>5}  {'naive':>7}  {'ratio':>5}  "
-          f"{'re-sync':>7}")
+    print(f"time / (size / link rate), best of {args.repeat}; load = 1-min load average "
+          "before the run")
+    print(f"{'nodes':>5}  {'cold':>5}  {'warm':>5}  {'naive':>5}  {'re-sync':>7}  {'load':>4}")
+    best = {}
     for n in args.nodes:
-        mine = [r for r in rows if r[0] == n]
-        best = min(mine, key=lambda r: r[1])
-        naive = [r[2] for r in mine if r[2] is not None]
-        nv = min(naive) if naive else None
-        print(f"{n:>5}  {best[1]:>9.1f}s  {best[1] / ideal:>5.2f}  "
-              + (f"{nv:>6.1f}s  {nv / ideal:>5.2f}" if nv else f"{'-':>7}  {'-':>5}")
-              + f"  {best[3]:>6.2f}s")
+        mine = [r for r in rows if r["nodes"] == n]
+        cold = min(r["cold"] for r in mine)
+        warm = min(r["warm"] for r in mine)
+        naive = [r["naive"] for r in mine if r["naive"]]
+        best[n] = (cold, warm)
+        print(f"{n:>5}  {cold / ideal:>5.2f}  {warm / ideal:>5.2f}  "
+              + (f"{min(naive) / ideal:>5.2f}" if naive else f"{'-':>5}")
+              + f"  {min(r['resync'] for r in mine):>6.2f}s  {mine[0]['load']:>4.1f}")
     if len(args.nodes) >= 2:
         a, b = args.nodes[0], args.nodes[-1]
-        ta = min(r[1] for r in rows if r[0] == a)
-        tb = min(r[1] for r in rows if r[0] == b)
-        print(f"clusterctl {b} nodes vs {a} nodes: {tb / ta:.2f}x the time")
+        print(f"{b} nodes vs {a} nodes: cold {best[b][0] / best[a][0]:.2f}x, "
+              f"warm {best[b][1] / best[a][1]:.2f}x the time")
     return 0
 
 

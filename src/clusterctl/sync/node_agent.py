@@ -27,7 +27,13 @@ Stream protocol (one TCP connection per hop, upstream -> downstream):
          "files": [{"path","size","offset","sha256" (or null),"mtime_ns"}...],
          "want": {node name: {path: {"key": partial file key}}}}
     for each file: bytes [offset, size) of the file, then the 32-byte sha256 of the whole
-    file [0, size) as the sender computed it.
+    file [0, size) (computed by the sender while reading, or the manifest's value).
+
+Back up the same connection (downstream -> upstream) flow status records, one JSON object
+per line: every relay's progress every STATUS_INTERVAL, its final record (with per-file
+results) when it is done, and the lines of the nodes after it. A relay closes its
+upstream connection only after its downstream closed, so the feeder's connection ends
+exactly when the whole chain is over.
 
 A receiver writes a file it wants to STAGING/<partial key>.part (never to the final
 path), checks the sha256 of the whole file against the manifest value (or the sender's
@@ -821,7 +827,9 @@ def run_relay(cfg, listener, status):
         writer.q.put(("abort", str(exc)))
         writer.q.put(None)
         writer.join()
-        status.update(state="failed", error=str(exc) or type(exc).__name__, current=None)
+        t = os.times()
+        status.update(state="failed", error=str(exc) or type(exc).__name__, current=None,
+                      cpu_seconds=round(t.user + t.system, 3))
     finally:
         if upward is not None:
             # this node's final record, then those of the nodes after it, then close:

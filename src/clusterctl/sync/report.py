@@ -28,6 +28,7 @@ class NodeReport:
     available_bytes: int | None = None
     error: str | None = None
     attempts: int = 0                  # rounds this node took part in
+    cpu_seconds: float = 0.0           # CPU time of this node's relay (hash, write, forward)
 
     @property
     def ok(self) -> bool:

@@ -619,6 +619,7 @@ class _SyncJob:
         r = self.reports[n]
         r.bytes_received += int(st.get("bytes_written", 0))
         r.bytes_resumed += int(st.get("bytes_resumed", 0))
+        r.cpu_seconds = round(r.cpu_seconds + float(st.get("cpu_seconds") or 0), 3)
         files = st.get("files") or {}
         missing, errors = [], []
         for path in need.send:
