@@ -1,0 +1,336 @@
+"""`clusterctl plan-model | deploy-model | undeploy | status`: parse options, call one
+function of deploy.launch (or the planner), render the result."""
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from ..errors import EXIT_BAD_INPUT, EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, InputError
+
+
+def _handled(fn):
+    """The main CLI's error handling (one clear message and its exit code)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from ..cli import handle_errors
+        return handle_errors(fn)(*args, **kwargs)
+    return wrapper
+
+
+def _inventory_options(fn):
+    fn = click.option("-i", "--inventory", "inventory_opt", metavar="FILE",
+                      help="Inventory file (default ./inventory.yaml, then "
+                           "$CLUSTERCTL_INVENTORY).")(fn)
+    fn = click.option("-l", "--limit", multiple=True, metavar="PATTERN",
+                      help="Only hosts matching PATTERN (host, group, glob, !exclude); "
+                           "repeatable.")(fn)
+    fn = click.option("--accept-new-host-keys", is_flag=True,
+                      help="Trust SSH host keys seen for the first time and record them.")(fn)
+    return fn
+
+
+def _plan_options(fn):
+    for opt in reversed([
+        click.option("--max-model-len", type=click.IntRange(1), metavar="TOKENS",
+                     help="Context length to plan (and serve) for; default: the model's, "
+                          "capped at 8192."),
+        click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
+                     default=0.90, show_default=True, help="Share of each GPU vLLM may use."),
+        click.option("--kv-cache-dtype", default="auto", show_default=True,
+                     help="auto, fp8, ... (vLLM's --kv-cache-dtype)."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _load_inventory(option: str | None):
+    from ..cli import load_inventory_arg
+    return load_inventory_arg(None, option)
+
+
+def _console(stderr: bool = False):
+    from ..render import console
+    return console(stderr=stderr)
+
+
+# --------------------------------------------------------------------------- plan-model
+
+
+@click.command(name="plan-model")
+@click.argument("model")
+@_inventory_options
+@_plan_options
+@click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True,
+              help="Full-length sequences the KV cache must hold at once.")
+@click.option("--nodes", "n_nodes", type=click.IntRange(1), metavar="N",
+              help="Plan for N hypothetical nodes instead of the inventory's hosts.")
+@click.option("--gpus-per-node", type=click.IntRange(0), metavar="G",
+              help="With --nodes: GPUs per node (0 = CPU only).")
+@click.option("--gpu-memory-gb", type=click.FloatRange(0.1), metavar="GB",
+              help="With --nodes: memory of each GPU in GB.")
+@click.option("--ram-gb", type=click.FloatRange(0.1), metavar="GB",
+              help="With --nodes: RAM of each node (CPU plans).")
+@click.option("--json", "as_json", is_flag=True, help="The plan as one JSON object.")
+@click.option("-v", "--verbose", count=True)
+@_handled
+def plan_model_command(model, inventory_opt, limit, accept_new_host_keys, max_model_len,
+                       gpu_memory_utilization, kv_cache_dtype, concurrency, n_nodes,
+                       gpus_per_node, gpu_memory_gb, ram_gb, as_json, verbose):
+    """Show how MODEL would be placed (TP/PP, memory per GPU, vLLM flags) without deploying.
+
+    MODEL: a GGUF file or Hugging Face folder here, or a path on the head / in models_dir.
+    GPUs come from the inventory's hosts (nvidia-smi, or `gpus` / `gpu_memory_mib` host
+    variables), or from --nodes/--gpus-per-node/--gpu-memory-gb for a what-if."""
+    from dataclasses import asdict
+    from .planner import NodeGPUs, plan_model, render_plan
+    from .modelinfo import read_model_info
+    from pathlib import Path
+
+    if n_nodes:
+        if gpus_per_node is None:
+            raise InputError("--nodes needs --gpus-per-node (0 for CPU nodes)",
+                             key="--gpus-per-node")
+        if gpus_per_node and not gpu_memory_gb:
+            raise InputError("--gpus-per-node needs --gpu-memory-gb", key="--gpu-memory-gb")
+        mib = int(gpu_memory_gb * 1e9 / 2**20) if gpu_memory_gb else 0
+        ram = int(ram_gb * 1e9 / 2**20) if ram_gb else None
+        nodes = [NodeGPUs(f"node{i + 1}", gpus_per_node, mib, ram_mib=ram)
+                 for i in range(n_nodes)]
+        if not Path(model).expanduser().exists():
+            raise InputError(f"{model}: with --nodes, MODEL must be a local file or folder",
+                             key="MODEL")
+        info = read_model_info(Path(model).expanduser())
+    else:
+        inv = _load_inventory(inventory_opt)
+        info, nodes = _inventory_nodes(inv, model, limit, accept_new_host_keys)
+    plan = plan_model(info, nodes, max_model_len=max_model_len,
+                      gpu_memory_utilization=gpu_memory_utilization,
+                      kv_cache_dtype=kv_cache_dtype, concurrency=concurrency, strict=False)
+    if as_json:
+        from ..render import print_json
+        data = asdict(plan)
+        data["vllm_args"] = plan.vllm_args() if plan.fits else None
+        data["model_info"] = {k: v for k, v in asdict(info).items() if k != "files"}
+        print_json(data)
+    else:
+        click.echo(render_plan(plan))
+    sys.exit(0 if plan.fits else EXIT_BAD_INPUT)
+
+
+def _inventory_nodes(inv, model, limit, accept_new_host_keys):
+    from pathlib import Path
+    from ..remote import close_all, connect_all
+    from .launch import gather_facts, host_infos, node_gpus
+    from .modelinfo import read_model_info
+    from .models import models_dir_of, remote_model_info, resolve_model
+    from ..errors import ClusterctlError
+    targets = inv.select(list(limit) or None)
+    head = inv.head
+    hosts = list(targets) + ([head] if head not in targets else [])
+    conns, errors = connect_all(hosts, accept_new_host_keys=accept_new_host_keys)
+    try:
+        if errors:
+            raise ClusterctlError("cannot reach " + "; ".join(f"{n}: {e}"
+                                                             for n, e in errors.items()))
+        facts = gather_facts(conns)
+        infos = host_infos(targets, facts)
+
+        def on_head(p):
+            return conns[head.name].run(["test", "-e", p], check=False).exit_code == 0
+        ref = resolve_model(model, models_dir_of(inv), on_head)
+        if ref.kind == "local":
+            info = read_model_info(Path(ref.local_path))
+        elif ref.kind == "head" or on_head(ref.remote_path):
+            info = remote_model_info(conns[head.name], ref.remote_path)
+        else:
+            raise InputError(f"{model}: not downloaded yet; plan-model reads local files or "
+                             f"the head's copy (`clusterctl sync-model {model}` first)",
+                             key="MODEL")
+        return info, node_gpus(infos)
+    finally:
+        close_all(conns)
+
+
+# --------------------------------------------------------------------------- deploy-model
+
+
+@click.command(name="deploy-model")
+@click.argument("model")
+@_inventory_options
+@click.option("--backend", type=click.Choice(["vllm", "llamacpp"]),
+              help="Default: llamacpp for GGUF, vllm otherwise.")
+@click.option("--name", metavar="NAME", help="Deployment name (units, record, default "
+              "served model name); default: from MODEL.")
+@click.option("--port", type=click.IntRange(1, 65535), help="API port on the cluster "
+              "network (default: vllm.port of the inventory, 8000; the next free one when "
+              "another deployment has it).")
+@click.option("--served-model-name", "served_name", metavar="NAME",
+              help="Model name clients ask for (default: the deployment name).")
+@_plan_options
+@click.option("--tensor-parallel-size", "tp", type=click.IntRange(1),
+              help="Override the planner's TP.")
+@click.option("--pipeline-parallel-size", "pp", type=click.IntRange(1),
+              help="Override the planner's PP (on CPU: nodes).")
+@click.option("--executor", type=click.Choice(["ray", "mp"]),
+              help="vLLM distributed executor (default: ray across GPU nodes, mp on one "
+                   "node and on CPU).")
+@click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs / compilation.")
+@click.option("--cpu-kvcache-gb", type=click.IntRange(1), help="vLLM on CPU: "
+              "VLLM_CPU_KVCACHE_SPACE (GiB).")
+@click.option("--vllm-arg", "extra_args", multiple=True, metavar="ARG",
+              help="Extra argument for vLLM (repeatable), e.g. --vllm-arg=--dtype=float32.")
+@click.option("--rpc-port", type=click.IntRange(1, 65535), help="llama.cpp: RPC server "
+              "port (default: llamacpp.rpc_port, 50052).")
+@click.option("--tensor-split", metavar="P1,P2,...", help="llama.cpp: share of the "
+              "layers per RPC device (default: by free memory).")
+@click.option("--rpc-on-head", is_flag=True, help="llama.cpp: also run an RPC server on "
+              "the serving host, so its memory takes layers too.")
+@click.option("--no-rpc-cache", is_flag=True, help="llama.cpp: RPC servers without the "
+              "local tensor cache.")
+@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True,
+              help="Serving groups behind an nginx load balancer (least_conn).")
+@click.option("--lb-host", metavar="HOST", help="Host of the load balancer (default: "
+              "the head).")
+@click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
+              help="Seconds to wait for a real completion.")
+@click.option("--restart", is_flag=True, help="Restart the units even when unchanged "
+              "(weights reload; llama.cpp RPC servers keep their cache).")
+@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--diff", is_flag=True, help="Show the unit files' diffs.")
+@click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+@click.option("-v", "--verbose", count=True)
+@_handled
+def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, backend, name,
+                         port, served_name, max_model_len, gpu_memory_utilization,
+                         kv_cache_dtype, tp, pp, executor, enforce_eager, cpu_kvcache_gb,
+                         extra_args, rpc_port, tensor_split, rpc_on_head, no_rpc_cache,
+                         replicas, lb_host, timeout, restart, check, diff, as_json, verbose):
+    """Plan, launch and prove MODEL served across the cluster.
+
+    MODEL: a GGUF file or Hugging Face folder on this machine (synced to models_dir), a
+    path on the head or in models_dir, or a Hugging Face repo id (downloaded on a node).
+    Ready means /v1/models lists it AND a chat completion returns text; then the endpoint
+    and the time to ready are printed. On failure, the unit's journal tail is shown."""
+    from ..render import LineReporter, print_json
+    from .commands import parse_tensor_split
+    from .launch import DeployOptions, deploy_model
+    inv = _load_inventory(inventory_opt)
+    try:
+        split = parse_tensor_split(tensor_split)
+    except ValueError as exc:
+        raise InputError(str(exc), key="--tensor-split") from None
+    out = _console(stderr=as_json)
+    opts = DeployOptions(backend=backend, name=name, port=port, rpc_port=rpc_port,
+                         replicas=replicas, lb_host=lb_host, served_name=served_name,
+                         max_model_len=max_model_len,
+                         gpu_memory_utilization=gpu_memory_utilization,
+                         kv_cache_dtype=kv_cache_dtype, tensor_parallel_size=tp,
+                         pipeline_parallel_size=pp, executor=executor, tensor_split=split,
+                         rpc_on_head=rpc_on_head, rpc_cache=not no_rpc_cache,
+                         enforce_eager=enforce_eager, cpu_kvcache_gb=cpu_kvcache_gb,
+                         extra_args=list(extra_args), timeout=timeout, restart=restart,
+                         check=check, diff=diff, limit=list(limit) or None,
+                         accept_new_host_keys=accept_new_host_keys)
+
+    def log(text: str) -> None:
+        style = "bold red" if text.startswith("WARNING") else "dim"
+        out.print(f"[{style}]{_esc(text)}[/{style}]")
+
+    reporter = LineReporter(out, verbosity=verbose, diff=diff)
+    result = deploy_model(inv, model, opts, reporter=reporter, log=log)
+    dep = result.deployment
+    if as_json:
+        print_json(result.to_dict())
+    elif result.check:
+        out.print(f"check: {result.changed} change(s) pending for {dep.name} "
+                  f"({dep.backend}); endpoint would be {dep.endpoint}")
+    else:
+        out.print(f"[bold green]ready[/bold green]: {dep.name} ({dep.backend}, "
+                  f"{len(dep.groups)} group(s) on {', '.join(dep.hosts)})")
+        out.print(f"  endpoint:      {dep.endpoint}   model: {dep.served_name}")
+        out.print(f"  time to ready: {result.ready_seconds:.1f}s"
+                  + (f" (+ {result.sync_seconds:.1f}s model sync)" if result.sync_seconds
+                     else "")
+                  + ("" if result.changed else " (units unchanged)"))
+        out.print(f"  reply:         {_esc(repr((result.reply or '')[:80]))}")
+        out.print(f"  try:  curl {dep.endpoint}/chat/completions -H 'Content-Type: "
+                  f"application/json' -d '{{\"model\": \"{dep.served_name}\", \"messages\": "
+                  f"[{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+    if check:
+        sys.exit(EXIT_CHANGES_PENDING if result.changed else 0)
+
+
+def _esc(text: str) -> str:
+    return text.replace("[", "\\[")
+
+
+# --------------------------------------------------------------------------- undeploy
+
+
+@click.command(name="undeploy")
+@click.argument("name", required=False)
+@_inventory_options
+@click.option("--all", "all_", is_flag=True, help="Every deployment.")
+@click.option("-v", "--verbose", count=True)
+@_handled
+def undeploy_command(name, inventory_opt, limit, accept_new_host_keys, all_, verbose):
+    """Stop and remove deployment NAME (its units on every host, its load balancer and
+    its record). NAME may be left out when only one model is deployed. llama.cpp RPC
+    caches stay on disk, so a later deploy does not resend the weights."""
+    from .launch import undeploy
+    inv = _load_inventory(inventory_opt)
+    out = _console()
+    removed = undeploy(inv, name, all_=all_, accept_new_host_keys=accept_new_host_keys,
+                       log=lambda t: out.print(f"[dim]{_esc(t)}[/dim]"))
+    out.print("undeployed: " + ", ".join(removed))
+
+
+# --------------------------------------------------------------------------- status
+
+
+@click.command(name="status")
+@_inventory_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON list of deployments.")
+@click.option("-v", "--verbose", count=True)
+@_handled
+def status_command(inventory_opt, limit, accept_new_host_keys, as_json, verbose):
+    """What is deployed where: each deployment's backend, hosts, endpoint and health
+    (ready: every unit active and every endpoint lists the model; degraded: the endpoint
+    answers but a unit or replica does not; down). Works from any controller: the
+    records live on the head."""
+    from rich.table import Table
+    from ..render import print_json
+    from .launch import status
+    inv = _load_inventory(inventory_opt)
+    rows = status(inv, accept_new_host_keys=accept_new_host_keys)
+    if as_json:
+        print_json([r.to_dict() for r in rows])
+    else:
+        out = _console()
+        if not rows:
+            out.print("nothing deployed")
+        else:
+            table = Table(show_edge=False, pad_edge=False)
+            for col in ("name", "backend", "model", "endpoint", "hosts", "health"):
+                table.add_column(col)
+            style = {"ready": "green", "degraded": "yellow", "down": "bold red"}
+            for r in rows:
+                d = r.deployment
+                table.add_row(d.name, d.backend, d.served_name, d.endpoint, ", ".join(d.hosts),
+                              f"[{style[r.health]}]{r.health}[/{style[r.health]}]")
+            out.print(table)
+            for r in rows:
+                if r.health != "ready" or verbose:
+                    for unit, st in r.units.items():
+                        if st.get("active") != "active" or verbose:
+                            out.print(f"  {r.deployment.name}: {unit} {st.get('active')}"
+                                      f"/{st.get('sub', '?')}")
+                    for e, v in r.endpoints.items():
+                        if v != "ok" or verbose:
+                            out.print(f"  {r.deployment.name}: {e}: {_esc(v)}")
+    sys.exit(0 if all(r.health == "ready" for r in rows) else EXIT_HOST_FAILED)
+
+
+__all__ = ["plan_model_command", "deploy_model_command", "undeploy_command", "status_command"]

@@ -1,0 +1,815 @@
+"""deploy-model, undeploy, status: the steps that touch hosts.
+
+deploy_model: connect -> facts (one round trip per host) -> resolve and size the model ->
+plan (planner.plan_model) -> layout (layout.py, pure) -> sync the model to the hosts that
+load it -> units through the engine (roles llamacpp_serve / vllm_serve, nginx for
+replicas; so --check and idempotence come from the ops) -> record on the head -> ready =
+/v1/models lists the model AND a chat completion returns text, on every group and through
+the load balancer. A failure shows the journal tail of the unit that failed.
+"""
+from __future__ import annotations
+
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from ..errors import ClusterctlError, HostError, InputError
+from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_output
+from ..remote import Connection, close_all, connect_all
+from .commands import chat_request, judge_chat, judge_models
+from .layout import (RECORD_DIR, Deployment, HostInfo, layout_llamacpp, layout_vllm,
+                     parse_record, port_conflicts, record_json)
+from .models import (ModelRef, default_deployment_name, models_dir_of, remote_model_info,
+                     resolve_model, sync_to)
+from .modelinfo import ModelInfo, read_model_info
+from .planner import NodeGPUs, Plan, plan_model
+
+Log = Callable[[str], None]
+
+
+class DeployFailed(ClusterctlError):
+    """The units started but the model never answered (or a unit failed)."""
+
+
+@dataclass
+class DeployOptions:
+    backend: str | None = None               # llamacpp | vllm | None (from the format)
+    name: str | None = None
+    port: int | None = None
+    rpc_port: int | None = None
+    replicas: int = 1
+    lb_host: str | None = None
+    served_name: str | None = None
+    max_model_len: int | None = None
+    gpu_memory_utilization: float = 0.90
+    kv_cache_dtype: str = "auto"
+    tensor_parallel_size: int | None = None
+    pipeline_parallel_size: int | None = None
+    executor: str | None = None
+    tensor_split: list[float] | None = None
+    rpc_on_head: bool = False
+    rpc_cache: bool = True
+    enforce_eager: bool = False
+    cpu_kvcache_gb: int | None = None
+    extra_args: list[str] = field(default_factory=list)
+    timeout: float = 900.0
+    restart: bool = False
+    check: bool = False
+    diff: bool = False
+    limit: list[str] | None = None
+    forks: int = 20
+    accept_new_host_keys: bool = False
+    sync: bool = True
+
+
+@dataclass
+class DeployResult:
+    deployment: Deployment
+    plan: Plan | None
+    check: bool
+    changed: int = 0
+    sync_seconds: float = 0.0
+    launch_seconds: float = 0.0
+    ready_seconds: float | None = None
+    reply: str | None = None
+    report: object = None
+
+    def to_dict(self) -> dict:
+        d = self.deployment
+        return {"name": d.name, "backend": d.backend, "endpoint": d.endpoint,
+                "served_model_name": d.served_name, "model": d.model,
+                "model_path": d.model_path, "check": self.check, "changed": self.changed,
+                "sync_seconds": round(self.sync_seconds, 2),
+                "launch_seconds": round(self.launch_seconds, 2),
+                "ready_seconds": None if self.ready_seconds is None
+                else round(self.ready_seconds, 2),
+                "reply": self.reply, "warnings": d.warnings,
+                "groups": [{"endpoint": g.endpoint, "hosts": g.hosts, "units": g.units}
+                           for g in d.groups],
+                "load_balancer": None if d.lb is None else
+                {"host": d.lb.host, "endpoint": d.lb.endpoint, "servers": d.lb.servers},
+                "units": [{"host": u.host, "name": u.name, "kind": u.kind, "bind": u.bind,
+                           "argv": u.argv} for u in d.units]}
+
+
+# --------------------------------------------------------------------------- hosts
+
+
+def gather_facts(conns: dict[str, Connection], forks: int = 20) -> dict[str, Facts]:
+    """Base facts (interfaces, GPUs, memory, CPUs) of every host, one round trip each."""
+    requests = sorted(set(BASE_REQUESTS), key=lambda r: (r.kind, r.arg))
+    script = build_script(requests)
+
+    def one(conn: Connection) -> Facts:
+        res = conn.run(["bash", "-c", script], check=False)
+        if res.exit_code != 0 and not res.stdout:
+            raise HostError(conn.name, f"fact gathering failed: {res.stderr.strip()[-300:]}")
+        return parse_output(res.stdout, requests)
+
+    return _parallel(conns, one, forks)
+
+
+def _parallel(conns: dict[str, Connection], fn, forks: int = 20) -> dict:
+    out: dict = {}
+    if not conns:
+        return out
+    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(conns)))) as pool:
+        futs = {name: pool.submit(fn, c) for name, c in conns.items()}
+        for name, fut in futs.items():
+            out[name] = fut.result()
+    return out
+
+
+def host_infos(hosts: list, facts: dict[str, Facts]) -> list[HostInfo]:
+    """HostInfo of each host (head first), from inventory vars and facts."""
+    from ..engine.runner import cluster_address
+    out = []
+    for h in sorted(hosts, key=lambda h: not h.is_head):
+        f = facts[h.name]
+        _iface, ip = cluster_address(h, f)
+        detected = list(f.gpus or [])
+        count = h.gpus if h.gpus is not None else len(detected)
+        mem = h.vars.get("gpu_memory_mib")
+        if mem is None:
+            mems = [g.memory_mib for g in detected if g.memory_mib]
+            mem = min(mems) if mems else None
+        out.append(HostInfo(name=h.name, cluster_ip=ip or "", is_head=h.is_head, gpus=count,
+                            gpu_memory_mib=int(mem) if mem else None, ram_mib=f.memory_mib,
+                            cpus=f.cpus, venv=(h.vars.get("python") or {}).get(
+                                "venv", "/opt/clusterctl/venv"),
+                            llamacpp_prefix=(h.vars.get("llamacpp") or {}).get(
+                                "prefix", "/opt/clusterctl/llama.cpp")))
+    return out
+
+
+def node_gpus(infos: list[HostInfo]) -> list[NodeGPUs]:
+    out = []
+    for h in infos:
+        if h.gpus and not h.gpu_memory_mib:
+            raise InputError(f"{h.name}: {h.gpus} GPUs but their memory is unknown (nvidia-smi "
+                             f"did not answer): set gpu_memory_mib for this host in the "
+                             f"inventory", key="gpu_memory_mib")
+        out.append(NodeGPUs(h.name, h.gpus, h.gpu_memory_mib or 0, ram_mib=h.ram_mib))
+    return out
+
+
+def override_plan(plan: Plan, infos: list[HostInfo], tp: int | None, pp: int | None) -> Plan:
+    """The plan with tensor/pipeline parallel sizes set by hand (placement recomputed,
+    fit not re-checked: a warning says so)."""
+    if tp is None and pp is None:
+        return plan
+    tp = tp or plan.tensor_parallel_size
+    pp = pp or plan.pipeline_parallel_size
+    if tp < 1 or pp < 1:
+        raise InputError("parallel sizes must be >= 1")
+    if plan.device == "cpu":
+        if tp != 1 and pp > 1:
+            raise InputError("on CPU, --tensor-parallel-size > 1 runs on one node; "
+                             "pipeline stages go one per node")
+        n_nodes = pp if tp == 1 else 1
+        if n_nodes > len(infos):
+            raise InputError(f"--pipeline-parallel-size {pp} needs {pp} nodes on CPU; "
+                             f"{len(infos)} selected")
+        nodes = [h.name for h in infos[:n_nodes]]
+        per = {n: 0 for n in nodes}
+    else:
+        gpu_hosts = [h for h in infos if h.gpus]
+        need = tp * pp
+        nodes, per, left = [], {}, need
+        for h in gpu_hosts:
+            if left <= 0:
+                break
+            take = min(h.gpus, left) if pp == 1 else min(h.gpus, tp)
+            nodes.append(h.name)
+            per[h.name] = take
+            left -= take
+        if left > 0:
+            raise InputError(f"TP={tp} x PP={pp} needs {need} GPUs; the selected hosts have "
+                             f"{sum(h.gpus for h in gpu_hosts)}")
+    return replace(plan, tensor_parallel_size=tp, pipeline_parallel_size=pp, nodes=nodes,
+                   gpus_per_node=per, warnings=plan.warnings + [
+                       f"parallel sizes set by hand (TP={tp}, PP={pp}): the fit was checked "
+                       f"for the planner's layout, not this one"])
+
+
+# --------------------------------------------------------------------------- records
+
+
+def read_records(conn: Connection) -> list[Deployment]:
+    """Every deployment recorded on this host (the head)."""
+    script = (f"for f in {shlex.quote(RECORD_DIR)}/*.json; do [ -f \"$f\" ] || continue; "
+              f"printf '%s\\0' \"$f\"; cat \"$f\"; printf '\\0'; done")
+    res = conn.run(script, check=False)
+    parts = res.stdout.split("\0")
+    out = []
+    for i in range(0, len(parts) - 1, 2):
+        path, text = parts[i], parts[i + 1]
+        try:
+            out.append(parse_record(text, f"{conn.name}:{path}"))
+        except InputError:
+            continue
+    return sorted(out, key=lambda d: d.name)
+
+
+def write_record(conn: Connection, dep: Deployment) -> None:
+    conn.run(["mkdir", "-p", RECORD_DIR])
+    conn.put(record_json(dep), dep.record_path(), mode=0o644)
+
+
+# --------------------------------------------------------------------------- playbook
+
+
+def unit_was_active(facts, name: str) -> bool:
+    """For handlers: was the unit running when the play started (from gathered facts)."""
+    try:
+        fact = facts.get(FactRequest("unit", name))
+    except KeyError:
+        return False
+    return fact.get("active_state") in ("active", "activating", "reloading")
+
+
+def build_plays(dep: Deployment, roles_paths: list[Path] | None = None) -> list:
+    """Plays for the deployment: per phase (RPC servers and headless ranks first), one play
+    per "slot" (the k-th unit of each host), then the load balancer."""
+    from ..engine.roles import Play, default_roles_paths, load_role
+    paths = roles_paths or default_roles_paths()
+    role = load_role("llamacpp_serve" if dep.backend == "llamacpp" else "vllm_serve", paths)
+    plays = []
+    for phase in sorted({u.phase for u in dep.units}):
+        slots: list[dict] = []
+        for u in (u for u in dep.units if u.phase == phase):
+            for slot in slots:
+                if u.host not in slot:
+                    slot[u.host] = u
+                    break
+            else:
+                slots.append({u.host: u})
+        for slot in slots:
+            kinds = sorted({u.kind for u in slot.values()})
+            plays.append(Play(
+                name=f"{dep.name}: {', '.join(kinds)}", hosts=",".join(slot), roles=[role],
+                file="<deploy-model>", line=0,
+                vars={"deploy_units": {h: u.template_vars() for h, u in slot.items()},
+                      "unit_was_active": unit_was_active}))
+    if dep.lb is not None:
+        plays.append(Play(name=f"{dep.name}: load balancer", hosts=dep.lb.host,
+                          roles=[loadbalancer_role()], file="<deploy-model>", line=0,
+                          vars={"lb": {"config_path": dep.lb.config_path,
+                                       "config": dep.lb.config}}))
+    return plays
+
+
+def loadbalancer_role():
+    """The nginx tasks of templates/deploy/loadbalancer.yaml as a role."""
+    from ..engine.roles import Role, parse_task, project_root
+    from ..engine.yamlfile import line_of, load_yaml
+    from ..ops import OPS
+    from ..engine.roles import ENGINE_OPS
+    base = project_root() / "templates" / "deploy"
+    known = set(OPS) | ENGINE_OPS
+
+    def tasks(path: Path):
+        data = load_yaml(path, default=[])
+        return [parse_task(item, role="deploy_lb", file=str(path),
+                           line=line_of(data, i) or 1, known_ops=known)
+                for i, item in enumerate(data)]
+    handlers = {t.name: t for t in tasks(base / "loadbalancer.handlers.yaml")}
+    return Role(name="deploy_lb", path=base, tasks=tasks(base / "loadbalancer.yaml"),
+                handlers=handlers, defaults={})
+
+
+def run_units(inventory, dep: Deployment, opts: DeployOptions, reporter=None):
+    from ..engine.runner import RunOptions, run_playbook
+    plays = build_plays(dep)
+    options = RunOptions(check=opts.check, diff=opts.diff, forks=opts.forks,
+                         accept_new_host_keys=opts.accept_new_host_keys,
+                         limit=list(dep.hosts))
+    return run_playbook(inventory, plays, options, reporter)
+
+
+# --------------------------------------------------------------------------- unit state
+
+
+_SHOW_KEYS = ("Id", "ActiveState", "SubState", "NRestarts", "Result", "LoadState")
+
+
+def unit_states(conn: Connection, units: list[str]) -> dict[str, dict]:
+    if not units:
+        return {}
+    res = conn.run(["systemctl", "show", "-p", ",".join(_SHOW_KEYS), "--", *units],
+                   check=False)
+    out: dict[str, dict] = {}
+    blocks = [b for b in res.stdout.strip().split("\n\n") if b.strip()]
+    for name, block in zip(units, blocks):
+        info = {}
+        for line in block.splitlines():
+            k, _, v = line.partition("=")
+            info[k] = v
+        out[name] = info
+    for name in units:
+        out.setdefault(name, {"ActiveState": "unknown"})
+    return out
+
+
+def journal_tail(conn: Connection, unit: str, lines: int = 40) -> str:
+    res = conn.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
+                   check=False)
+    return res.stdout.rstrip() or res.stderr.rstrip()
+
+
+def _tail_block(host: str, unit: str, text: str) -> str:
+    body = "\n".join("    " + ln for ln in text.splitlines()[-40:]) or "    (journal empty)"
+    return f"journal of {unit} on {host} (last lines):\n{body}"
+
+
+# --------------------------------------------------------------------------- readiness
+
+
+def http_get(conn: Connection, url: str, timeout: float = 5) -> tuple[int, str]:
+    res = conn.run(["curl", "-sS", "-m", str(int(timeout)), "-o", "-", "-w", "\n%{http_code}",
+                    url], check=False)
+    body, _, code = res.stdout.rpartition("\n")
+    try:
+        return int(code), body
+    except ValueError:
+        return 0, res.stderr.strip() or res.stdout
+
+
+def http_post_json(conn: Connection, url: str, body: str, timeout: float = 120
+                   ) -> tuple[int, str]:
+    res = conn.run(["curl", "-sS", "-m", str(int(timeout)), "-H",
+                    "Content-Type: application/json", "--data-binary", "@-", "-o", "-", "-w",
+                    "\n%{http_code}", url], check=False, stdin=body)
+    text, _, code = res.stdout.rpartition("\n")
+    try:
+        return int(code), text
+    except ValueError:
+        return 0, res.stderr.strip() or res.stdout
+
+
+def wait_ready(dep: Deployment, conns: dict[str, Connection], *, timeout: float,
+               log: Log = lambda s: None, poll: float = 1.0, clock=time.monotonic,
+               sleep=time.sleep) -> tuple[float, str]:
+    """Until every group lists the model on /v1/models and answers a chat completion with
+    text (and the load balancer does too). Returns (seconds, a reply). Raises DeployFailed
+    with the journal tail of the failing unit, or of the servers on timeout."""
+    start = clock()
+    via = conns[dep.head]
+    baseline: dict[tuple[str, str], int] = {}
+    for host in dep.hosts:
+        names = [u.name for u in dep.units_on(host)]
+        for name, st in unit_states(conns[host], names).items():
+            baseline[(host, name)] = _int(st.get("NRestarts"))
+    targets = [(f"group {g.index} ({g.host})", g.endpoint) for g in dep.groups]
+    if dep.lb is not None:
+        targets.append((f"load balancer ({dep.lb.host})", dep.lb.endpoint))
+    listed: set[str] = set()
+    answered: dict[str, str] = {}
+    last_detail: dict[str, str] = {}
+    last_unit_check = -1e9
+    said: set[str] = set()
+    while True:
+        now = clock()
+        if now - last_unit_check >= 3 * poll:
+            last_unit_check = now
+            _check_units(dep, conns, baseline)
+        for label, endpoint in targets:
+            if endpoint in answered:
+                continue
+            if endpoint not in listed:
+                code, body = http_get(via, endpoint + "/models")
+                verdict = judge_models(body, dep.served_name) if code == 200 else None
+                if verdict is not None and verdict.ok:
+                    listed.add(endpoint)
+                    if label not in said:
+                        log(f"{label}: {verdict.detail} after {clock() - start:.1f}s")
+                        said.add(label)
+                else:
+                    last_detail[endpoint] = (verdict.detail if verdict else
+                                             f"/v1/models: HTTP {code or 'no answer'}")
+                    continue
+            code, body = http_post_json(via, endpoint + "/chat/completions",
+                                        chat_request(dep.served_name))
+            verdict = judge_chat(body)
+            if code == 200 and verdict.ok:
+                answered[endpoint] = verdict.text or ""
+                log(f"{label}: chat completion answered after {clock() - start:.1f}s: "
+                    f"{(verdict.text or '')[:60]!r}")
+            else:
+                last_detail[endpoint] = (f"chat completion: HTTP {code}: {verdict.detail}"
+                                         if code else "chat completion: no answer")
+        if len(answered) == len(targets):
+            reply = answered[targets[-1][1]]
+            return clock() - start, reply
+        if clock() - start > timeout:
+            tails = []
+            for g in dep.groups:
+                server = next(u for u in dep.units if u.group == g.index and u.phase == 1)
+                tails.append(_tail_block(server.host, server.name,
+                                         journal_tail(conns[server.host], server.name)))
+            waiting = "; ".join(f"{e}: {last_detail.get(e, 'waiting')}"
+                                for _l, e in targets if e not in answered)
+            raise DeployFailed(f"{dep.name}: not ready after {timeout:.0f}s ({waiting})\n"
+                               + "\n".join(tails))
+        sleep(poll)
+
+
+def _int(text) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _check_units(dep: Deployment, conns: dict[str, Connection], baseline) -> None:
+    def one(host):
+        return host, unit_states(conns[host], [u.name for u in dep.units_on(host)])
+    with ThreadPoolExecutor(max_workers=max(1, len(dep.hosts))) as pool:
+        results = list(pool.map(one, [h for h in dep.hosts if dep.units_on(h)]))
+    for host, states in results:
+        for name, st in states.items():
+            active, sub = st.get("ActiveState"), st.get("SubState")
+            restarts = _int(st.get("NRestarts")) - baseline.get((host, name), 0)
+            bad = active == "failed" or sub == "auto-restart" or restarts > 0 \
+                or active in ("inactive", "unknown") or st.get("LoadState") == "not-found"
+            if bad:
+                why = (f"{active}/{sub}" + (f", restarted {restarts} times" if restarts > 0
+                                            else ""))
+                raise DeployFailed(f"{dep.name}: {name} on {host} is not running ({why})\n"
+                                   + _tail_block(host, name, journal_tail(conns[host], name)))
+
+
+# --------------------------------------------------------------------------- deploy
+
+
+def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
+                 log: Log = lambda s: None, progress=None) -> DeployResult:
+    if opts.backend not in (None, "llamacpp", "vllm"):
+        raise InputError(f"--backend must be vllm or llamacpp, got {opts.backend!r}",
+                         key="--backend")
+    targets = inventory.select(opts.limit)
+    head = inventory.head
+    wanted = list(targets) + ([head] if head not in targets else [])
+    conns, errors = connect_all(wanted, accept_new_host_keys=opts.accept_new_host_keys,
+                                forks=opts.forks)
+    try:
+        if errors:
+            raise ClusterctlError("cannot reach " + "; ".join(
+                f"{n}: {e}" for n, e in errors.items()))
+        facts = gather_facts(conns, opts.forks)
+        infos = host_infos(targets, facts)
+        models_dir = models_dir_of(inventory)
+        ref = resolve_model(model, models_dir, lambda p: _exists(conns[head.name], p))
+        info, sync_seconds = _model_info(inventory, ref, conns[head.name], head.name, opts,
+                                         log, progress)
+        backend = opts.backend or ("llamacpp" if info.format == "gguf" else "vllm")
+        if backend == "llamacpp" and info.format != "gguf":
+            raise InputError(f"{model}: llama.cpp serves GGUF files; this is a Hugging Face "
+                             f"folder (convert it with llama.cpp's convert_hf_to_gguf.py, or "
+                             f"use --backend vllm)", key="--backend")
+        name = opts.name or default_deployment_name(model)
+        plan = plan_model(info, node_gpus(infos), max_model_len=opts.max_model_len,
+                          gpu_memory_utilization=opts.gpu_memory_utilization,
+                          kv_cache_dtype=opts.kv_cache_dtype)
+        plan = override_plan(plan, infos, opts.tensor_parallel_size,
+                             opts.pipeline_parallel_size)
+        others = read_records(conns[head.name])
+        previous = next((d for d in others if d.name == name), None)
+        if previous is not None:
+            _connect_more(inventory, conns, previous.hosts, opts)
+        dep = _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others,
+                      previous)
+        for w in dep.warnings:
+            log(w)
+
+        if opts.check:
+            report = run_units(inventory, dep, opts, reporter)
+            return DeployResult(dep, plan, True, changed=report.changed, report=report)
+
+        need_model = _hosts_needing_model(dep)
+        if (opts.sync and ref.sync_source is not None) or _needs_spread(ref, need_model,
+                                                                          head.name):
+            t = time.monotonic()
+            _sync(inventory, ref, need_model, head.name, opts, log, progress)
+            sync_seconds += time.monotonic() - t
+        else:
+            _check_present(conns, need_model, dep.model_path)
+
+        if previous is not None:
+            _remove_stale(previous, dep, conns, log)
+        start = time.monotonic()
+        dep.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        write_record(conns[head.name], dep)
+        report = run_units(inventory, dep, opts, reporter)
+        if report.failed_hosts:
+            raise ClusterctlError("units could not be installed on "
+                                  + ", ".join(f"{h} ({report.recap[h].error})"
+                                              for h in report.failed_hosts))
+        if opts.restart:
+            _restart_units(dep, conns, log)
+        launch_seconds = time.monotonic() - start
+        ready, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log)
+        dep.ready_seconds = round(time.monotonic() - start, 2)
+        write_record(conns[head.name], dep)
+        return DeployResult(dep, plan, False, changed=report.changed, sync_seconds=sync_seconds,
+                            launch_seconds=launch_seconds, ready_seconds=time.monotonic() - start,
+                            reply=reply, report=report)
+    finally:
+        close_all(conns)
+
+
+def _connect_more(inventory, conns: dict[str, Connection], names: list[str],
+                  opts: DeployOptions) -> None:
+    """Also connect to hosts of the previous layout (its stale units must go)."""
+    more = [inventory.hosts[n] for n in names if n not in conns and n in inventory.hosts]
+    if not more:
+        return
+    extra, errors = connect_all(more, accept_new_host_keys=opts.accept_new_host_keys,
+                                forks=opts.forks)
+    conns.update(extra)
+    if errors:
+        raise ClusterctlError("cannot reach hosts of the previous deployment: " + "; ".join(
+            f"{n}: {e}" for n, e in errors.items()))
+
+
+def _exists(conn: Connection, path: str) -> bool:
+    return conn.run(["test", "-e", path], check=False).exit_code == 0
+
+
+def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
+                opts: DeployOptions, log: Log, progress) -> tuple[ModelInfo, float]:
+    if ref.kind == "local":
+        return read_model_info(ref.local_path), 0.0
+    seconds = 0.0
+    if ref.kind == "hf":
+        if opts.check:
+            if not _exists(head_conn, ref.remote_path):
+                raise InputError(f"{ref.given}: not downloaded yet, and --check does not "
+                                 f"download (run without --check, or `clusterctl sync-model "
+                                 f"{ref.given}`)", key="MODEL")
+        else:
+            log(f"downloading {ref.sync_source} to {head}:{ref.remote_path}")
+            t = time.monotonic()
+            sync_to(inventory, ref, [head], progress=progress,
+                    accept_new_host_keys=opts.accept_new_host_keys)
+            seconds = time.monotonic() - t
+    return remote_model_info(head_conn, ref.remote_path), seconds
+
+
+def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others, previous):
+    network = (inventory.head.vars.get("cluster") or {}).get("network")
+    head_vars = inventory.head.vars
+    plan_summary = {"tensor_parallel_size": plan.tensor_parallel_size,
+                    "pipeline_parallel_size": plan.pipeline_parallel_size,
+                    "device": plan.device, "max_model_len": plan.max_model_len}
+    explicit_port = opts.port is not None
+    port = opts.port or (previous.groups[0].port if previous and previous.lb is None else
+                         previous.lb.port if previous and previous.lb else
+                         (head_vars.get("vllm") or {}).get("port", 8000))
+    rpc_port = opts.rpc_port or (head_vars.get("llamacpp") or {}).get("rpc_port", 50052)
+    served = opts.served_name or name
+    for _attempt in range(50):
+        if backend == "llamacpp":
+            dep = layout_llamacpp(name, model, ref.remote_path, served, infos, port=port,
+                                  rpc_port=rpc_port, replicas=opts.replicas,
+                                  tensor_split=opts.tensor_split,
+                                  ctx_size=plan.max_model_len or None,
+                                  rpc_on_head=opts.rpc_on_head, rpc_cache=opts.rpc_cache,
+                                  lb_host=opts.lb_host, network=network, plan=plan_summary)
+        else:
+            ray_port = (head_vars.get("ray") or {}).get("port", 6379)
+            dep = layout_vllm(name, model, ref.remote_path, served, plan, infos, port=port,
+                              replicas=opts.replicas, executor=opts.executor,
+                              ray_port=ray_port, lb_host=opts.lb_host, network=network,
+                              enforce_eager=opts.enforce_eager,
+                              cpu_kvcache_gb=opts.cpu_kvcache_gb, extra_args=opts.extra_args)
+        conflicts = port_conflicts(dep, others)
+        if not conflicts:
+            planner_warnings = [w for w in plan.warnings if backend == "vllm"
+                                or not w.startswith("GGUF in vLLM")]
+            dep.warnings = planner_warnings + dep.warnings
+            return dep
+        text = "; ".join(f"{b} is used by deployment {who}" for b, _k, who in conflicts)
+        if any(k == "rpc" for _b, k, _w in conflicts):
+            if opts.rpc_port is not None:
+                raise InputError(text + " (choose another --rpc-port)", key="--rpc-port")
+            rpc_port += 1
+        if any(k == "api" for _b, k, _w in conflicts):
+            if explicit_port:
+                raise InputError(text + " (choose another --port)", key="--port")
+            port += 10
+    raise InputError("no free ports found for this deployment: " + text)
+
+
+def _hosts_needing_model(dep: Deployment) -> list[str]:
+    """Hosts that read the weights: llama-server hosts (RPC servers get tensors over the
+    network) or every vLLM rank."""
+    kinds = ("llama-server",) if dep.backend == "llamacpp" else ("vllm", "vllm-headless")
+    out: list[str] = []
+    for u in dep.units:
+        if u.kind in kinds and u.host not in out:
+            out.append(u.host)
+    if dep.backend == "vllm" and dep.executor == "ray":
+        for h in dep.plan.get("nodes", []):       # Ray workers load on their own nodes
+            if h not in out:
+                out.append(h)
+    return out
+
+
+def _needs_spread(ref: ModelRef, hosts: list[str], head: str) -> bool:
+    return ref.kind == "head" and any(h != head for h in hosts)
+
+
+def _sync(inventory, ref: ModelRef, hosts: list[str], head: str, opts: DeployOptions,
+          log: Log, progress) -> None:
+    if ref.kind == "head":
+        import posixpath
+        src = ModelRef(ref.given, "head", ref.remote_path, f"{head}:{ref.remote_path}",
+                       posixpath.basename(ref.remote_path.rstrip("/")))
+        models_dir = models_dir_of(inventory)
+        if posixpath.dirname(ref.remote_path.rstrip("/")) != models_dir:
+            raise InputError(f"{ref.remote_path} is outside models_dir ({models_dir}) and "
+                             f"other nodes need it: put it in models_dir", key="MODEL")
+        ref = src
+    log(f"model: syncing {ref.sync_source} to {', '.join(hosts)}:{ref.remote_path}")
+    sync_to(inventory, ref, hosts, progress=progress,
+            accept_new_host_keys=opts.accept_new_host_keys)
+
+
+def _check_present(conns, hosts: list[str], path: str) -> None:
+    missing = [h for h in hosts if not _exists(conns[h], path)]
+    if missing:
+        raise InputError(f"{path} is not on {', '.join(missing)}", key="MODEL")
+
+
+def _remove_stale(previous: Deployment, dep: Deployment, conns, log: Log) -> None:
+    keep = {(u.host, u.name) for u in dep.units}
+    stale = [u for u in previous.units if (u.host, u.name) not in keep]
+    if stale:
+        log("removing units of the previous layout: "
+            + ", ".join(f"{u.name}@{u.host}" for u in stale))
+        _stop_units(stale, conns)
+    if previous.lb and (dep.lb is None or dep.lb.host != previous.lb.host
+                        or dep.lb.config_path != previous.lb.config_path):
+        _remove_lb(previous, conns)
+
+
+def _restart_units(dep: Deployment, conns, log: Log) -> None:
+    for phase in sorted({u.phase for u in dep.units}):
+        units = [u for u in dep.units if u.phase == phase]
+        log("restarting " + ", ".join(f"{u.name}@{u.host}" for u in units))
+        by_host: dict[str, list[str]] = {}
+        for u in units:
+            by_host.setdefault(u.host, []).append(u.name)
+        _parallel({h: conns[h] for h in by_host},
+                  lambda c: c.run(["systemctl", "restart", *by_host[c.name]]))
+
+
+# --------------------------------------------------------------------------- undeploy
+
+
+def _stop_units(units, conns) -> None:
+    by_host: dict[str, list[str]] = {}
+    for u in sorted(units, key=lambda u: -u.phase):       # servers before their RPC servers
+        by_host.setdefault(u.host, []).append(u.name)
+
+    def one(conn):
+        names = by_host[conn.name]
+        files = [f"/etc/systemd/system/{n}" for n in names]
+        conn.run(["systemctl", "disable", "--now", *names], check=False)
+        conn.run(["rm", "-f", *files])
+        conn.run(["systemctl", "daemon-reload"])
+        conn.run(["systemctl", "reset-failed", *names], check=False)
+    _parallel({h: conns[h] for h in by_host if h in conns}, one)
+
+
+def _remove_lb(dep: Deployment, conns) -> None:
+    if dep.lb is None or dep.lb.host not in conns:
+        return
+    c = conns[dep.lb.host]
+    c.run(["rm", "-f", dep.lb.config_path])
+    c.run("command -v nginx >/dev/null && nginx -t -q && systemctl reload-or-restart "
+          "nginx.service || true", check=False)
+
+
+def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20,
+             accept_new_host_keys: bool = False, log: Log = lambda s: None) -> list[str]:
+    """Stop and remove a deployment's units, load balancer and record. Returns the names
+    removed. NAME may be omitted when exactly one deployment exists."""
+    head = inventory.head
+    with Connection(head, accept_new_host_keys=accept_new_host_keys) as hc:
+        records = read_records(hc)
+    if not records:
+        raise InputError("nothing is deployed (no records in "
+                         f"{head.name}:{RECORD_DIR})", key="NAME")
+    if all_:
+        chosen = records
+    elif name is None:
+        if len(records) > 1:
+            raise InputError("several deployments: name one (" + ", ".join(
+                d.name for d in records) + ") or use --all", key="NAME")
+        chosen = records
+    else:
+        chosen = [d for d in records if d.name == name]
+        if not chosen:
+            raise InputError(f"no deployment named {name!r} (deployed: "
+                             + ", ".join(d.name for d in records) + ")", key="NAME")
+    hosts = {h for d in chosen for h in d.hosts} | {head.name}
+    missing = [h for h in hosts if h not in inventory.hosts]
+    if missing:
+        raise InputError("the record names hosts this inventory does not have: "
+                         + ", ".join(sorted(missing)))
+    conns, errors = connect_all([inventory.hosts[h] for h in sorted(hosts)],
+                                accept_new_host_keys=accept_new_host_keys, forks=forks)
+    try:
+        if errors:
+            raise ClusterctlError("cannot reach " + "; ".join(
+                f"{n}: {e}" for n, e in errors.items()) + " (nothing was removed)")
+        for d in chosen:
+            log(f"undeploy {d.name}: stopping {len(d.units)} units on "
+                f"{', '.join(d.hosts)}")
+            _remove_lb(d, conns)
+            _stop_units(d.units, conns)
+            conns[head.name].run(["rm", "-f", d.record_path()])
+        return [d.name for d in chosen]
+    finally:
+        close_all(conns)
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass
+class Status:
+    deployment: Deployment
+    units: dict[str, dict[str, str]]           # "unit@host" -> {active, sub, restarts}
+    endpoints: dict[str, str]                  # endpoint -> "ok" | problem
+    health: str                                # ready | degraded | down
+
+    def to_dict(self) -> dict:
+        d = self.deployment
+        return {"name": d.name, "backend": d.backend, "model": d.model,
+                "served_model_name": d.served_name, "endpoint": d.endpoint,
+                "health": self.health, "hosts": d.hosts, "created": d.created,
+                "ready_seconds": d.ready_seconds, "executor": d.executor,
+                "groups": [{"endpoint": g.endpoint, "hosts": g.hosts} for g in d.groups],
+                "load_balancer": d.lb.endpoint if d.lb else None,
+                "units": self.units, "endpoints": self.endpoints}
+
+
+def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False) -> list[Status]:
+    """Every recorded deployment with its units' state and its endpoints' health."""
+    head = inventory.head
+    with Connection(head, accept_new_host_keys=accept_new_host_keys) as hc:
+        records = read_records(hc)
+        if not records:
+            return []
+        hosts = sorted({h for d in records for h in d.hosts if h in inventory.hosts})
+        conns, errors = connect_all([inventory.hosts[h] for h in hosts if h != head.name],
+                                    accept_new_host_keys=accept_new_host_keys, forks=forks)
+        conns[head.name] = hc
+        try:
+            units_by_host: dict[str, list[str]] = {}
+            for d in records:
+                for u in d.units:
+                    units_by_host.setdefault(u.host, []).append(u.name)
+            states = _parallel({h: c for h, c in conns.items() if h in units_by_host},
+                               lambda c: unit_states(c, units_by_host[c.name]), forks)
+            out = []
+            for d in records:
+                units = {}
+                for u in d.units:
+                    if u.host in errors or u.host not in inventory.hosts:
+                        units[f"{u.name}@{u.host}"] = {"active": "unreachable"}
+                        continue
+                    st = states.get(u.host, {}).get(u.name, {})
+                    units[f"{u.name}@{u.host}"] = {"active": st.get("ActiveState", "?"),
+                                                   "sub": st.get("SubState", "?"),
+                                                   "restarts": st.get("NRestarts", "?")}
+                endpoints = {}
+                for e in [g.endpoint for g in d.groups] + ([d.lb.endpoint] if d.lb else []):
+                    code, body = http_get(hc, e + "/models", timeout=3)
+                    verdict = judge_models(body, d.served_name) if code == 200 else None
+                    endpoints[e] = "ok" if verdict and verdict.ok else (
+                        verdict.detail if verdict else f"HTTP {code or 'no answer'}")
+                all_units = all(v.get("active") == "active" for v in units.values())
+                main = d.endpoint
+                if endpoints.get(main) == "ok" and all_units and all(
+                        v == "ok" for v in endpoints.values()):
+                    health = "ready"
+                elif endpoints.get(main) == "ok":
+                    health = "degraded"
+                else:
+                    health = "down"
+                out.append(Status(d, units, endpoints, health))
+            return out
+        finally:
+            close_all({h: c for h, c in conns.items() if h != head.name})
+
+
+__all__ = ["DeployOptions", "DeployResult", "DeployFailed", "deploy_model", "undeploy",
+           "status", "wait_ready", "build_plays", "host_infos", "node_gpus", "gather_facts",
+           "override_plan", "read_records", "unit_was_active"]
