@@ -436,3 +436,21 @@ def test_survey_lists_files_partials_and_space(tmp_path, source):
 def test_free_bytes_walks_up_to_an_existing_parent(tmp_path):
     path, avail = agent.free_bytes(str(tmp_path / "not" / "yet" / "there"))
     assert path == str(tmp_path) and avail > 0
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_agents_quick_decision_agrees_with_the_controllers_diff(verify):
+    from clusterctl.sync.manifest import Manifest, RemoteFile, diff
+    m = Manifest.from_scan({"kind": "dir", "files": [
+        {"path": "a", "size": 10, "mtime_ns": 5_000_001_234, "sha256": "a" * 64},
+        {"path": "b", "size": 20, "mtime_ns": 7_000_000_000, "sha256": "b" * 64}]}, "m")
+    spec = m.survey_spec("/r", "/r/.clusterctl-sync", verify=verify)
+    same = {"a": {"size": 10, "mtime_ns": 5_000_001_999, "sha256": "a" * 64},
+            "b": {"size": 20, "mtime_ns": 7_000_000_000, "sha256": "b" * 64}}
+    cases = [same, {"a": same["a"]}, dict(same, b={"size": 21, "mtime_ns": 7_000_000_000}),
+             dict(same, b={"size": 20, "mtime_ns": 9_000_000_000, "sha256": "b" * 64}),
+             dict(same, b={"size": 20, "mtime_ns": 7_000_000_000, "sha256": "f" * 64})]
+    for found in cases:
+        listing = {p: RemoteFile(v["size"], v["mtime_ns"], v.get("sha256"))
+                   for p, v in found.items()}
+        assert agent.survey_needs(spec, found) == (not diff(m, listing, verify=verify).complete)

@@ -86,9 +86,13 @@ class Manifest:
 
     def survey_spec(self, root: str, staging: str, *, verify: bool) -> dict[str, Any]:
         """What the agent's `survey` needs to look at on a node."""
-        return {"root": root, "staging": staging, "hash": verify,
-                "files": [{"path": e.path, "size": e.size, "key": e.partial_key}
-                          for e in self.files.values()]}
+        files = []
+        for e in self.files.values():
+            f = {"path": e.path, "size": e.size, "mtime_ns": e.mtime_ns, "key": e.partial_key}
+            if verify:
+                f["sha256"] = e.sha256
+            files.append(f)
+        return {"root": root, "staging": staging, "hash": verify, "files": files}
 
 
 @dataclass(frozen=True)

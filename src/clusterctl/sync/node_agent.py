@@ -10,9 +10,10 @@ Commands (all output is one JSON document on stdout):
 
     scan ROOT [--hash] [--cache FILE]   list a source (file or folder): path, size, mtime_ns,
                                         sha256 (from the cache, or computed with --hash)
-    survey SPEC.json                    what a destination already holds: final files
+    survey SPEC.json [--relay RUNDIR]   what a destination already holds: final files
                                         (stat; sha256 with "hash": true), resumable partial
-                                        files, free bytes where the files go
+                                        files, free bytes where the files go; with --relay,
+                                        starts a relay if the node needs anything
     relay RUNDIR                        listen on the cluster IP, write the stream to disk
                                         and forward the same bytes to the next node;
                                         daemonizes and prints {"port", "pid"}
@@ -298,7 +299,24 @@ def survey(spec):
         except OSError:
             pass
     space_path, avail = free_bytes(root)
-    return {"files": found, "partials": partials, "space_path": space_path, "avail": avail}
+    return {"files": found, "partials": partials, "space_path": space_path, "avail": avail,
+            "needs": survey_needs(spec, found)}
+
+
+def survey_needs(spec, found):
+    """Does this node need any file? The controller's manifest.diff rules (size; then
+    sha256 with "hash", else mtime to the microsecond): decides here whether a relay is
+    worth starting; the controller's diff stays the authority."""
+    for f in spec["files"]:
+        have = found.get(f["path"])
+        if have is None or have["size"] != f["size"] or "mtime_ns" not in f:
+            return True
+        if spec.get("hash"):
+            if have.get("sha256") != f.get("sha256"):
+                return True
+        elif have["mtime_ns"] // 1000 != int(f["mtime_ns"]) // 1000:
+            return True
+    return False
 
 
 # ----------------------------------------------------------------------------- stream
@@ -910,7 +928,9 @@ def _terminate(signum, frame):
     raise SystemExit(143)
 
 
-def cmd_relay(rundir):
+def start_relay(rundir):
+    """Bind the relay's socket, then fork it into the background. Returns {"port", "pid"}
+    (or {"error"}) in the calling process; the relay itself never returns."""
     with open(os.path.join(rundir, "relay.json")) as fh:
         cfg = json.load(fh)
     family = socket.AF_INET6 if ":" in cfg["listen"] else socket.AF_INET
@@ -919,8 +939,8 @@ def cmd_relay(rundir):
     try:
         listener.bind((cfg["listen"], int(cfg.get("port", 0))))
     except OSError as exc:
-        print(json.dumps({"error": "cannot listen on %s: %s" % (cfg["listen"], exc)}))
-        return 1
+        listener.close()
+        return {"error": "cannot listen on %s: %s" % (cfg["listen"], exc)}
     listener.listen(8)
     port = listener.getsockname()[1]
     status_path = os.path.join(rundir, "relay.status")
@@ -930,8 +950,7 @@ def cmd_relay(rundir):
     pid = _daemonize(rundir, "relay")
     if pid:
         listener.close()
-        print(json.dumps({"port": port, "pid": pid}))
-        return 0
+        return {"port": port, "pid": pid}
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status.update(pid=os.getpid())
@@ -944,6 +963,12 @@ def cmd_relay(rundir):
     finally:
         status.stop()
     os._exit(0)
+
+
+def cmd_relay(rundir):
+    out = start_relay(rundir)
+    print(json.dumps(out))
+    return 1 if "error" in out else 0
 
 
 def cmd_send(rundir):
@@ -1023,7 +1048,10 @@ def main(argv):
     if cmd == "survey":
         with open(args[0]) as fh:
             spec = json.load(fh)
-        print(json.dumps(survey(spec)))
+        out = survey(spec)
+        if "--relay" in args and out["needs"]:
+            out["relay"] = start_relay(args[args.index("--relay") + 1])
+        print(json.dumps(out))
         return 0
     if cmd == "relay":
         return cmd_relay(args[0])

@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..errors import ClusterctlError, CommandFailed, HostError
+from ..errors import CommandFailed, HostError
 from ..facts import FactRequest, Facts, build_script, parse_output
 from ..remote import Connection
 
@@ -20,7 +20,6 @@ RUN_PREFIX = "/tmp/clusterctl-sync-"
 NODE_HASH_CACHE = "/var/cache/clusterctl/sync-sha256.json"
 _FACTS = [FactRequest("interfaces"), FactRequest("python")]
 SURVEY_MARKER = "@@clusterctl-sync-survey"
-RELAY_MARKER = "@@clusterctl-sync-relay"
 INLINE_LIMIT = 40 * 1024      # gzip bytes sent inside a command (the limit is 128 KiB)
 FINAL_STATES = ("done", "failed")
 
@@ -135,26 +134,17 @@ class SyncNode:
             steps.append(self._write_file("relay.json", json.dumps(relay_cfg).encode()))
         steps.append("set +e")
         if survey_spec is not None:
-            steps.append(f"S=$({shlex.join(self._agent('survey', self.rundir + '/survey.json'))}"
-                         " 2>&1)")
-        if relay_cfg is not None:
-            steps.append(f"R=$({shlex.join(self._agent('relay', self.rundir))} 2>&1)")
+            # the survey starts a relay itself when this node needs anything
+            argv = self._agent("survey", self.rundir + "/survey.json")
+            if relay_cfg is not None:
+                argv += ["--relay", self.rundir]
+            steps.append(f"S=$({shlex.join(argv)} 2>&1)")
         steps.append(build_script(_FACTS))
         if survey_spec is not None:
             steps.append(f"printf '\\n%s\\n%s\\n' {SURVEY_MARKER} \"$S\"")
-        if relay_cfg is not None:
-            steps.append(f"printf '\\n%s\\n%s\\n' {RELAY_MARKER} \"$R\"")
         res = self.conn.run("\n".join(steps), check=False)
-        rest, _, relay_text = res.stdout.partition(f"\n{RELAY_MARKER}\n")
-        facts_text, _, survey_text = rest.partition(f"\n{SURVEY_MARKER}\n")
+        facts_text, _, survey_text = res.stdout.partition(f"\n{SURVEY_MARKER}\n")
         port = None
-        if relay_cfg is not None:
-            try:
-                out = self._json(_Output(relay_text, res.stderr, res.exit_code, "relay"))
-                self.pids["relay"] = int(out["pid"])
-                port = int(out["port"])
-            except ClusterctlError:
-                port = None
         try:
             facts = parse_output(facts_text, _FACTS)
         except ValueError:
@@ -168,12 +158,18 @@ class SyncNode:
             network = (self.host.vars.get("cluster") or {}).get("network")
             raise HostError(self.name, "no address inside cluster.network "
                             f"({network or 'the interface of ' + self.host.address})")
-        if relay_cfg is not None and relay_cfg.get("listen") != self.cluster_ip:
-            port = None                      # started on a guessed address that was wrong
         survey = None
         if survey_spec is not None:
             survey = self._json(_Output(survey_text, res.stderr, res.exit_code,
                                         "sync agent survey"))
+            relay = survey.pop("relay", None) or {}
+            if "pid" in relay:
+                self.pids["relay"] = int(relay["pid"])
+                port = int(relay["port"])
+        if port is not None and relay_cfg.get("listen") != self.cluster_ip:
+            # started on a guessed address that was wrong: stop it, start another later
+            self.conn.run(["kill", str(self.pids.pop("relay"))], check=False)
+            port = None
         return survey, port
 
     # -- agent commands
