@@ -174,15 +174,19 @@ def test_nodes_reach_the_mirror_and_nothing_else(lab):
 
 
 def test_nodes_install_from_the_mirror_with_apt_and_pip(lab):
-    """What the roles will do: apt from the flat repo, pip from the wheelhouse only."""
+    """What the roles will do: apt from the flat repo, pip from the wheelhouse only.
+    Leaves the node as it found it (removes only the packages it installed)."""
     if lab.mirror is None:
         pytest.skip("the session lab has no mirror")
     n = node(lab, 3)
+    wanted = ["iperf3", "python3-venv"]
+    had = ssh(lab, n, "dpkg-query -W -f '${Package} ${Status}\\n' " + " ".join(wanted)
+              + " 2>/dev/null | awk '/ installed$/ {print $1}'", check=False).stdout.split()
     apt = (f"echo 'deb [trusted=yes] {lab.mirror_apt_url} ./' "
            ">/etc/apt/sources.list.d/clusterctl-test.list && "
            "apt-get -q update -o Dir::Etc::sourcelist=sources.list.d/clusterctl-test.list "
            "-o Dir::Etc::sourceparts=- && "
-           "DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 python3-venv")
+           "DEBIAN_FRONTEND=noninteractive apt-get install -y -q " + " ".join(wanted))
     try:
         ssh(lab, n, apt, timeout=300)
         assert "iperf 3" in ssh(lab, n, "iperf3 --version").stdout
@@ -195,9 +199,11 @@ def test_nodes_install_from_the_mirror_with_apt_and_pip(lab):
                f"--trusted-host {urlsplit(lab.mirror_url).hostname} {reqs}")
         ssh(lab, n, pip, timeout=300)
     finally:
+        added = [p for p in wanted if p not in had]
         ssh(lab, n, "rm -rf /tmp/mirror-venv /etc/apt/sources.list.d/clusterctl-test.list; "
-                    "DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --auto-remove "
-                    "iperf3 python3-venv >/dev/null 2>&1; true", timeout=300, check=False)
+                    + ("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q --auto-remove "
+                       + " ".join(added) + " >/dev/null 2>&1; " if added else "") + "true",
+            timeout=300, check=False)
 
 
 # ----------------------------------------------------------------------------- links
@@ -374,7 +380,7 @@ def _traces(name: str, state_before) -> list[str]:
         if any(f"{name}-node" in a for a in args) and "systemd-nspawn" in args[0]:
             found.append(f"process {pid} {' '.join(args[:3])}")
         if state_before.mirror and "http.server" in args and \
-                f"--bind" in args and state_before.bridge_ip in args:
+                "--bind" in args and state_before.bridge_ip in args:
             found.append(f"mirror server {pid}")
     for n in state_before.nodes:
         if procs.is_ours(n.pid, n.pid_start):

@@ -5,7 +5,14 @@ import yaml
 from clusterctl.lab.inventory_file import inventory_data, render_inventory, render_known_hosts
 from clusterctl.lab.node import node_files, nspawn_argv
 
-from test_lab_state import make_state, roots  # noqa: F401  (fixture)
+from test_lab_state import make_state
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLUSTERCTL_LAB_ROOT", str(tmp_path / "labs"))
+    monkeypatch.setenv("CLUSTERCTL_CACHE", str(tmp_path / "cache"))
+    return tmp_path
 
 
 def test_inventory_structure(roots):

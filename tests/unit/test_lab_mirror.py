@@ -1,10 +1,6 @@
 """Pure parts of the offline mirror and of the image's archive discovery."""
-import gzip
 import hashlib
 import os
-import socket
-import sys
-import time
 import urllib.request
 
 import pytest
