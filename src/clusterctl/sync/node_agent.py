@@ -740,7 +740,8 @@ def run_relay(cfg, listener, status):
     writer.start()
     name = cfg.get("name")
     up = down = upward = pump = None
-    idle = float(cfg.get("idle_timeout", 120))
+    idle = float(cfg.get("idle_timeout", 600))
+    stopping = False
     try:
         deadline = time.monotonic() + float(cfg.get("accept_timeout", 300))
         while True:
@@ -776,6 +777,8 @@ def run_relay(cfg, listener, status):
             try:
                 down = connect(hop["ip"], int(hop["port"]),
                                timeout=float(cfg.get("connect_timeout", 30)))
+                # the next node may pause (hashing the start of a partial file it resumes)
+                down.settimeout(idle)
                 down.sendall(encode_header({"token": hop["token"], "next": nxt[1:],
                                             "files": header["files"],
                                             "want": header.get("want") or {}}))
@@ -848,13 +851,17 @@ def run_relay(cfg, listener, status):
         t = os.times()
         status.update(state="failed", error=str(exc) or type(exc).__name__, current=None,
                       cpu_seconds=round(t.user + t.system, 3))
+    except SystemExit:
+        stopping = True                 # SIGTERM: the partial file stays, leave at once
+        status.update(state="failed", error="stopped", current=None)
+        raise
     finally:
         if upward is not None:
             # this node's final record, then those of the nodes after it, then close:
             # the upstream learns that everything from here down is over
             upward.closed = True
             upward.send(dict(status.snapshot(with_files=True), node=name, final=True))
-            if pump is not None:
+            if pump is not None and not stopping:
                 pump.join(timeout=idle)
         for sock in (up, down):
             if sock is not None:
@@ -882,7 +889,7 @@ def run_sender(cfg, status):
         first = cfg["chain"][0]
         sock = connect(first["ip"], int(first["port"]),
                        timeout=float(cfg.get("connect_timeout", 30)))
-        sock.settimeout(float(cfg.get("idle_timeout", 120)))
+        sock.settimeout(float(cfg.get("idle_timeout", 600)))
         status.update(state="sending")
         pump = _RecordPump(sock, first.get("name"), on_line,
                            lambda n, e: on_line((json.dumps({"node": n, "lost": True,
@@ -895,7 +902,7 @@ def run_sender(cfg, status):
         status.update(state="sent", digests=digests)
         if cfg.get("cache"):
             remember_hashes(cfg["cache"], cfg["cache_root"], cfg.get("kind", "dir"), digests)
-        pump.join(timeout=float(cfg.get("idle_timeout", 120)))
+        pump.join(timeout=float(cfg.get("idle_timeout", 600)))
         sock.close()
         status.update(state="done")
     except (StreamError, OSError) as exc:

@@ -40,7 +40,8 @@ MAX_ROUNDS = 3
 POLL_INTERVAL = 1.0            # node status reads while the stream flows
 TICK = 0.25                    # progress updates; status reads near the end
 FALLBACK_INTERVAL = 5.0        # SSH status reads of nodes whose records do not arrive
-STALL_TIMEOUT = 120.0          # no byte moved anywhere for this long: the round is over
+STALL_TIMEOUT = 600.0          # no byte moved anywhere for this long: the round is over
+                               # (resuming a file hashes its first part first: ~1 GB/s)
 ACCEPT_TIMEOUT = 300           # a relay nobody connects to gives up after this
 HF_TIMEOUT = 24 * 3600
 
