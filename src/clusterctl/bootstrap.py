@@ -54,7 +54,10 @@ def parse_ray_status_totals(text: str) -> dict[str, float]:
 
 
 def check_ray(conn: Connection, expected: dict[str, str], *, head_ip: str, venv: str,
-              ray_port: int, dashboard_port: int, wait: float = 90.0) -> RayCheck:
+              ray_port: int, dashboard_port: int, wait: float = 90.0,
+              run_status: bool = True) -> RayCheck:
+    """Nodes from Ray's state API (polled until every expected IP is alive or `wait`
+    passes); totals from `ray status` (run_status) or else from the state API."""
     check = RayCheck(conn.name, expected)
     url = f"http://{head_ip}:{dashboard_port}/api/v0/nodes?limit=10000"
     deadline = time.monotonic() + wait
@@ -73,10 +76,16 @@ def check_ray(conn: Connection, expected: dict[str, str], *, head_ip: str, venv:
         if check.ok or time.monotonic() > deadline:
             break
         time.sleep(2)
-    status = conn.run([f"{venv}/bin/ray", "status", f"--address={head_ip}:{ray_port}"],
-                      check=False, timeout=60)
-    check.status_text = status.stdout
-    totals = parse_ray_status_totals(status.stdout)
+    if run_status or not check.ok:
+        status = conn.run([f"{venv}/bin/ray", "status", f"--address={head_ip}:{ray_port}"],
+                          check=False, timeout=60)
+        check.status_text = status.stdout
+        totals = parse_ray_status_totals(status.stdout)
+    else:
+        totals = {}
+        for node in check.alive.values():
+            for key, value in (node.get("resources_total") or {}).items():
+                totals[key] = totals.get(key, 0.0) + float(value)
     check.total_gpus = totals.get("GPU", 0.0)
     check.total_cpus = totals.get("CPU", 0.0)
     if not check.alive and last_error:
@@ -103,7 +112,8 @@ def verify_ray_cluster(inventory, report, out, *, accept_new_host_keys=False,
     venv = head.vars["python"]["venv"]
     with Connection(head, accept_new_host_keys=accept_new_host_keys) as conn:
         check = check_ray(conn, expected, head_ip=head_ip, venv=venv, ray_port=ray["port"],
-                          dashboard_port=ray["dashboard_port"], wait=wait)
+                          dashboard_port=ray["dashboard_port"], wait=wait,
+                          run_status=report.changed > 0)
     if check.ok:
         out.print(f"[green]ray: {len(check.alive)} node(s) alive[/green], "
                   f"{check.total_cpus:g} CPU, {check.total_gpus:g} GPU "

@@ -10,7 +10,7 @@ import traceback
 import click
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, ClusterctlError
+from .errors import EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, ClusterctlError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -111,7 +111,34 @@ def exit_code_for(report) -> int:
     return 0
 
 
-@click.group(context_settings=CONTEXT)
+#: capability commands, imported only when used (keeps `clusterctl bootstrap` start-up
+#: fast): name -> (module, attribute)
+LAZY_COMMANDS = {
+    "lab": ("clusterctl.lab.cli", "lab_group"),
+    "mirror": ("clusterctl.lab.cli", "mirror_group"),
+    "netcheck": ("clusterctl.netcheck.cli", "netcheck_command"),
+    "sync-model": ("clusterctl.sync.cli", "sync_model_command"),
+    "plan-model": ("clusterctl.deploy.cli", "plan_model_command"),
+    "deploy-model": ("clusterctl.deploy.cli", "deploy_model_command"),
+    "undeploy": ("clusterctl.deploy.cli", "undeploy_command"),
+    "status": ("clusterctl.deploy.cli", "status_command"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(LAZY_COMMANDS))
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in LAZY_COMMANDS:
+            import importlib
+            module, attr = LAZY_COMMANDS[name]
+            command = getattr(importlib.import_module(module), attr)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="clusterctl")
 def main():
     """Provision GPU machines into one distributed LLM inference cluster
@@ -172,51 +199,6 @@ def verify(inventory, inventory_opt, limit, pytest_args):
     inv = load_inventory_arg(inventory, inventory_opt)
     sys.exit(run_verify(inv, inv.select(list(limit) or None), extra_args=list(pytest_args)))
 
-
-def _not_yet(what: str):
-    click.secho(f"clusterctl {what}: not implemented yet in {__version__}. "
-                "It is planned; see the project's issues.", fg="yellow", err=True)
-    sys.exit(EXIT_BAD_INPUT)
-
-
-@main.command(name="deploy-model")
-@click.argument("model")
-@inventory_options
-@handle_errors
-def deploy_model(model, inventory_opt, limit):
-    """Plan TP/PP, launch vLLM or llama.cpp RPC across the cluster, wait for a real
-    completion."""
-    _not_yet("deploy-model")
-
-
-@main.command()
-@inventory_options
-@click.option("--json", "as_json", is_flag=True)
-@handle_errors
-def status(inventory_opt, limit, as_json):
-    """What is deployed where, its endpoint and health."""
-    _not_yet("status")
-
-
-def _attach_optional_commands() -> None:
-    """Capabilities register their own click commands/groups."""
-    import importlib
-    for module, attr in (("clusterctl.lab.cli", "lab_group"),
-                         ("clusterctl.lab.cli", "mirror_group"),
-                         ("clusterctl.netcheck.cli", "netcheck_command"),
-                         ("clusterctl.deploy.cli", "plan_model_command")):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("clusterctl"):
-                continue
-            raise
-        command = getattr(mod, attr, None)
-        if command is not None:
-            main.add_command(command)
-
-
-_attach_optional_commands()
 
 if __name__ == "__main__":
     main()
