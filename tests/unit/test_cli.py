@@ -1,0 +1,63 @@
+"""The CLI: exit codes and one clear message for bad input, no traceback."""
+from click.testing import CliRunner
+
+from clusterctl.cli import LAZY_COMMANDS, exit_code_for, main
+from clusterctl.engine.runner import HostRecap, RunReport
+
+
+def invoke(*args, env=None):
+    return CliRunner().invoke(main, list(args), env=env or {}, catch_exceptions=False)
+
+
+def test_help_lists_every_command():
+    out = invoke("--help").output
+    for name in ["bootstrap", "apply", "verify", *LAZY_COMMANDS]:
+        assert name in out
+
+
+def test_missing_inventory_is_exit_2_with_what_was_tried(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CLUSTERCTL_INVENTORY", raising=False)
+    res = invoke("bootstrap")
+    assert res.exit_code == 2
+    assert "inventory.yaml" in res.output and "Traceback" not in res.output
+
+
+def test_yaml_error_is_exit_2_with_file_line(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {ansible_host: 10.0.0.1\n")
+    res = invoke("bootstrap", str(inv))
+    assert res.exit_code == 2
+    assert f"{inv}:" in res.output and "Traceback" not in res.output
+
+
+def test_two_heads_is_exit_2(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {role: head}\n    b: {role: head}\n")
+    res = invoke("bootstrap", "-i", str(inv), "--check")
+    assert res.exit_code == 2 and "head" in res.output
+
+
+def test_positional_and_option_inventory_must_agree(tmp_path):
+    res = invoke("bootstrap", str(tmp_path / "a.yaml"), "-i", str(tmp_path / "b.yaml"))
+    assert res.exit_code == 2 and "two inventories" in res.output
+
+
+def test_unknown_playbook_is_exit_2(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {role: head, ansible_host: 127.0.0.1}\n")
+    res = invoke("apply", "no-such-playbook", "-i", str(inv))
+    assert res.exit_code == 2 and "no-such-playbook" in res.output
+
+
+def test_exit_codes_from_report():
+    ok = RunReport([], {"a": HostRecap(ok=3)}, check=False)
+    assert exit_code_for(ok) == 0
+    failed = RunReport([], {"a": HostRecap(failed=1)}, check=False)
+    assert exit_code_for(failed) == 1
+    down = RunReport([], {"a": HostRecap(unreachable=True)}, check=True)
+    assert exit_code_for(down) == 1
+    pending = RunReport([], {"a": HostRecap(changed=2)}, check=True)
+    assert exit_code_for(pending) == 3
+    applied = RunReport([], {"a": HostRecap(changed=2)}, check=False)
+    assert exit_code_for(applied) == 0
