@@ -314,7 +314,8 @@ def status_command(inventory_opt, limit, accept_new_host_keys, as_json, verbose)
         else:
             table = Table(show_edge=False, pad_edge=False)
             for col in ("name", "backend", "model", "endpoint", "hosts", "health"):
-                table.add_column(col)
+                table.add_column(col, overflow="fold",
+                                 no_wrap=col in ("endpoint", "health", "backend"))
             style = {"ready": "green", "degraded": "yellow", "down": "bold red"}
             for r in rows:
                 d = r.deployment

