@@ -318,3 +318,22 @@ def test_record_listing_parses_nul_separated_files():
     assert got == dep
 
 
+
+
+def test_hf_model_is_downloaded_to_the_head_then_spread_from_there(monkeypatch):
+    from clusterctl.deploy.launch import DeployOptions, _model_info
+    from clusterctl.deploy.models import resolve_model
+    synced = []
+    monkeypatch.setattr(launch, "sync_to",
+                        lambda inv, ref, hosts, **kw: synced.append((ref.sync_source, hosts)))
+    monkeypatch.setattr(launch, "remote_model_info", lambda conn, path: ("info", path))
+    ref = resolve_model("Qwen/Qwen2-0.5B", "/opt/models", lambda p: False)
+    info, _seconds, after = _model_info(None, ref, object(), "head1", DeployOptions(),
+                                        lambda s: None, None)
+    assert synced == [("hf:Qwen/Qwen2-0.5B", ["head1"])]
+    assert info == ("info", "/opt/models/Qwen2-0.5B")
+    assert (after.kind, after.sync_source) == ("head", None)
+    assert launch._needs_spread(after, ["head1", "w1"], "head1")
+    with pytest.raises(InputError, match="not downloaded"):
+        _model_info(None, ref, type("C", (), {"run": lambda self, *a, **k: RunResult(
+            "test", 1, "", "")})(), "head1", DeployOptions(check=True), lambda s: None, None)

@@ -479,8 +479,8 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
         infos = host_infos(targets, facts)
         models_dir = models_dir_of(inventory)
         ref = resolve_model(model, models_dir, lambda p: _exists(conns[head.name], p))
-        info, sync_seconds = _model_info(inventory, ref, conns[head.name], head.name, opts,
-                                         log, progress)
+        info, sync_seconds, ref = _model_info(inventory, ref, conns[head.name], head.name,
+                                              opts, log, progress)
         backend = opts.backend or ("llamacpp" if info.format == "gguf" else "vllm")
         if backend == "llamacpp" and info.format != "gguf":
             raise InputError(f"{model}: llama.cpp serves GGUF files; this is a Hugging Face "
@@ -528,7 +528,7 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
         if opts.restart:
             _restart_units(dep, conns, log)
         launch_seconds = time.monotonic() - start
-        ready, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log)
+        _seconds, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log)
         dep.ready_seconds = round(time.monotonic() - start, 2)
         write_record(conns[head.name], dep)
         return DeployResult(dep, plan, False, changed=report.changed, sync_seconds=sync_seconds,
@@ -557,9 +557,11 @@ def _exists(conn: Connection, path: str) -> bool:
 
 
 def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
-                opts: DeployOptions, log: Log, progress) -> tuple[ModelInfo, float]:
+                opts: DeployOptions, log: Log, progress) -> tuple[ModelInfo, float, ModelRef]:
+    """The model's size and shape; a Hugging Face model is downloaded to the head first
+    (and from then on spread from there, like a model that was on the head)."""
     if ref.kind == "local":
-        return read_model_info(ref.local_path), 0.0
+        return read_model_info(ref.local_path), 0.0, ref
     seconds = 0.0
     if ref.kind == "hf":
         if opts.check:
@@ -573,7 +575,8 @@ def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
             sync_to(inventory, ref, [head], progress=progress,
                     accept_new_host_keys=opts.accept_new_host_keys)
             seconds = time.monotonic() - t
-    return remote_model_info(head_conn, ref.remote_path), seconds
+        ref = ModelRef(ref.given, "head", ref.remote_path, None, None)
+    return remote_model_info(head_conn, ref.remote_path), seconds, ref
 
 
 def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others, previous,
