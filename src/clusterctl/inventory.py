@@ -62,6 +62,7 @@ DEFAULTS: dict[str, Any] = {
     "cluster": {"name": "clusterctl", "network": None, "mtu": 9000},
     "role": None,
     "gpus": None,
+    "gpu_memory_mib": None,
     "infiniband": {"sm_host": None},
     "ray": {
         "version": "2.60.0",
@@ -363,6 +364,8 @@ KNOWN_VARS: dict[str, Any] = {
                   "head or worker; exactly one head per inventory"),
     "gpus": _spec(_int_check(0, None, nullable=True),
                   "number of GPUs on the host; null = detect with nvidia-smi"),
+    "gpu_memory_mib": _spec(_int_check(1, None, nullable=True),
+                            "memory of each GPU in MiB; null = detect with nvidia-smi"),
     "infiniband": {
         "sm_host": _spec(_text_check("a host name of this inventory or null", nullable=True),
                          "host that runs the InfiniBand subnet manager; null = the head"),

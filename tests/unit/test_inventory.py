@@ -1053,7 +1053,7 @@ def test_example_inventory_loads_clean_and_shows_every_variable():
     assert inv.hosts["gpu2"].port == 2222
     raw = yaml.safe_load(path.read_text())
     shown = set(_leaf_paths(raw["all"]["vars"]))
-    shown |= {("role",), ("gpus",)}  # set per host / per group in the example
+    shown |= {("role",), ("gpus",), ("gpu_memory_mib",)}  # set per host / group in the example
     missing = [".".join(p) for p in _leaf_paths(DEFAULTS) if p not in shown]
     assert missing == []
 

@@ -190,3 +190,20 @@ def test_notify_unknown_handler_is_input_error(project):
     with pytest.raises(InputError) as err:
         load_playbook(project / "pb.yaml", [project / "roles"])
     assert "no handler named 'nobody'" in str(err.value)
+
+
+def test_units_started_in_the_run_are_not_restarted_by_handlers():
+    from clusterctl.engine.roles import Task
+    from clusterctl.engine.runner import PlannedTask, _units_started
+    from clusterctl.ops.base import Change
+    task = Task("svc", "service", {}, "r", "f", 1)
+    start = PlannedTask(task, Change("service", "ray-head.service",
+                                     [["systemctl", "enable", "--now", "ray-head.service"]],
+                                     None, "enable --now ray-head.service"))
+    assert _units_started(start) == {"ray-head.service"}
+    restart = PlannedTask(task, Change("service", "x.service",
+                                       [["systemctl", "restart", "x.service"]], None, "restart"))
+    assert _units_started(restart) == set()
+    other = PlannedTask(Task("f", "file", {}, "r", "f", 1),
+                        Change("file", "/x", [["systemctl", "start", "y"]], None, ""))
+    assert _units_started(other) == set()

@@ -390,6 +390,7 @@ class Runner:
         for s in states:
             s.changed_in_play = False
         notified: dict[str, list[tuple[Role, Task]]] = {s.host.name: [] for s in states}
+        started: dict[str, set[str]] = {s.host.name: set() for s in states}
         for role in play.roles:
             for task in role.tasks:
                 if self._stop:
@@ -420,15 +421,18 @@ class Runner:
                         s.failed = state_msg
                         res = TaskResult(s.host.name, task, "failed", state_msg)
                     self._record(res)
+                    if res.status == "changed" and not self.options.check:
+                        started[s.host.name] |= _units_started(planned[s.host.name])
                     if res.status == "changed":
                         for h in task.notify:
                             entry = (role, role.handlers[h])
                             if entry not in notified[s.host.name]:
                                 notified[s.host.name].append(entry)
-        self._run_handlers(play, states, notified)
+        self._run_handlers(play, states, notified, started)
 
     def _run_handlers(self, play: Play, states: list[HostState],
-                      notified: dict[str, list[tuple[Role, Task]]]) -> None:
+                      notified: dict[str, list[tuple[Role, Task]]],
+                      started: dict[str, set[str]]) -> None:
         def one(s: HostState):
             out = []
             for role, handler in notified[s.host.name]:
@@ -441,6 +445,12 @@ class Runner:
                     out.append(TaskResult(s.host.name, handler, "failed", s.failed,
                                           handler=True))
                     break
+                outcome = planned.outcome
+                if handler.op == "service" and isinstance(outcome, Change) and \
+                        outcome.target in started[s.host.name]:
+                    planned.outcome = Noop("service", outcome.target,
+                                           f"{outcome.target} was started in this run with "
+                                           "its current configuration")
                 out.append(self._outcome_result(s, planned, handler=True))
             return out
         todo = [s for s in states if not s.failed and notified[s.host.name]]
@@ -479,6 +489,18 @@ class Runner:
         return RunReport(self.results, self.recap, self.options.check,
                          time.monotonic() - start,
                          {n: s.facts for n, s in self.states.items() if s.facts is not None})
+
+
+def _units_started(planned: PlannedTask | None) -> set[str]:
+    """Units a `service` change starts (so a restart handler right after is redundant)."""
+    if planned is None or planned.task.op != "service" or not isinstance(planned.outcome, Change):
+        return set()
+    units = set()
+    for step in planned.outcome.steps:
+        if isinstance(step, list) and step[:1] == ["systemctl"] and \
+                ("start" in step or "--now" in step):
+            units.add(step[-1])
+    return units
 
 
 def play_targets(inventory, pattern: str) -> list:
