@@ -32,3 +32,24 @@ $cc verify "$inv" -- -q
 
 step "netcheck"
 $cc netcheck -i "$inv"
+
+step "a tiny GGUF model (random weights, llama.cpp's llama vocabulary)"
+model_dir=$(mktemp -d /tmp/clusterctl-demo-model.XXXXXX)
+.venv/bin/python - "$model_dir/tiny-llama.gguf" <<'PY'
+import sys
+from clusterctl.deploy.tinymodels import find_vocab_gguf, write_tiny_gguf
+vocab = find_vocab_gguf()
+if vocab is None:
+    sys.exit("no llama.cpp source tarball in the cache: run bootstrap first")
+write_tiny_gguf(sys.argv[1], vocab)
+print(sys.argv[1])
+PY
+
+step "plan-model"
+$cc plan-model "$model_dir/tiny-llama.gguf" -i "$inv"
+
+step "deploy-model: llama.cpp RPC across the 3 nodes; ready = a real chat completion"
+$cc deploy-model "$model_dir/tiny-llama.gguf" -i "$inv" --name tiny
+
+step "status"
+$cc status -i "$inv"
