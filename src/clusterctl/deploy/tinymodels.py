@@ -24,9 +24,8 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n
 
 
 def _cache() -> Path:
-    base = os.environ.get("CLUSTERCTL_CACHE_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "clusterctl")
-    return Path(base)
+    from ..engine.build import cache_dir   # where the llamacpp role stages its source
+    return cache_dir()
 
 
 def find_vocab_gguf() -> Path | None:
