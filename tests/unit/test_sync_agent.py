@@ -148,6 +148,30 @@ def test_status_records_come_back_up_the_chain(tmp_path, source):
     assert set(records["n2"]["files"]) == {"empty"} and records["n2"]["final"]
 
 
+def test_a_relay_named_after_it_started_reports_under_that_name(tmp_path, source):
+    """The relay's name is read when its upstream connects, not when it starts listening
+    (a relay thread that already runs must not report its records as nameless)."""
+    src, files = source
+    stream = _stream_files(files)
+    r1 = Relay(tmp_path / "n1", {})
+    time.sleep(0.2)                     # the relay thread is surely waiting in accept()
+    r1.cfg["name"] = "n1"
+    sock = agent.connect("127.0.0.1", r1.port)
+    records = {}
+    pump = agent._RecordPump(sock, "n1",
+                             lambda line: agent.merge_record(records, json.loads(line)),
+                             lambda n, e: None)
+    pump.start()
+    sources = {f["path"]: str(src / f["path"]) for f in stream}
+    agent.send_stream(sock, stream, r1.hop("n1"), [], sources, want={"n1": _want(stream)})
+    sock.shutdown(socket.SHUT_WR)
+    pump.join(timeout=20)
+    sock.close()
+    r1.join()
+    assert set(records) == {"n1"} and records["n1"]["final"]
+    assert records["n1"]["state"] == "done"
+
+
 def test_merge_record_keeps_final_records():
     records = {}
     agent.merge_record(records, {"node": "a", "bytes_in": 5})

@@ -738,7 +738,7 @@ def run_relay(cfg, listener, status):
     records back up the chain."""
     writer = _Writer(cfg, status)
     writer.start()
-    name = cfg.get("name")
+    name = None             # read once the upstream connected (as "want" is), not before
     up = down = upward = pump = None
     idle = float(cfg.get("idle_timeout", 600))
     stopping = False
@@ -765,6 +765,7 @@ def run_relay(cfg, listener, status):
             up = conn
             break
         listener.close()
+        name = cfg.get("name")
         up.settimeout(idle)
         upward = _Upward(up)
         status.update(state="receiving", upstream="%s:%s" % addr[:2])
