@@ -144,7 +144,7 @@ class Connection:
         except paramiko.AuthenticationException as exc:
             raise UnreachableError(self.name, f"authentication failed as {host.user}@{host.address}:"
                                    f"{host.port}: {exc}") from None
-        except (socket.timeout, TimeoutError) as exc:
+        except (socket.timeout, TimeoutError):
             raise UnreachableError(self.name, f"timed out connecting to {host.address}:{host.port}"
                                    f" after {self.connect_timeout:g}s") from None
         except (OSError, paramiko.SSHException, EOFError) as exc:

@@ -2,33 +2,19 @@
 function of deploy.launch (or the planner), render the result."""
 from __future__ import annotations
 
-import functools
 import sys
 
 import click
 
+from ..cli import handle_errors, inventory_options, load_inventory_arg
 from ..errors import EXIT_BAD_INPUT, EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, InputError
 
 
-def _handled(fn):
-    """The main CLI's error handling (one clear message and its exit code)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from ..cli import handle_errors
-        return handle_errors(fn)(*args, **kwargs)
-    return wrapper
-
-
 def _inventory_options(fn):
-    fn = click.option("-i", "--inventory", "inventory_opt", metavar="FILE",
-                      help="Inventory file (default ./inventory.yaml, then "
-                           "$CLUSTERCTL_INVENTORY).")(fn)
-    fn = click.option("-l", "--limit", multiple=True, metavar="PATTERN",
-                      help="Only hosts matching PATTERN (host, group, glob, !exclude); "
-                           "repeatable.")(fn)
-    fn = click.option("--accept-new-host-keys", is_flag=True,
-                      help="Trust SSH host keys seen for the first time and record them.")(fn)
-    return fn
+    """The main CLI's -i/--limit, plus the host-key flag."""
+    fn = inventory_options(fn)
+    return click.option("--accept-new-host-keys", is_flag=True,
+                        help="Trust SSH host keys seen for the first time and record them.")(fn)
 
 
 def _plan_options(fn):
@@ -46,7 +32,6 @@ def _plan_options(fn):
 
 
 def _load_inventory(option: str | None):
-    from ..cli import load_inventory_arg
     return load_inventory_arg(None, option)
 
 
@@ -74,7 +59,7 @@ def _console(stderr: bool = False):
               help="With --nodes: RAM of each node (CPU plans).")
 @click.option("--json", "as_json", is_flag=True, help="The plan as one JSON object.")
 @click.option("-v", "--verbose", count=True)
-@_handled
+@handle_errors
 def plan_model_command(model, inventory_opt, limit, accept_new_host_keys, max_model_len,
                        gpu_memory_utilization, kv_cache_dtype, concurrency, n_nodes,
                        gpus_per_node, gpu_memory_gb, ram_gb, as_json, verbose):
@@ -201,7 +186,7 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys):
 @click.option("--diff", is_flag=True, help="Show the unit files' diffs.")
 @click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
 @click.option("-v", "--verbose", count=True)
-@_handled
+@handle_errors
 def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, backend, name,
                          port, served_name, max_model_len, gpu_memory_utilization,
                          kv_cache_dtype, tp, pp, executor, enforce_eager, cpu_kvcache_gb,
@@ -274,7 +259,7 @@ def _esc(text: str) -> str:
 @_inventory_options
 @click.option("--all", "all_", is_flag=True, help="Every deployment.")
 @click.option("-v", "--verbose", count=True)
-@_handled
+@handle_errors
 def undeploy_command(name, inventory_opt, limit, accept_new_host_keys, all_, verbose):
     """Stop and remove deployment NAME (its units on every host, its load balancer and
     its record). NAME may be left out when only one model is deployed. llama.cpp RPC
@@ -294,7 +279,7 @@ def undeploy_command(name, inventory_opt, limit, accept_new_host_keys, all_, ver
 @_inventory_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON list of deployments.")
 @click.option("-v", "--verbose", count=True)
-@_handled
+@handle_errors
 def status_command(inventory_opt, limit, accept_new_host_keys, as_json, verbose):
     """What is deployed where: each deployment's backend, hosts, endpoint and health
     (ready: every unit active and every endpoint lists the model; degraded: the endpoint

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import struct
 import tarfile
 from pathlib import Path
