@@ -6,7 +6,8 @@ import sys
 import click
 from rich.console import Console
 
-from ..errors import EXIT_BAD_INPUT, ClusterctlError
+from ..cli import handle_errors, load_inventory_arg
+from ..errors import EXIT_BAD_INPUT
 
 
 @click.command(name="netcheck")
@@ -29,38 +30,26 @@ from ..errors import EXIT_BAD_INPUT, ClusterctlError
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust SSH host keys seen for the first time and record them.")
 @click.option("-v", "--verbose", count=True, help="Show progress; -vv: tracebacks of bugs.")
+@handle_errors
 def netcheck_command(inventory_opt, limit, as_json, report_path, duration, parallel,
                      no_bandwidth, bidir, accept_new_host_keys, verbose):
     """Prove the network is fit for distributed inference: bandwidth matrix (iperf3),
     jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
     skew, InfiniBand. Exit 1 when any finding is an error."""
-    from ..inventory import load_inventory, resolve_inventory_path
     from .report import render, to_json, write_report
     from .run import NetcheckOptions, run_netcheck
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        if report_path and not report_path.lower().endswith((".svg", ".html", ".htm")):
-            raise click.BadParameter("give a file ending in .svg or .html",
-                                     param_hint="--report")
-        inv = load_inventory(resolve_inventory_path(inventory_opt))
-        for warning in inv.warnings:
-            err.print(f"[yellow]warning:[/yellow] {warning}")
-        hosts = inv.select(list(limit)) if limit else list(inv.hosts.values())
-        options = NetcheckOptions(
-            duration=duration, schedule="tournament" if parallel else "serial",
-            bandwidth=not no_bandwidth, bidir=bidir, accept_new_host_keys=accept_new_host_keys,
-            progress=(lambda m: err.print(f"[dim]{m}[/dim]")) if verbose or not as_json
-            else None)
-        result = run_netcheck(inv, hosts, options)
-    except click.BadParameter:
-        raise
-    except ClusterctlError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.secho("interrupted", fg="red", err=True)
-        sys.exit(130)
+    if report_path and not report_path.lower().endswith((".svg", ".html", ".htm")):
+        raise click.BadParameter("give a file ending in .svg or .html", param_hint="--report")
+    inv = load_inventory_arg(None, inventory_opt)
+    hosts = inv.select(list(limit)) if limit else list(inv.hosts.values())
+    options = NetcheckOptions(
+        duration=duration, schedule="tournament" if parallel else "serial",
+        bandwidth=not no_bandwidth, bidir=bidir, accept_new_host_keys=accept_new_host_keys,
+        progress=(lambda m: err.print(f"[dim]{m}[/dim]")) if verbose or not as_json
+        else None)
+    result = run_netcheck(inv, hosts, options)
     if as_json:
         click.echo(to_json(result))
     else:
