@@ -1,5 +1,6 @@
 """Controller-side safety checks: PIDs are ours before they are signalled, clear refusals."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -29,6 +30,56 @@ def test_is_ours_checks_start_time_and_markers():
     finally:
         child.kill()
         child.wait()
+
+
+def _spawn_marked(marker: str) -> subprocess.Popen:
+    # a shell that stays (it forks sleep), in its own group so the sleep goes with it
+    return subprocess.Popen(["sh", "-c", "sleep 30; :", marker], start_new_session=True)
+
+
+def _kill_group(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    child.wait()
+
+
+def test_is_ours_recognises_every_just_started_process():
+    """Right after Popen returns, /proc/PID/cmdline is often still empty (the kernel is in
+    the middle of exec); each of many fresh processes must still be recognised."""
+    missed = []
+    for k in range(150):
+        marker = f"clusterctl-test-spawn-{k}"
+        child = _spawn_marked(marker)
+        try:
+            if not procs.is_ours(child.pid, procs.start_time(child.pid), marker):
+                missed.append(k)
+        finally:
+            _kill_group(child)
+    assert missed == []
+
+
+def test_is_ours_waits_for_an_empty_cmdline_then_reads_it(monkeypatch):
+    child = _spawn_marked("clusterctl-test-settle")
+    try:
+        started = procs.start_time(child.pid)
+        real = procs.cmdline
+        reads = []
+
+        def in_exec(pid):            # the first reads see a process in the middle of exec
+            reads.append(pid)
+            return [] if len(reads) <= 3 else real(pid)
+        monkeypatch.setattr(procs, "cmdline", in_exec)
+        assert procs.is_ours(child.pid, started, "clusterctl-test-settle")
+        assert len(reads) == 4
+        # a command line that stays empty (a kernel thread, say) is not ours: no wait forever
+        monkeypatch.setattr(procs, "cmdline", lambda pid: [])
+        assert not procs.is_ours(child.pid, started, "clusterctl-test-settle", settle=0.05)
+        # without markers there is nothing to read: start time and liveness decide
+        assert procs.is_ours(child.pid, started)
+    finally:
+        _kill_group(child)
 
 
 def test_stop_leaves_a_reused_pid_alone():

@@ -3,6 +3,11 @@
 A PID alone can be reused after its process exits, so every process the lab records is
 recorded with its start time (field 22 of /proc/PID/stat); before a signal is sent, the
 start time and the command line are checked again.
+
+A process that has just been started reads an empty /proc/PID/cmdline for a moment: the
+kernel closes the close-on-exec descriptors (which is when `subprocess.Popen` returns)
+before it has placed the new program's arguments. The start time is already final then
+(it is set at fork), so `is_ours` waits briefly for the command line to appear.
 """
 from __future__ import annotations
 
@@ -30,17 +35,33 @@ def cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def is_ours(pid: int | None, started: int | None, *markers: str) -> bool:
+CMDLINE_SETTLE = 1.0       # seconds to wait for the command line of a process in exec
+
+
+def is_ours(pid: int | None, started: int | None, *markers: str,
+            settle: float = CMDLINE_SETTLE) -> bool:
     """True when PID is alive, started when we recorded, and its command line contains
-    every marker (a marker matches a whole argument or a part of one)."""
+    every marker (a marker matches a whole argument or a part of one).
+
+    An empty command line of a live process with the recorded start time is a process in
+    the middle of exec (or a kernel thread, which is never one we recorded): it is read
+    again for up to `settle` seconds before the answer is no."""
     if not pid or started is None:
         return False
     if start_time(pid) != started or not alive(pid):     # a zombie is not running
         return False
     if not markers:
         return True
-    args = cmdline(pid)
-    return all(any(m in a for a in args) for m in markers)
+    deadline = time.monotonic() + settle
+    delay = 0.001
+    while True:
+        args = cmdline(pid)
+        if args:
+            return all(any(m in a for a in args) for m in markers)
+        if time.monotonic() >= deadline or start_time(pid) != started or not alive(pid):
+            return False
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 def children(pid: int) -> list[int]:
