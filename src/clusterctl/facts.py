@@ -37,6 +37,9 @@ import stat as statmod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from .gpu_health import SNIPPET as _GPU_HEALTH_SNIPPET
+from .gpu_health import parse_gpu_health_fact as _p_gpu_health
+
 MARKER = "@@clusterctl-fact"
 END_MARKER = "@@clusterctl-facts-end"
 CONTENT_LIMIT = 256 * 1024  # bytes of file content transferred with a `file` fact
@@ -44,7 +47,9 @@ CONTENT_LIMIT = 256 * 1024  # bytes of file content transferred with a `file` fa
 BASE_KINDS = ("os", "kernel", "arch", "interfaces", "routes", "packages", "gpus",
               "infiniband", "python", "net_manager", "networkd_files", "nvcc", "cpus", "memory")
 PARAM_KINDS = ("file", "dir", "path", "pip", "unit", "sysctl", "check", "link")
-KINDS = BASE_KINDS + PARAM_KINDS
+# no argument, but gathered only when asked for (not in BASE_REQUESTS): slow or of use to few
+ON_DEMAND_KINDS = ("gpu_health",)
+KINDS = BASE_KINDS + PARAM_KINDS + ON_DEMAND_KINDS
 NET_MANAGERS = ("networkd", "netplan", "ifupdown", "none")
 
 
@@ -271,7 +276,7 @@ def _validate(req: FactRequest) -> None:
         raise ValueError(f"unknown fact kind {req.kind!r} (known: {', '.join(KINDS)})")
     if not isinstance(req.arg, str):
         raise ValueError(f"fact {req.kind}: arg must be a string, got {type(req.arg).__name__}")
-    if req.kind in BASE_KINDS:
+    if req.kind in BASE_KINDS or req.kind in ON_DEMAND_KINDS:
         if req.arg:
             raise ValueError(f"fact {req.kind} takes no argument, got {req.arg!r}")
         return
@@ -685,6 +690,11 @@ _PARSERS: dict[str, Callable[[str, int, str], Any]] = {
     "sysctl": _p_sysctl, "check": _p_check, "link": _p_link,
 }
 
+# gpu_health (on demand): nvidia-smi health query, banner, kernel XIDs, dcgmi diag -r 1;
+# snippet and parser live in gpu_health.py
+_BASE_SNIPPETS["gpu_health"] = _GPU_HEALTH_SNIPPET
+_PARSERS["gpu_health"] = _p_gpu_health
+
 _HEADER_RE = re.compile(rf"^{MARKER} (\S+) (\S+) (\S+)$", re.M)
 _END_RE = re.compile(rf"^{END_MARKER} (\d+)$", re.M)
 
@@ -804,6 +814,8 @@ class Facts:
     nvcc = property(lambda self: self._base("nvcc"))
     cpus = property(lambda self: self._base("cpus"))
     memory_mib = property(lambda self: self._base("memory"))
+    gpu_health = property(lambda self: self._base("gpu_health"),
+                          doc="gpu_health.GpuHealth (on demand: request FactRequest('gpu_health'))")
 
     @property
     def default_route(self) -> Route | None:
