@@ -10,7 +10,7 @@ import traceback
 import click
 
 from . import __version__
-from .errors import EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, ClusterctlError
+from .errors import EXIT_HOST_FAILED, ClusterctlError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -86,16 +86,23 @@ def load_inventory_arg(positional: str | None, option: str | None):
 
 def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, keep_going,
              accept_new_host_keys, roles_path, limit, extra_vars=None):
-    """Run a playbook and render it; returns the RunReport."""
+    """Run a playbook in one session and render it once, at the end (the JSON carries
+    the final exit code); returns the RunReport."""
     from .engine.roles import default_roles_paths, load_playbook
     from .engine.runner import RunOptions, run_playbook
     from .render import LineReporter, console, print_json, print_recap
+    from .session import Session
     plays = load_playbook(playbook, default_roles_paths(list(roles_path)))
     options = RunOptions(check=check, diff=diff, forks=forks, keep_going=keep_going,
                          accept_new_host_keys=accept_new_host_keys, limit=list(limit) or None,
                          extra_vars=extra_vars or {})
     reporter = LineReporter(console(stderr=as_json), verbosity=verbose, diff=diff)
-    report = run_playbook(inventory, plays, options, reporter)
+    with Session(inventory, forks=forks, accept_new_host_keys=accept_new_host_keys) as session:
+        report = run_playbook(inventory, plays, options, reporter, session)
+    for result in report.results:       # the Ray check's summary, also without -v
+        if result.task is not None and result.task.op == "ray_cluster" and \
+                result.status == "ok" and result.message.startswith("ray: "):
+            console(stderr=as_json).print(f"[green]{result.message}[/green]")
     if as_json:
         print_json(report.to_dict())
     else:
@@ -104,11 +111,7 @@ def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, 
 
 
 def exit_code_for(report) -> int:
-    if report.failed_hosts:
-        return EXIT_HOST_FAILED
-    if report.check and report.changed:
-        return EXIT_CHANGES_PENDING
-    return 0
+    return report.exit_code
 
 
 #: capability commands, imported only when used (keeps `clusterctl bootstrap` start-up
@@ -151,7 +154,8 @@ def main():
 @run_options
 @click.option("--playbook", default="bootstrap", show_default=True,
               help="Playbook name (in playbooks/) or path.")
-@click.option("--skip-verify", is_flag=True, help="Do not check `ray status` at the end.")
+@click.option("--skip-verify", is_flag=True, help="Skip the Ray cluster check (the "
+              "playbook's ray_cluster task).")
 @handle_errors
 def bootstrap(inventory, inventory_opt, limit, check, diff, as_json, verbose, forks, keep_going,
               accept_new_host_keys, roles_path, playbook, skip_verify):
@@ -161,14 +165,8 @@ def bootstrap(inventory, inventory_opt, limit, check, diff, as_json, verbose, fo
     report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
                       forks=forks, keep_going=keep_going,
                       accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
-                      limit=limit)
-    code = exit_code_for(report)
-    if code == 0 and not check and not skip_verify and playbook == "bootstrap":
-        from .bootstrap import verify_ray_cluster
-        from .render import console
-        verify_ray_cluster(inv, report, console(stderr=as_json),
-                           accept_new_host_keys=accept_new_host_keys)
-    sys.exit(code)
+                      limit=limit, extra_vars={"ray_verify": False} if skip_verify else None)
+    sys.exit(exit_code_for(report))
 
 
 @main.command(name="apply")

@@ -186,6 +186,10 @@ class Connection:
             pass
 
     @property
+    def is_open(self) -> bool:
+        return self._conn is not None and self._conn.is_connected
+
+    @property
     def is_root(self) -> bool:
         return self.host.user == "root"
 

@@ -1,7 +1,7 @@
 """Parsing what Ray says about its cluster."""
 import json
 
-from clusterctl.bootstrap import RayCheck, parse_ray_status_totals, parse_state_nodes
+from clusterctl.engine.raycheck import RayCheck, parse_ray_status_totals, parse_state_nodes
 
 RAY_STATUS = """======== Autoscaler status: 2026-11-21 10:00:00.000000 ========
 Node status

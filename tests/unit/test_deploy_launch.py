@@ -180,8 +180,13 @@ SYSTEMCTL_SHIM = textwrap.dedent("""\
 
 
 class LocalConnection:
+    is_open = True
+
     def __init__(self, host):
         self.host, self.name = host, host.name
+
+    def open(self):
+        return self
 
     def run(self, cmd, *, check=True, env=None, stdin=None, timeout=None):
         argv = cmd if isinstance(cmd, list) else ["bash", "-c", cmd]
@@ -198,14 +203,13 @@ class LocalConnection:
 @pytest.fixture
 def check_hosts(tmp_path, monkeypatch):
     """An inventory of three hosts on this machine (lo), systemd answered by a shim."""
-    from clusterctl.engine import runner as runner_mod
+    from clusterctl import session as session_mod
     shim = tmp_path / "bin"
     shim.mkdir()
     (shim / "systemctl").write_text(SYSTEMCTL_SHIM)
     (shim / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(runner_mod, "connect_all",
-                        lambda hosts, **kw: ({h.name: LocalConnection(h) for h in hosts}, {}))
+    monkeypatch.setattr(session_mod, "Connection", lambda host, **kw: LocalConnection(host))
     inv = tmp_path / "inventory.yaml"
     inv.write_text("all:\n  vars: {cluster: {network: lo}}\n  hosts:\n"
                    "    n1: {ansible_host: 127.0.0.1, role: head}\n"

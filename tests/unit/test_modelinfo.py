@@ -403,3 +403,27 @@ def test_read_then_plan_tiny_model(tmp_path):
     assert (plan.tensor_parallel_size, plan.pipeline_parallel_size, plan.fits) == (1, 1, True)
     assert plan.max_model_len == 2048                         # the model's own maximum
     assert any("safetensors headers" in r for r in plan.reasons)
+
+
+def test_oversized_config_is_refused_with_the_limit(tmp_path):
+    folder = make_hf(tmp_path / "big", tensors=False)
+    (folder / "config.json").write_text('{"pad": "' + "x" * (17 * 2**20) + '"}')
+    with pytest.raises(InputError, match="over the 16 MiB limit") as e:
+        read_model_info(folder)
+    assert str(folder / "config.json") in str(e.value)
+
+
+def test_per_layer_head_counts_of_many_layers_are_kept(tmp_path):
+    """Hybrid models store per-layer head counts: an array as long as the layers."""
+    path = tmp_path / "hybrid.gguf"
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(100)
+    w.add_embedding_length(64)
+    w.add_head_count(4)
+    w.add_array("llama.attention.head_count_kv", [0, 2] * 50)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    info = read_model_info(path)
+    assert (info.num_layers, info.num_kv_heads) == (100, 2)

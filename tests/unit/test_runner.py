@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterctl.engine import runner as runner_mod
+from clusterctl import session as session_mod
 from clusterctl.engine.roles import load_playbook
 from clusterctl.engine.runner import RunOptions, run_playbook
 from clusterctl.errors import CommandFailed, InputError
@@ -19,8 +19,13 @@ from clusterctl.remote import RunResult
 class LocalConnection:
     calls: list = []
 
+    is_open = True
+
     def __init__(self, host):
         self.host, self.name = host, host.name
+
+    def open(self):
+        return self
 
     def run(self, cmd, *, check=True, env=None, stdin=None, timeout=None):
         argv = cmd if isinstance(cmd, list) else ["bash", "-c", cmd]
@@ -47,9 +52,7 @@ class LocalConnection:
 def local(monkeypatch):
     LocalConnection.calls = []
 
-    def fake_connect_all(hosts, **kw):
-        return {h.name: LocalConnection(h) for h in hosts}, {}
-    monkeypatch.setattr(runner_mod, "connect_all", fake_connect_all)
+    monkeypatch.setattr(session_mod, "Connection", lambda host, **kw: LocalConnection(host))
     return LocalConnection
 
 

@@ -126,7 +126,7 @@ def _parallel(conns: dict[str, Connection], fn, forks: int = 20) -> dict:
 
 def host_infos(hosts: list, facts: dict[str, Facts]) -> list[HostInfo]:
     """HostInfo of each host (head first), from inventory vars and facts."""
-    from ..engine.runner import cluster_address
+    from ..session import cluster_address
     out = []
     for h in sorted(hosts, key=lambda h: not h.is_head):
         f = facts[h.name]

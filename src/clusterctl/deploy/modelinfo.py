@@ -15,15 +15,22 @@ constants (value types, quantization block sizes, file types).
 into numpy objects, and a 150k-token vocabulary takes seconds to load that way.
 This parser skips arrays it does not need and only counts their elements.
 
-Every expected problem (missing file, bad JSON, not a GGUF, truncated header) is an
-``InputError`` that names the file.
+Every file read is untrusted. Each is checked to be a regular file (``os.stat``
+before it is opened, and again on the open descriptor, so a FIFO or device named
+``model.safetensors`` never blocks), its header or JSON is size-capped, JSON nesting is
+bounded, and every field used is checked for type, finiteness and range. Shard names
+from an index must stay inside the model folder. Every expected problem (missing file,
+bad JSON, not a GGUF, truncated header, a field out of range) is an ``InputError``
+(exit 2) that names the file and, for a field, its key.
 """
 from __future__ import annotations
 
 import json
 import math
 import mmap
+import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +80,8 @@ def read_model_info(path: str | Path) -> ModelInfo:
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError("model path does not exist", file=str(p))
+    if not p.is_dir():
+        _stat_regular(p)                  # a FIFO or device is refused, never opened
     if p.is_file():
         if p.suffix.lower() == ".gguf" or _has_gguf_magic(p):
             return _read_gguf_model(p)
@@ -82,7 +91,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
                          file=str(p))
     has_weights = any(p.glob("*.safetensors")) or any(p.glob("*.bin"))
     ggufs = sorted(x for x in p.glob("*.gguf") if x.is_file())
-    if (p / "config.json").is_file() and (has_weights or not ggufs):
+    if os.path.lexists(p / "config.json") and (has_weights or not ggufs):
         return _read_hf_folder(p)
     if ggufs:
         return _read_gguf_model(_pick_gguf(p, ggufs))
@@ -90,7 +99,7 @@ def read_model_info(path: str | Path) -> ModelInfo:
                      file=str(p))
 
 
-# --------------------------------------------------------------------------- HF folders
+# --------------------------------------------------------------------------- fields and limits
 
 _NESTED_CONFIG_KEYS = ("text_config", "llm_config", "language_config")
 
@@ -116,21 +125,162 @@ _ST_DTYPES: dict[str, tuple[float, str]] = {
     "F8_E5M2": (1, "float8_e5m2"), "F8_E8M0": (1, "float8_e8m0fnu"),
 }
 
-_MAX_ST_HEADER = 100 * 1024 * 1024
+_MAX_ST_HEADER = 100 * 1024 * 1024       # safetensors' own limit for the JSON header
+_MAX_CONFIG_BYTES = 16 * 1024 * 1024     # config.json (real ones are a few KB)
+_MAX_INDEX_BYTES = 64 * 1024 * 1024      # *.index.json (DeepSeek-V3's is ~9 MB)
+_MAX_JSON_DEPTH = 32                     # nesting of config/index JSON (real: <= 5)
+_MAX_SHARDS = 100_000
+
+# Sane upper bounds for the shape fields (the largest real models are far below).
+_MAX_LAYERS = 10_000
+_MAX_HEADS = 65_536
+_MAX_HIDDEN = 1 << 24
+_MAX_HEAD_DIM = 1 << 16
+_MAX_VOCAB = 1 << 28
+_MAX_CONTEXT = 1 << 31
+_MAX_EXPERTS = 1 << 16
+_MAX_INTERMEDIATE = 1 << 26
+_MAX_DIM = 1 << 40                       # one tensor dimension
+_MAX_TENSOR_BYTES = 1 << 50              # one tensor (1 PiB)
+_MAX_TENSOR_RANK = 16
 
 
-def _load_json(path: Path) -> Any:
+# --------------------------------------------------------------------------- reading files
+
+
+def _stat_regular(path: Path) -> os.stat_result:
+    """os.stat of `path` (following links); InputError unless it is a regular file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        st = os.stat(path)
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", file=str(path)) from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"not UTF-8 text ({e.reason})", file=str(path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError("not a regular file (a folder, FIFO, socket or device): not read",
+                         file=str(path))
+    return st
+
+
+def _open_regular(path: Path):
+    """Open a regular file for reading without ever blocking: stat first, then open
+    non-blocking and check the descriptor again (the name may have been swapped)."""
+    _stat_regular(path)
     try:
-        return json.loads(text)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+                     | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError("not a regular file (a folder, FIFO, socket or device): not "
+                             "read", file=str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_capped(path: Path, cap: int, what: str) -> bytes:
+    size = _stat_regular(path).st_size
+    if size > cap:
+        raise InputError(f"{what} is {size} bytes, over the {cap // 2**20} MiB limit for "
+                         f"a {what} (corrupt or not a {what}?)", file=str(path))
+    try:
+        with _open_regular(path) as f:
+            data = f.read(cap + 1)
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", file=str(path)) from None
+    if len(data) > cap:
+        raise InputError(f"{what} is over the {cap // 2**20} MiB limit for a {what}",
+                         file=str(path))
+    return data
+
+
+def _json_depth_ok(obj: Any, limit: int) -> bool:
+    """True when `obj` nests at most `limit` containers deep (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return False
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
+    return True
+
+
+def _parse_json(data: bytes, path: Path, what: str = "JSON",
+                depth: int = _MAX_JSON_DEPTH) -> Any:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} is not UTF-8 text ({e.reason})", file=str(path)) from None
+    try:
+        obj = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(f"invalid JSON: {e.msg}", file=str(path), line=e.lineno,
                          column=e.colno) from None
+    except RecursionError:
+        raise InputError(f"invalid {what}: nested deeper than {depth} levels",
+                         file=str(path)) from None
+    except ValueError:                           # e.g. an integer of 5000 digits
+        raise InputError(f"invalid {what}: a number too long to read", file=str(path)) from None
+    if not _json_depth_ok(obj, depth):
+        raise InputError(f"invalid {what}: nested deeper than {depth} levels",
+                         file=str(path))
+    return obj
+
+
+def _load_json(path: Path, cap: int = _MAX_CONFIG_BYTES, what: str = "JSON file") -> Any:
+    return _parse_json(_read_capped(path, cap, what), path, what)
+
+
+def _show(value: Any) -> str:
+    """A short, safe description of a bad value for a message."""
+    if isinstance(value, (dict, list, tuple)):
+        return f"a {type(value).__name__}"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _int_field(value: Any, *, file: str, key: str, lo: int = 1, hi: int,
+               required: bool = False) -> int | None:
+    """`value` as an int in [lo, hi]; None when absent and not required. Whole finite
+    floats (2048.0) are accepted; bools, strings, NaN, inf and fractions are not."""
+    if value is None:
+        if required:
+            raise InputError(f"missing {key} (need an integer from {lo} to {hi})",
+                             file=file, key=key)
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{key} is {_show(value)}, not a number (need an integer from "
+                         f"{lo} to {hi})", file=file, key=key)
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise InputError(f"{key} is {value!r} (need an integer from {lo} to {hi})",
+                             file=file, key=key)
+        value = int(value)
+    if not lo <= value <= hi:
+        raise InputError(f"{key} is {value}, out of range (need an integer from {lo} to "
+                         f"{hi})", file=file, key=key)
+    return value
+
+
+def _int_or_none(value: Any, lo: int, hi: int) -> int | None:
+    """Lenient twin of _int_field: None for anything that is not a whole number in range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return None
+        value = int(value)
+    return value if lo <= value <= hi else None
+
+
+# --------------------------------------------------------------------------- HF folders
 
 
 def _first(cfg: dict, key: str) -> Any:
@@ -140,19 +290,34 @@ def _first(cfg: dict, key: str) -> Any:
     return None
 
 
+def _first_alias(cfg: dict, key: str) -> str:
+    for alias in _ALIASES[key]:
+        if cfg.get(alias) is not None:
+            return alias
+    return _ALIASES[key][0]
+
+
+def _nested_key(raw: dict) -> str | None:
+    """The nested text config merged over the top level (multimodal models), if any."""
+    if _first(raw, "num_layers") is not None:
+        return None
+    for key in _NESTED_CONFIG_KEYS:
+        if isinstance(raw.get(key), dict):
+            return key
+    return None
+
+
 def _flatten_config(raw: dict) -> dict:
     """Merge a nested text config over the top level (multimodal models)."""
     cfg = dict(raw)
-    for key in _NESTED_CONFIG_KEYS:
-        nested = raw.get(key)
-        if isinstance(nested, dict) and _first(raw, "num_layers") is None:
-            cfg.update({k: v for k, v in nested.items() if v is not None})
-            break
+    nested = _nested_key(raw)
+    if nested:
+        cfg.update({k: v for k, v in raw[nested].items() if v is not None})
     return cfg
 
 
 def _dtype_name(value: Any) -> str | None:
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str) or not value or len(value) > 64:
         return None
     v = value.removeprefix("torch.").lower()
     return {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32",
@@ -163,26 +328,98 @@ def read_safetensors_header(path: str | Path) -> dict:
     """The JSON header of a .safetensors file (8-byte LE length, then JSON)."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
+        with _open_regular(p) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) < 8:
                 raise InputError("not a safetensors file (shorter than 8 bytes)", file=str(p))
             (n,) = struct.unpack("<Q", head)
-            size = p.stat().st_size
-            if n == 0 or n > _MAX_ST_HEADER or 8 + n > size:
+            if n > _MAX_ST_HEADER:
+                raise InputError(f"not a safetensors file, or a hostile one: header length "
+                                 f"{n} bytes is over the {_MAX_ST_HEADER // 2**20} MiB "
+                                 f"limit", file=str(p), key="header length")
+            if n == 0 or 8 + n > size:
                 raise InputError(f"not a safetensors file (header length {n} does not fit "
-                                 f"in a {size}-byte file)", file=str(p))
+                                 f"in a {size}-byte file)", file=str(p), key="header length")
             raw = f.read(n)
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", file=str(p)) from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
+        header = json.loads(text)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"not a safetensors file (header is not JSON: {e})",
+                         file=str(p)) from None
+    except RecursionError:
+        raise InputError("not a safetensors file (header JSON nested too deeply)",
+                         file=str(p)) from None
+    except ValueError:
+        raise InputError("not a safetensors file (header holds a number too long to read)",
                          file=str(p)) from None
     if not isinstance(header, dict):
         raise InputError("not a safetensors file (header is not a JSON object)", file=str(p))
     return header
+
+
+@dataclass
+class _TensorTotals:
+    elements: int = 0
+    data_bytes: int = 0
+    by_dtype: dict[str, int] = field(default_factory=dict)
+
+
+def _safetensors_totals(header: dict, path: Path, totals: _TensorTotals) -> None:
+    """Add one shard's tensors to `totals`, checking every entry field by field.
+
+    The data area itself is not checked against the file size: a remote model is read
+    from its headers alone (see models.build_shadow)."""
+    where = str(path)
+    for name, t in header.items():
+        label = name if len(name) <= 80 else name[:77] + "..."
+        if name == "__metadata__":
+            continue
+        if not isinstance(t, dict):
+            raise InputError(f"tensor {label!r} is {_show(t)}, not an object",
+                             file=where, key=label)
+        dtype, shape, offsets = t.get("dtype"), t.get("shape"), t.get("data_offsets")
+        if not isinstance(dtype, str) or not 0 < len(dtype) <= 32:
+            raise InputError(f"tensor {label!r}: dtype is {_show(dtype)} (need a name like "
+                             f"BF16)", file=where, key=f"{label}.dtype")
+        if not isinstance(shape, list) or len(shape) > _MAX_TENSOR_RANK:
+            raise InputError(f"tensor {label!r}: shape is {_show(shape)} (need a list of at "
+                             f"most {_MAX_TENSOR_RANK} sizes)", file=where,
+                             key=f"{label}.shape")
+        n = 1
+        for d in shape:
+            n *= _int_field(d, file=where, key=f"{label}.shape", lo=0, hi=_MAX_DIM,
+                            required=True)
+        if not isinstance(offsets, list) or len(offsets) != 2:
+            raise InputError(f"tensor {label!r}: data_offsets is {_show(offsets)} (need "
+                             f"[start, end])", file=where, key=f"{label}.data_offsets")
+        start, end = (_int_field(o, file=where, key=f"{label}.data_offsets", lo=0,
+                                 hi=_MAX_TENSOR_BYTES * 1024, required=True) for o in offsets)
+        if end < start or end - start > _MAX_TENSOR_BYTES:
+            raise InputError(f"tensor {label!r}: data_offsets [{start}, {end}] is not a "
+                             f"byte range of at most {_MAX_TENSOR_BYTES} bytes", file=where,
+                             key=f"{label}.data_offsets")
+        known = _ST_DTYPES.get(dtype)
+        if known is not None and n * known[0] != end - start:
+            raise InputError(f"tensor {label!r}: shape {shape} of {dtype} is "
+                             f"{int(n * known[0])} bytes but data_offsets span "
+                             f"{end - start}", file=where, key=f"{label}.data_offsets")
+        totals.elements += n
+        totals.data_bytes += end - start
+        totals.by_dtype[dtype] = totals.by_dtype.get(dtype, 0) + end - start
+
+
+def _safe_shard_name(name: Any, suffix: str) -> bool:
+    """A shard named by an index: relative, no '..', no backslash or NUL, right suffix."""
+    if not isinstance(name, str) or not 0 < len(name) <= 1024 or not name.endswith(suffix):
+        return False
+    if "\\" in name or "\0" in name or name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        return False
+    parts = name.split("/")
+    return all(part not in ("", ".", "..") for part in parts)
 
 
 def _weight_files(folder: Path) -> tuple[list[Path], dict | None, int, list[str]]:
@@ -192,15 +429,31 @@ def _weight_files(folder: Path) -> tuple[list[Path], dict | None, int, list[str]
     for index_name, kind in (("model.safetensors.index.json", "safetensors"),
                              ("pytorch_model.bin.index.json", "bin")):
         index_path = folder / index_name
-        if not index_path.is_file():
+        if not os.path.lexists(index_path):
             continue
-        index = _load_json(index_path)
+        index = _load_json(index_path, _MAX_INDEX_BYTES, "index file")
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict):
             raise InputError("index has no \"weight_map\" object", file=str(index_path),
                              key="weight_map")
+        suffix = "." + kind
+        for tensor, shard in weight_map.items():
+            if not _safe_shard_name(shard, suffix):
+                label = tensor if len(tensor) <= 80 else tensor[:77] + "..."
+                raise InputError(f"weight_map[{label!r}] is {_show(shard)}: a shard must be "
+                                 f"a *{suffix} file inside the model folder (no absolute "
+                                 f"path, no '..')", file=str(index_path),
+                                 key=f"weight_map.{label}")
         names = sorted(set(weight_map.values()))
-        present = [folder / n for n in names if (folder / n).is_file()]
+        if len(names) > _MAX_SHARDS:
+            raise InputError(f"index lists {len(names)} shards (more than {_MAX_SHARDS})",
+                             file=str(index_path), key="weight_map")
+        present = []
+        for n in names:
+            shard = folder / n
+            if os.path.lexists(shard):
+                _stat_regular(shard)                    # a FIFO or folder is an error
+                present.append(shard)
         if len(present) < len(names):
             warnings.append(f"{len(names) - len(present)} of {len(names)} {kind} shards "
                             f"listed in {index_name} are not on disk (not downloaded yet?)")
@@ -222,8 +475,9 @@ def _quant_from_config(cfg: dict) -> tuple[str | None, int | None]:
     qc = cfg.get("quantization_config") or cfg.get("compression_config")
     if not isinstance(qc, dict):
         return None, None
-    method = str(qc.get("quant_method") or qc.get("quant_type") or "unknown").lower()
-    bits = qc.get("bits") or qc.get("w_bit") or qc.get("weight_bits")
+    method = qc.get("quant_method") or qc.get("quant_type") or "unknown"
+    method = method.lower()[:64] if isinstance(method, str) else "unknown"
+    bits: Any = qc.get("bits") or qc.get("w_bit") or qc.get("weight_bits")
     if bits is None:
         if qc.get("load_in_4bit"):
             bits = 4
@@ -231,107 +485,139 @@ def _quant_from_config(cfg: dict) -> tuple[str | None, int | None]:
             bits = 8
         elif method in ("mxfp4", "nvfp4"):
             bits = 4
-    try:
-        bits = int(bits) if bits is not None else None
-    except (TypeError, ValueError):
-        bits = None
-    return method, bits
+    return method, _int_or_none(bits, 1, 64)
 
 
 def estimate_params_from_config(cfg: dict) -> int | None:
     """Parameter count of a llama-style decoder (dense or MoE) from its config.
 
     embeddings (x2 unless tied) + layers * (attention + MLP); the MLP is gated (3
-    matrices). Norms and biases are ignored (well under 0.1%).
+    matrices). Norms and biases are ignored (well under 0.1%). None when a field it
+    needs is missing or not a whole number in a sane range.
     """
-    cfg = _flatten_config(cfg)
-    h, layers = _first(cfg, "hidden_size"), _first(cfg, "num_layers")
-    heads, vocab = _first(cfg, "num_attention_heads"), _first(cfg, "vocab_size")
-    inter = _first(cfg, "intermediate_size")
-    if not all(isinstance(x, int) and x > 0 for x in (h, layers, heads, vocab, inter)):
+    if not isinstance(cfg, dict):
         return None
-    kv = _first(cfg, "num_kv_heads") or heads
-    hd = cfg.get("head_dim") or h // heads
+    cfg = _flatten_config(cfg)
+    h = _int_or_none(_first(cfg, "hidden_size"), 1, _MAX_HIDDEN)
+    layers = _int_or_none(_first(cfg, "num_layers"), 1, _MAX_LAYERS)
+    heads = _int_or_none(_first(cfg, "num_attention_heads"), 1, _MAX_HEADS)
+    vocab = _int_or_none(_first(cfg, "vocab_size"), 1, _MAX_VOCAB)
+    inter = _int_or_none(_first(cfg, "intermediate_size"), 1, _MAX_INTERMEDIATE)
+    if h is None or layers is None or heads is None or vocab is None or inter is None:
+        return None
+    kv = _int_or_none(_first(cfg, "num_kv_heads"), 1, _MAX_HEADS) or heads
+    hd = _int_or_none(cfg.get("head_dim"), 1, _MAX_HEAD_DIM) or h // heads
     attn = h * heads * hd * 2 + h * kv * hd * 2
-    if cfg.get("kv_lora_rank"):                 # MLA (DeepSeek-V2/V3): rough
-        attn = int(attn * 0.75)
-    experts = _first(cfg, "num_experts")
-    if isinstance(experts, int) and experts > 1:
-        e_inter = cfg.get("moe_intermediate_size") or inter
-        shared = cfg.get("n_shared_experts") or 0
-        shared_inter = cfg.get("shared_expert_intermediate_size") or shared * e_inter
+    if _int_or_none(cfg.get("kv_lora_rank"), 1, _MAX_HIDDEN):   # MLA (DeepSeek-V2/V3): rough
+        attn = attn * 3 // 4
+    experts = _int_or_none(_first(cfg, "num_experts"), 0, _MAX_EXPERTS)
+    if experts is not None and experts > 1:
+        e_inter = _int_or_none(cfg.get("moe_intermediate_size"), 1, _MAX_INTERMEDIATE) or inter
+        shared = _int_or_none(cfg.get("n_shared_experts"), 0, _MAX_EXPERTS) or 0
+        shared_inter = (_int_or_none(cfg.get("shared_expert_intermediate_size"), 1,
+                                     _MAX_INTERMEDIATE) or shared * e_inter)
         moe = experts * 3 * h * e_inter + 3 * h * shared_inter + h * experts
-        dense_layers = int(cfg.get("first_k_dense_replace") or 0)
+        dense_layers = min(layers, _int_or_none(cfg.get("first_k_dense_replace"), 0,
+                                                _MAX_LAYERS) or 0)
         mlp_total = dense_layers * 3 * h * inter + (layers - dense_layers) * moe
     else:
         mlp_total = layers * 3 * h * inter
-    embeddings = vocab * h * (1 if cfg.get("tie_word_embeddings") else 2)
+    embeddings = vocab * h * (1 if cfg.get("tie_word_embeddings") is True else 2)
     return layers * attn + mlp_total + embeddings
+
+
+# key group or config key -> (lowest, highest) for the integer fields read from config.json
+_CONFIG_INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "num_layers": (1, _MAX_LAYERS), "num_attention_heads": (1, _MAX_HEADS),
+    "hidden_size": (1, _MAX_HIDDEN), "num_kv_heads": (1, _MAX_HEADS),
+    "vocab_size": (1, _MAX_VOCAB), "max_position_embeddings": (1, _MAX_CONTEXT),
+    "intermediate_size": (1, _MAX_INTERMEDIATE), "num_experts": (0, _MAX_EXPERTS),
+}
+_CONFIG_PLAIN_INTS: dict[str, tuple[int, int]] = {
+    "head_dim": (1, _MAX_HEAD_DIM), "kv_lora_rank": (0, _MAX_HIDDEN),
+    "qk_rope_head_dim": (0, _MAX_HEAD_DIM), "moe_intermediate_size": (1, _MAX_INTERMEDIATE),
+    "n_shared_experts": (0, _MAX_EXPERTS), "first_k_dense_replace": (0, _MAX_LAYERS),
+    "shared_expert_intermediate_size": (0, _MAX_INTERMEDIATE),
+}
+
+
+def _checked_config(raw: dict, config_path: Path) -> dict[str, int | None]:
+    """Every integer field the reader uses, checked (type, finite, range), by name."""
+    nested = _nested_key(raw)
+    cfg = _flatten_config(raw)
+    where = str(config_path)
+
+    def label(alias: str) -> str:
+        if nested and isinstance(raw.get(nested), dict) and \
+                raw[nested].get(alias) is not None:
+            return f"{nested}.{alias}"
+        return alias
+
+    out: dict[str, int | None] = {}
+    required = ("num_layers", "num_attention_heads", "hidden_size")
+    for key, (lo, hi) in _CONFIG_INT_BOUNDS.items():
+        alias = _first_alias(cfg, key)
+        value = _first(cfg, key)
+        if key in required and (value is None or value is False):
+            raise InputError(f"missing or invalid {alias} (need a positive integer)",
+                             file=where, key=label(alias))
+        out[key] = _int_field(value, file=where, key=label(alias), lo=lo, hi=hi,
+                              required=key in required)
+    for key, (lo, hi) in _CONFIG_PLAIN_INTS.items():
+        out[key] = _int_field(cfg.get(key), file=where, key=label(key), lo=lo, hi=hi)
+    return out
 
 
 def _read_hf_folder(folder: Path) -> ModelInfo:
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not os.path.lexists(config_path):
         raise InputError("no config.json in this folder (not a Hugging Face model?)",
                          file=str(folder))
-    raw = _load_json(config_path)
+    raw = _load_json(config_path, _MAX_CONFIG_BYTES, "config.json")
     if not isinstance(raw, dict):
         raise InputError("config.json is not a JSON object", file=str(config_path))
     cfg = _flatten_config(raw)
-
-    def need(key: str) -> int:
-        value = _first(cfg, key)
-        if not isinstance(value, int) or value <= 0:
-            raise InputError(f"missing or invalid {_ALIASES[key][0]} (need a positive "
-                             f"integer)", file=str(config_path), key=_ALIASES[key][0])
-        return value
-
-    layers, heads, hidden = need("num_layers"), need("num_attention_heads"), need("hidden_size")
-    kv = _first(cfg, "num_kv_heads") or heads
-    if cfg.get("multi_query") and _first(cfg, "num_kv_heads") is None:
+    ints = _checked_config(raw, config_path)
+    layers, heads, hidden = ints["num_layers"], ints["num_attention_heads"], ints["hidden_size"]
+    assert layers and heads and hidden
+    kv = ints["num_kv_heads"] or heads
+    if cfg.get("multi_query") is True and ints["num_kv_heads"] is None:
         kv = 1
-    head_dim = cfg.get("head_dim") or hidden // heads
+    head_dim = ints["head_dim"] or hidden // heads
+    if head_dim < 1:
+        raise InputError(f"head_dim is 0: hidden_size {hidden} is smaller than "
+                         f"num_attention_heads {heads} and no head_dim is given",
+                         file=str(config_path), key="head_dim")
     quant, bits = _quant_from_config(cfg)
     if quant is None:
         quant, bits = _quant_from_config(raw)
     dtype = (_dtype_name(cfg.get("torch_dtype")) or _dtype_name(cfg.get("dtype"))
              or _dtype_name(raw.get("torch_dtype")) or _dtype_name(raw.get("dtype")))
     mla = None
-    if cfg.get("kv_lora_rank"):
-        mla = int(cfg["kv_lora_rank"]) + int(cfg.get("qk_rope_head_dim") or 0)
-    experts = _first(cfg, "num_experts")
+    if ints["kv_lora_rank"]:
+        mla = ints["kv_lora_rank"] + (ints["qk_rope_head_dim"] or 0)
+    experts = ints["num_experts"]
     archs = raw.get("architectures")
+    model_type = cfg.get("model_type")
 
     files, index, missing, warnings = _weight_files(folder)
     weight_bytes = 0
     params: int | None = None
     params_source = ""
-    header_dtypes: dict[str, float] = {}
+    totals = _TensorTotals()
     if files and files[0].suffix == ".safetensors":
-        n_elems, data_bytes = 0, 0
         for f in files:
-            header = read_safetensors_header(f)
-            for name, t in header.items():
-                if name == "__metadata__" or not isinstance(t, dict):
-                    continue
-                try:
-                    start, end = t["data_offsets"]
-                    n = math.prod(t["shape"])
-                except (KeyError, TypeError, ValueError):
-                    raise InputError(f"bad tensor entry {name!r} in safetensors header",
-                                     file=str(f)) from None
-                data_bytes += end - start
-                n_elems += n
-                header_dtypes[t.get("dtype", "?")] = (header_dtypes.get(t.get("dtype", "?"), 0)
-                                                      + end - start)
-        weight_bytes = data_bytes
+            _safetensors_totals(read_safetensors_header(f), f, totals)
+        weight_bytes = totals.data_bytes
         if quant is None or quant.startswith("fp8"):
-            params, params_source = n_elems, "safetensors headers"
+            params, params_source = totals.elements, "safetensors headers"
     else:
-        weight_bytes = sum(f.stat().st_size for f in files)
+        weight_bytes = sum(_stat_regular(f).st_size for f in files)
     if index is not None:
-        total = (index.get("metadata") or {}).get("total_size")
-        if isinstance(total, int) and total > 0 and (missing or not weight_bytes):
+        meta = index.get("metadata")
+        total = meta.get("total_size") if isinstance(meta, dict) else None
+        total = _int_or_none(total, 1, _MAX_TENSOR_BYTES * 1024)
+        if total is not None and (missing or not weight_bytes):
             weight_bytes = total           # the headers only saw part of the model
         elif missing:
             weight_bytes = 0               # partial sum is wrong: estimate from config
@@ -340,8 +626,8 @@ def _read_hf_folder(folder: Path) -> ModelInfo:
     if params is None:
         params = estimate_params_from_config(raw)
         params_source = "config estimate" if params else ""
-    if dtype is None and header_dtypes:
-        top = max(header_dtypes, key=header_dtypes.get)
+    if dtype is None and totals.by_dtype:
+        top = max(totals.by_dtype, key=totals.by_dtype.__getitem__)
         dtype = _ST_DTYPES.get(top, (0, top.lower()))[1]
     if dtype is None:
         dtype = "float16"
@@ -350,7 +636,7 @@ def _read_hf_folder(folder: Path) -> ModelInfo:
         if not params:
             raise InputError("no weight files (*.safetensors, pytorch_model*.bin) and the "
                              "config is not enough to estimate the size", file=str(folder))
-        per = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 2)
+        per: float = {"float32": 4, "float16": 2, "bfloat16": 2}.get(dtype, 2)
         if bits:
             per = bits / 8 * 1.05
         weight_bytes = int(params * per)
@@ -358,17 +644,20 @@ def _read_hf_folder(folder: Path) -> ModelInfo:
         warnings.append(f"{what}: weight size estimated from config.json "
                         f"({params / 1e9:.1f}B params x {per:g} bytes)")
 
+    if isinstance(archs, list) and archs and isinstance(archs[0], str):
+        architecture: str | None = archs[0][:128]
+    else:
+        architecture = model_type[:128] if isinstance(model_type, str) else None
     rel = ["config.json"] + [f.name for f in files]
     return ModelInfo(
         name=folder.resolve().name, format="hf", params=params, weight_bytes=weight_bytes,
         dtype=dtype, quantization=quant, num_layers=layers, num_attention_heads=heads,
-        num_kv_heads=int(kv), hidden_size=hidden, head_dim=int(head_dim),
-        vocab_size=_first(cfg, "vocab_size"),
-        max_position_embeddings=_first(cfg, "max_position_embeddings"),
-        files=rel, path=str(folder), quant_bits=bits,
-        architecture=archs[0] if isinstance(archs, list) and archs else cfg.get("model_type"),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        num_experts=experts if isinstance(experts, int) and experts > 1 else None,
+        num_kv_heads=kv, hidden_size=hidden, head_dim=head_dim,
+        vocab_size=ints["vocab_size"],
+        max_position_embeddings=ints["max_position_embeddings"],
+        files=rel, path=str(folder), quant_bits=bits, architecture=architecture,
+        tie_word_embeddings=cfg.get("tie_word_embeddings", False) is True,
+        num_experts=experts if experts and experts > 1 else None,
         mla_kv_dim=mla, params_source=params_source, warnings=warnings,
     )
 
@@ -381,9 +670,9 @@ _GGUF_MAGIC = b"GGUF"
 
 def _has_gguf_magic(p: Path) -> bool:
     try:
-        with p.open("rb") as f:
+        with _open_regular(p) as f:
             return f.read(4) == _GGUF_MAGIC
-    except OSError:
+    except (OSError, InputError):
         return False
 
 
@@ -471,6 +760,7 @@ class _Cursor:
 _GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?",
                  10: "<Q", 11: "<q", 12: "<d"}
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
+_GGUF_MAX_ARRAY_DEPTH = 4                # arrays of arrays: real files use none
 
 
 def read_gguf_header(path: str | Path) -> GGUFHeader:
@@ -482,8 +772,8 @@ def read_gguf_header(path: str | Path) -> GGUFHeader:
                          "(pip install gguf)", file=str(path)) from None
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            if p.stat().st_size < 24:
+        with _open_regular(p) as f:
+            if os.fstat(f.fileno()).st_size < 24:
                 raise InputError("not a GGUF file (too short)", file=str(p))
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
                 return _parse_gguf(buf, str(p), gguf)
@@ -505,24 +795,29 @@ def _parse_gguf(buf: Any, path: str, gguf: Any) -> GGUFHeader:
     if n_tensors > 10_000_000 or n_kv > 10_000_000:
         raise InputError("corrupt GGUF header (absurd tensor/key counts)", file=path)
 
-    def value(vtype: int) -> Any:
+    def value(vtype: int, keep: int, depth: int = 0) -> Any:
         if vtype in _GGUF_SCALARS:
             return cur.take(_GGUF_SCALARS[vtype])
         if vtype == _GGUF_STRING:
             return cur.string()
         if vtype == _GGUF_ARRAY:
+            if depth >= _GGUF_MAX_ARRAY_DEPTH:
+                raise InputError(f"corrupt GGUF header (arrays nested deeper than "
+                                 f"{_GGUF_MAX_ARRAY_DEPTH} at offset {cur.pos})", file=path)
             itype, count = cur.take("<I"), cur.take("<Q")
             if itype in _GGUF_SCALARS:
                 size = struct.calcsize(_GGUF_SCALARS[itype])
-                if count <= 64:                    # small arrays (per-layer values): keep
+                if count <= keep:                  # small arrays (per-layer values): keep
+                    if cur.pos + size * count > cur.size:
+                        cur.skip(size * count)     # raises: truncated
                     return [cur.take(_GGUF_SCALARS[itype]) for _ in range(count)]
                 cur.skip(size * count)
             elif itype == _GGUF_STRING:
                 for _ in range(count):
                     cur.skip(cur.take("<Q"))
-            else:
+            elif itype == _GGUF_ARRAY or count:
                 for _ in range(count):
-                    value(itype)
+                    value(itype, 0, depth + 1)
             return ("array", count)
         raise InputError(f"corrupt GGUF header (unknown value type {vtype} at offset "
                          f"{cur.pos})", file=path)
@@ -530,7 +825,9 @@ def _parse_gguf(buf: Any, path: str, gguf: Any) -> GGUFHeader:
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
         key = cur.string()
-        metadata[key] = value(cur.take("<I"))
+        # per-layer values (head counts of hybrid models) are kept; vocabularies are not
+        keep = 64 if key.startswith("tokenizer.") else _MAX_LAYERS
+        metadata[key] = value(cur.take("<I"), keep)
 
     sizes = gguf.GGML_QUANT_SIZES
     tensors: list[GGUFTensor] = []
@@ -541,6 +838,9 @@ def _parse_gguf(buf: Any, path: str, gguf: Any) -> GGUFHeader:
             raise InputError(f"corrupt GGUF header (tensor {name!r} has {n_dims} dims)",
                              file=path)
         shape = tuple(cur.take("<Q") for _ in range(n_dims))
+        if any(d > _MAX_DIM for d in shape):
+            raise InputError(f"corrupt GGUF header (tensor {name[:80]!r} has shape "
+                             f"{shape})", file=path, key=name[:80])
         ggml_type = cur.take("<I")
         cur.take("<Q")                              # data offset
         n = math.prod(shape)
@@ -549,7 +849,11 @@ def _parse_gguf(buf: Any, path: str, gguf: Any) -> GGUFHeader:
         except (ValueError, KeyError):
             raise InputError(f"tensor {name!r} has a GGML type ({ggml_type}) this gguf "
                              f"package does not know (upgrade gguf)", file=path) from None
-        tensors.append(GGUFTensor(name, ggml_type, shape, n, n * type_size // block))
+        n_bytes = n * type_size // block
+        if n_bytes > _MAX_TENSOR_BYTES:
+            raise InputError(f"corrupt GGUF header (tensor {name[:80]!r} would be {n_bytes} "
+                             f"bytes)", file=path, key=name[:80])
+        tensors.append(GGUFTensor(name, ggml_type, shape, n, n_bytes))
     return GGUFHeader(path, version, metadata, tensors)
 
 
@@ -588,54 +892,66 @@ def _read_gguf_model(first: Path) -> ModelInfo:
     headers = [read_gguf_header(part) for part in parts]
     meta = headers[0].metadata
     tensors = [t for h in headers for t in h.tensors]
+    where = str(first)
     arch = meta.get("general.architecture")
-    if not isinstance(arch, str):
-        raise InputError("GGUF has no general.architecture key", file=str(first),
-                         key="general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise InputError("GGUF has no general.architecture key (a non-empty string)",
+                         file=where, key="general.architecture")
 
-    def get(key: str, required: bool = True) -> Any:
+    def get(key: str, hi: int, required: bool = True, lo: int = 1) -> int | None:
+        """`{arch}.key` as a checked integer; per-layer arrays give their largest value."""
         full = f"{arch}.{key}"
         v = meta.get(full)
         if isinstance(v, list):                     # per-layer values: the largest
-            v = max(v) if v else None
-        if isinstance(v, tuple):
+            checked = [_int_field(x, file=where, key=full, lo=0, hi=hi, required=True)
+                       for x in v]
+            v = max(checked) if checked else None
+        elif isinstance(v, tuple):                  # an array too long to keep
             v = None
         if v is None and required:
-            raise InputError(f"GGUF metadata has no {full}", file=str(first), key=full)
-        return v
+            raise InputError(f"GGUF metadata has no {full}", file=where, key=full)
+        return _int_field(v, file=where, key=full, lo=lo, hi=hi)
 
-    layers, heads, hidden = get("block_count"), get("attention.head_count"), get(
-        "embedding_length")
-    kv = get("attention.head_count_kv", False) or heads
-    head_dim = get("attention.key_length", False) or hidden // heads
-    vocab = get("vocab_size", False)
+    layers = get("block_count", _MAX_LAYERS)
+    heads = get("attention.head_count", _MAX_HEADS)
+    hidden = get("embedding_length", _MAX_HIDDEN)
+    assert layers and heads and hidden
+    kv = get("attention.head_count_kv", _MAX_HEADS, False, lo=0) or heads
+    head_dim = get("attention.key_length", _MAX_HEAD_DIM, False) or hidden // heads
+    if head_dim < 1:
+        raise InputError(f"head dimension is 0: {arch}.embedding_length {hidden} is smaller "
+                         f"than {arch}.attention.head_count {heads}", file=where,
+                         key=f"{arch}.attention.key_length")
+    vocab = get("vocab_size", _MAX_VOCAB, False)
     tokens = meta.get("tokenizer.ggml.tokens")
     if vocab is None and isinstance(tokens, tuple):
-        vocab = tokens[1]
+        vocab = _int_field(tokens[1], file=where, key="tokenizer.ggml.tokens", lo=0,
+                           hi=_MAX_VOCAB) or None
     mla = None
-    if get("attention.kv_lora_rank", False):
-        mla = int(get("attention.kv_lora_rank")) + int(get("rope.dimension_count", False) or 0)
-    experts = get("expert_count", False)
+    rank = get("attention.kv_lora_rank", _MAX_HIDDEN, False, lo=0)
+    if rank:
+        mla = rank + (get("rope.dimension_count", _MAX_HEAD_DIM, False, lo=0) or 0)
+    experts = get("expert_count", _MAX_EXPERTS, False, lo=0)
+    context = get("context_length", _MAX_CONTEXT, False)
     file_type = meta.get("general.file_type")
-    type_name = _gguf_type_name(file_type if isinstance(file_type, int) else None,
-                                tensors, gguf)
+    type_name = _gguf_type_name(file_type if isinstance(file_type, int)
+                                and not isinstance(file_type, bool) else None, tensors, gguf)
     dtype = _GGUF_FLOAT_NAMES.get(type_name, type_name)
     quant = None if dtype in ("float16", "bfloat16", "float32") else type_name
     bits = None
     if quant:
         found = re.search(r"(\d+)", quant)
-        bits = int(found.group(1)) if found else None
+        bits = _int_or_none(int(found.group(1)[:3]), 1, 64) if found else None
     name = meta.get("general.name")
     stem = m.group("stem") if m else first.stem
     return ModelInfo(
-        name=name if isinstance(name, str) and name else stem, format="gguf",
+        name=name[:200] if isinstance(name, str) and name.strip() else stem, format="gguf",
         params=sum(t.n_elements for t in tensors), weight_bytes=sum(t.n_bytes for t in tensors),
-        dtype=dtype, quantization=quant, num_layers=int(layers), num_attention_heads=int(heads),
-        num_kv_heads=int(kv), hidden_size=int(hidden), head_dim=int(head_dim),
-        vocab_size=int(vocab) if vocab else None,
-        max_position_embeddings=get("context_length", False),
-        files=[part.name for part in parts], path=str(first.parent), architecture=arch,
+        dtype=dtype, quantization=quant, num_layers=layers, num_attention_heads=heads,
+        num_kv_heads=kv, hidden_size=hidden, head_dim=head_dim,
+        vocab_size=vocab, max_position_embeddings=context,
+        files=[part.name for part in parts], path=str(first.parent), architecture=arch[:128],
         quant_bits=bits, tie_word_embeddings=not any(t.name == "output.weight" for t in tensors),
-        num_experts=int(experts) if experts and experts > 1 else None, mla_kv_dim=mla,
+        num_experts=experts if experts and experts > 1 else None, mla_kv_dim=mla,
         params_source="gguf tensors",
     )

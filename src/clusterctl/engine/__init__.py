@@ -1,2 +1,2 @@
-"""Plan/execute engine: roles and playbooks, facts, ops, handlers, recap."""
-from . import runner, mtu, build  # noqa: F401  (mtu and build register cluster executors)
+"""Plan/execute engine: roles and playbooks, facts, ops, handlers, cluster steps, recap."""
+from . import runner  # noqa: F401  (registers the engine's own ops: llamacpp_build, ray_cluster)

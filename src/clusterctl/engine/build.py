@@ -31,7 +31,8 @@ from ..errors import ClusterctlError, HostError, InputError
 from ..facts import FactRequest, Facts
 from ..ops import OPS
 from ..ops.base import Change, Noop, Op, Param, check_abs_path
-from .runner import CLUSTER_EXECUTORS, TaskResult, _message
+from ..session import failure_reason as _message
+from .results import TaskResult
 
 BUILD_INFO = "BUILD-INFO.json"
 REMOTE_CACHE = "/var/cache/clusterctl"
@@ -269,7 +270,7 @@ def execute_llamacpp(runner, play, role, task, planned_states) -> dict:
     op = OPS["llamacpp_build"]
     for state, planned in planned_states:
         if not isinstance(planned.outcome, Change):
-            results[state.host.name] = runner._outcome_result(state, planned)
+            results[state.host.name] = runner.outcome_result(state, planned)
             continue
         want = op.desired(state.facts, planned.args)
         classes.setdefault(want["id"], []).append((state, planned, want))
@@ -326,5 +327,3 @@ def execute_llamacpp(runner, play, role, task, planned_states) -> dict:
             runner.states[name].changed_in_play = True
     return results
 
-
-CLUSTER_EXECUTORS["llamacpp_build"] = execute_llamacpp

@@ -22,8 +22,8 @@ import shlex
 from collections import Counter
 
 from ..errors import ClusterctlError
-from ..remote import Connection
-from .runner import CLUSTER_EXECUTORS, TaskResult, _message
+from ..session import failure_reason as _message
+from .results import TaskResult
 
 TIMER_UNIT = "clusterctl-mtu-rollback"
 
@@ -81,41 +81,46 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
         outcome = planned.outcome
         if outcome is None or not hasattr(outcome, "steps") or \
                 not (planned.args or {}).get("safe", True):
-            results[state.host.name] = runner._outcome_result(state, planned)
+            results[state.host.name] = runner.outcome_result(state, planned)
             continue
         iface, target = planned.args["interface"], int(planned.args["mtu"])
         old = _current_mtu(state.facts, iface)
         todo.append((state, planned, iface, target, old))
     if not todo:
         return results
-    timeout = int(todo[0][1].args.get("rollback_after", 60))
+    targets = {t[0].host.name: t[3] for t in todo}
 
-    # 1. arm the dead man's switch, then raise
+    def rollback_after(planned) -> int:
+        return int(planned.args.get("rollback_after", 60))
+
+    # 1. arm the dead man's switch (each host its own delay), then raise
     def arm_and_raise(item):
         state, planned, iface, target, old = item
-        state.conn.run(arm_rollback_script(iface, old, timeout))
-        runner._execute(state, planned.outcome)
-    armed = runner._parallel([t[0] for t in todo],
+        state.conn.run(arm_rollback_script(iface, old, rollback_after(planned)))
+        runner.execute_change(state, planned.outcome)
+    armed = runner.map([t[0] for t in todo],
                              lambda s: arm_and_raise(next(t for t in todo if t[0] is s)))
 
-    # peers at the target MTU after the raise, by cluster IP
-    from .runner import cluster_address
-    at_target: dict[str, str] = {}
+    # peers able to take jumbo frames after the raise (raised now, or already at the
+    # MTU a raising host aims for), by cluster IP
+    raised_now = {name for name in targets if armed.get(name) is None}
+    peers_mtu: dict[str, tuple[str, int | None]] = {}
     for name, st in runner.states.items():
-        if st.facts is None or st.failed:
+        view = runner.view.hosts.get(name) if runner.view is not None else None
+        if st.facts is None or st.failed or view is None or not view.cluster_ip:
             continue
-        iface, ip = cluster_address(st.host, st.facts)
-        if not ip:
-            continue
-        raised = any(t[0] is st and armed.get(name) is None for t in todo)
-        if raised or _current_mtu(st.facts, iface) == todo[0][3]:
-            at_target[name] = ip
+        mtu_now = targets[name] if name in raised_now else \
+            _current_mtu(st.facts, view.cluster_iface)
+        peers_mtu[name] = (view.cluster_ip, mtu_now)
+
+    def at_target(target: int) -> dict[str, str]:
+        return {n: ip for n, (ip, m) in peers_mtu.items() if m is not None and m >= target}
 
     # 2. verify: jumbo pings to peers, and a fresh controller connection with bulk data
     def verify(state):
         target = next(t[3] for t in todo if t[0] is state)
         failing = []
-        for peer, ip in at_target.items():
+        for peer, ip in at_target(target).items():
             if peer == state.host.name:
                 continue
             res = state.conn.run(jumbo_ping_argv(ip, target), check=False, timeout=15)
@@ -123,13 +128,13 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
                 failing.append(peer)
         controller_ok = True
         try:
-            with Connection(state.host, connect_timeout=8) as fresh:
+            with runner.session.fresh_connection(state.host, connect_timeout=8) as fresh:
                 fresh.run("head -c 262144 /dev/zero | od -v | tail -n 1", timeout=10)
         except ClusterctlError:
             controller_ok = False
         return failing, controller_ok
     raised = [t[0] for t in todo if armed.get(t[0].host.name) is None]
-    checks = runner._parallel(raised, verify)
+    checks = runner.map(raised, verify)
 
     failing_pairs: set[tuple[str, str]] = set()
     controller_lost: set[str] = set()
@@ -164,18 +169,19 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
                                + DISARM_SCRIPT, timeout=15)
                 rolled = f"rolled back to mtu {old} on {iface}"
             except ClusterctlError:
-                rolled = f"rollback timer restores mtu {old} on {iface} within {timeout}s"
+                rolled = (f"rollback timer restores mtu {old} on {iface} within "
+                          f"{rollback_after(planned)}s")
             return TaskResult(name, task, "failed",
                               "; ".join(why) + f": {rolled}. Check the MTU of the switch "
                               "port(s) on that path, or set cluster.mtu to what the switch "
                               "carries.")
         state.conn.run(DISARM_SCRIPT)
         state.changed_in_play = True
-        n = len([p for p in at_target if p != name])
+        n = len([p for p in at_target(target) if p != name])
         return TaskResult(name, task, "changed",
                           f"mtu {old} -> {target} on {iface}; jumbo frames verified to "
                           f"{n} peer(s) and the controller")
-    finished = runner._parallel([t[0] for t in todo],
+    finished = runner.map([t[0] for t in todo],
                                 lambda s: finish(next(t for t in todo if t[0] is s)))
     for name, res in finished.items():
         if isinstance(res, Exception):
@@ -185,5 +191,3 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
         results[name] = res
     return results
 
-
-CLUSTER_EXECUTORS["link_mtu"] = execute_safe_mtu

@@ -8,17 +8,19 @@ next play is planned. Under --check nothing is executed: the plan is the report.
 """
 from __future__ import annotations
 
-import ipaddress
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from ..errors import ClusterctlError, HostError, InputError
 from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_output
 from ..ops import OPS, Change, Noop, Upload
-from ..remote import Connection, close_all, connect_all
+from ..remote import Connection
+from ..session import ClusterView, Session, cluster_address, failure_reason
+from . import build, mtu, raycheck
+from .results import (HostRecap, Reporter, RunReport, TaskResult,  # noqa: F401 (re-exported)
+                      _NullReporter)
 from .roles import Play, Role, Task, project_root
 from .templating import evaluate_condition, render_file, render_value
 
@@ -33,77 +35,6 @@ class RunOptions:
     limit: list[str] | None = None
     extra_vars: dict = field(default_factory=dict)
     connect_timeout: float = 10.0
-
-
-@dataclass
-class TaskResult:
-    host: str
-    task: Task | None
-    status: str                     # ok | changed | skipped | failed | unreachable
-    message: str = ""
-    diff: str | None = None
-    elapsed: float = 0.0
-    handler: bool = False
-
-    @property
-    def title(self) -> str:
-        if self.task is None:
-            return "connect"
-        return f"{self.task.role} : {self.task.name}"
-
-    def to_dict(self) -> dict:
-        return {"host": self.host, "task": self.title, "status": self.status,
-                "message": self.message, "diff": self.diff, "handler": self.handler,
-                "elapsed": round(self.elapsed, 3),
-                "where": self.task.where if self.task else None}
-
-
-@dataclass
-class HostRecap:
-    ok: int = 0
-    changed: int = 0
-    failed: int = 0
-    skipped: int = 0
-    unreachable: bool = False
-    error: str | None = None
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class RunReport:
-    results: list[TaskResult]
-    recap: dict[str, HostRecap]
-    check: bool
-    elapsed: float = 0.0
-    facts: dict = field(default_factory=dict)      # host name -> Facts (last gathered)
-
-    @property
-    def failed_hosts(self) -> list[str]:
-        return [h for h, r in self.recap.items() if r.failed or r.unreachable]
-
-    @property
-    def changed(self) -> int:
-        return sum(r.changed for r in self.recap.values())
-
-    def to_dict(self) -> dict:
-        return {"check": self.check, "elapsed": round(self.elapsed, 3),
-                "recap": {h: r.to_dict() for h, r in self.recap.items()},
-                "results": [r.to_dict() for r in self.results]}
-
-
-class Reporter(Protocol):
-    def play_start(self, play: Play, hosts: list[str]) -> None: ...
-    def task_result(self, result: TaskResult) -> None: ...
-
-
-class _NullReporter:
-    def play_start(self, play, hosts):
-        pass
-
-    def task_result(self, result):
-        pass
 
 
 @dataclass
@@ -126,26 +57,7 @@ class PlannedTask:
 
 # -- derived variables ------------------------------------------------------
 
-def cluster_address(host, facts: Facts) -> tuple[str | None, str | None]:
-    """(cluster interface name, cluster IPv4) of a host from its facts."""
-    network = (host.vars.get("cluster") or {}).get("network")
-    iface = facts.interface_for(network, host.address)
-    if iface is None:
-        return None, None
-    net = None
-    if network and "/" in str(network):
-        net = ipaddress.ip_network(str(network), strict=False)
-    for addr, _prefix in iface.addresses:
-        try:
-            ip = ipaddress.ip_address(addr)
-        except ValueError:
-            continue
-        if ip.version == 4 and (net is None or ip in net):
-            return iface.name, addr
-    return iface.name, None
-
-
-def host_variables(state: HostState, states: dict[str, HostState], inventory,
+def host_variables(state: HostState, view: ClusterView | None, inventory,
                    role: Role | None, play: Play | None, extra: dict) -> dict:
     host = state.host
     variables: dict[str, Any] = {}
@@ -159,26 +71,16 @@ def host_variables(state: HostState, states: dict[str, HostState], inventory,
     variables["inventory_host"] = host
     variables["is_head"] = host.is_head
     variables["groups"] = inventory.groups
-    if state.facts is not None:
-        facts = state.facts
-        variables["facts"] = facts
-        iface, ip = cluster_address(host, facts)
-        variables["cluster_iface"] = iface
-        variables["cluster_ip"] = ip
-        detected = len(facts.gpus or [])
-        variables["gpu_count"] = host.gpus if host.gpus is not None else detected
-        peers = []
-        for name, other in states.items():
-            if other.facts is None:
-                continue
-            o_iface, o_ip = cluster_address(other.host, other.facts)
-            entry = {"name": name, "cluster_ip": o_ip, "cluster_iface": o_iface,
-                     "is_head": other.host.is_head}
-            if other.host.is_head:
-                variables["head"] = entry
-            if name != host.name:
-                peers.append(entry)
-        variables["peers"] = peers
+    own = view.hosts.get(host.name) if view is not None else None
+    if state.facts is not None and own is not None:
+        variables["facts"] = state.facts
+        variables["cluster_iface"] = own.cluster_iface
+        variables["cluster_ip"] = own.cluster_ip
+        variables["gpu_count"] = own.gpus
+        head = view.head_entry()
+        if head is not None:
+            variables["head"] = head
+        variables["peers"] = view.peers(host.name)
     if role is not None:  # role defaults may refer to other variables (one level)
         for key, value in role.defaults.items():
             if variables.get(key) is value and isinstance(value, str) and "{{" in value:
@@ -194,11 +96,17 @@ def host_variables(state: HostState, states: dict[str, HostState], inventory,
 
 class Runner:
     def __init__(self, inventory, plays: list[Play], options: RunOptions | None = None,
-                 reporter: Reporter | None = None):
+                 reporter: Reporter | None = None, session: Session | None = None):
         self.inventory = inventory
         self.plays = plays
         self.options = options or RunOptions()
         self.reporter = reporter or _NullReporter()
+        self.session = session or Session(
+            inventory, forks=self.options.forks,
+            accept_new_host_keys=self.options.accept_new_host_keys,
+            connect_timeout=self.options.connect_timeout)
+        self._own_session = session is None
+        self.view: ClusterView | None = None
         self.results: list[TaskResult] = []
         self.recap: dict[str, HostRecap] = {}
         self.states: dict[str, HostState] = {}
@@ -249,14 +157,16 @@ class Runner:
             if state.host.name not in {h.name for h in play_targets(self.inventory, play.hosts)}:
                 continue
             for role in play.roles:
-                variables = host_variables(state, self.states, self.inventory, role, play,
+                variables = host_variables(state, self.view, self.inventory, role, play,
                                            self.options.extra_vars)
                 for task in list(role.tasks) + list(role.handlers.values()):
                     reqs.update(self._task_requests(state, play, role, task, variables))
         return reqs
 
-    def _gather(self, state: HostState, requests: set[FactRequest]) -> None:
-        requests = set(requests) | set(BASE_REQUESTS)
+    def _gather(self, state: HostState, requests: set[FactRequest], *,
+                merge: bool = False) -> None:
+        """One round trip. merge=True asks only for `requests` and keeps the rest."""
+        requests = set(requests) if merge else set(requests) | set(BASE_REQUESTS)
         ordered = sorted(requests, key=lambda r: (r.kind, r.arg))
         script = build_script(ordered)
         res = state.conn.run(["bash", "-c", script], check=False)
@@ -264,36 +174,58 @@ class Runner:
             raise HostError(state.host.name, f"fact gathering failed (exit {res.exit_code}): "
                             + res.stderr.strip()[-500:])
         try:
-            state.facts = parse_output(res.stdout, ordered)
+            facts = parse_output(res.stdout, ordered)
         except ValueError as exc:
             raise HostError(state.host.name, f"cannot parse facts: {exc}") from None
-        state.gathered = set(requests)
+        if merge and state.facts is not None:
+            state.facts = state.facts.merged(facts)
+            state.gathered |= requests
+        else:
+            state.facts = facts
+            state.gathered = set(requests)
 
-    def _parallel(self, states: list[HostState], fn: Callable[[HostState], Any]) -> dict:
-        out: dict[str, Any] = {}
-        if not states:
-            return out
-        with ThreadPoolExecutor(max_workers=max(1, min(self.options.forks, len(states)))) as pool:
-            futs = {s.host.name: pool.submit(fn, s) for s in states}
-            for name, fut in futs.items():
-                try:
-                    out[name] = fut.result()
-                except Exception as exc:  # noqa: BLE001 - per-host isolation
-                    out[name] = exc
-        return out
+    def map(self, states: list[HostState], fn: Callable[[HostState], Any], *,
+            step: str = "", deadline: float | None = None) -> dict:
+        """fn over host states through the session's bounded map: name -> value, or the
+        exception that host failed with."""
+        group = self.session.map(fn, states, step=step, deadline=deadline)
+        return {s.host.name: group.outcome(s.host.name) for s in states}
+
+    def _refresh_view(self) -> None:
+        self.view = ClusterView.build(
+            self.inventory, {n: s.facts for n, s in self.states.items() if s.facts is not None})
 
     def gather_all(self, states: list[HostState], *, first: bool = True) -> None:
+        """Facts of every host in one round trip each. On the first gathering, a host
+        whose tasks ask for facts that depend on other facts (a file under the cluster
+        NIC's networkd file, say) gets one more trip for just those."""
+        live = [s for s in states if not s.failed]
+
         def one(state: HostState):
             reqs = self._requests_for(state) if first or not state.gathered else state.gathered
             self._gather(state, reqs)
-            if first:  # facts a task needs that depend on other facts (a second trip, rare)
-                more = self._requests_for(state) - state.gathered
-                if more:
-                    self._gather(state, state.gathered | more)
-        for name, res in self._parallel([s for s in states if not s.failed], one).items():
+        self._record_failures(self.map(live, one, step="facts"), status="unreachable")
+        self._refresh_view()
+        if not first:
+            return
+        needs_more = {}
+        for s in live:
+            if s.failed or s.facts is None:
+                continue
+            more = self._requests_for(s) - s.gathered
+            if more:
+                needs_more[s.host.name] = more
+        if needs_more:
+            todo = [s for s in live if s.host.name in needs_more]
+            self._record_failures(
+                self.map(todo, lambda s: self._gather(s, needs_more[s.host.name], merge=True),
+                         step="facts"), status="unreachable")
+            self._refresh_view()
+
+    def _record_failures(self, results: dict, *, status: str = "failed") -> None:
+        for name, res in results.items():
             if isinstance(res, Exception):
-                self._fail_host(self.states[name], None, _message(res),
-                                status="unreachable")
+                self._fail_host(self.states[name], None, _message(res), status=status)
 
     # planning ------------------------------------------------------------
     def _render_args(self, task: Task, role: Role, variables: dict, *,
@@ -330,7 +262,7 @@ class Runner:
                          f"{project_root() / 'templates'}", file=task.file, line=task.line)
 
     def plan_task(self, state: HostState, play: Play, role: Role, task: Task) -> PlannedTask:
-        variables = host_variables(state, self.states, self.inventory, role, play,
+        variables = host_variables(state, self.view, self.inventory, role, play,
                                    self.options.extra_vars)
         if task.when is not None and not evaluate_condition(task.when, variables,
                                                             source=task.file, line=task.line):
@@ -343,7 +275,7 @@ class Runner:
             raise InputError(f"{task.op}: {exc}", file=task.file, line=task.line) from None
         missing = set(op.requests(args)) - state.gathered
         if missing:  # a request that depended on facts: one more round trip, rare
-            self._gather(state, state.gathered | missing)
+            self._gather(state, missing, merge=True)
         try:
             outcome = op.plan(state.facts, args)
         except ValueError as exc:  # ops.PlanError: the host's state cannot be planned
@@ -351,7 +283,7 @@ class Runner:
         return PlannedTask(task, outcome, args=args)
 
     # execution -----------------------------------------------------------
-    def _execute(self, state: HostState, change: Change) -> None:
+    def execute_change(self, state: HostState, change: Change) -> None:
         for step in change.steps:
             if isinstance(step, Upload):
                 state.conn.put(step.content, step.path, mode=step.mode, owner=step.owner,
@@ -359,7 +291,7 @@ class Runner:
             else:
                 state.conn.run(step)
 
-    def _outcome_result(self, state: HostState, planned: PlannedTask, *,
+    def outcome_result(self, state: HostState, planned: PlannedTask, *,
                         handler: bool = False) -> TaskResult:
         task, outcome = planned.task, planned.outcome
         start = time.monotonic()
@@ -370,7 +302,7 @@ class Runner:
         message = outcome.summary
         if not self.options.check:
             try:
-                self._execute(state, outcome)
+                self.execute_change(state, outcome)
             except ClusterctlError as exc:
                 state.failed = str(exc)
                 return TaskResult(state.host.name, task, "failed", _message(exc),
@@ -399,21 +331,25 @@ class Runner:
                 if not live:
                     return
                 planned: dict[str, PlannedTask] = {}
-                for name, res in self._parallel(
+                for name, res in self.map(
                         live, lambda s: self.plan_task(s, play, role, task)).items():
                     if isinstance(res, Exception):
                         self._fail_host(self.states[name], task, _message(res))
                     else:
                         planned[name] = res
                 live = [s for s in live if not s.failed]
-                executor = CLUSTER_EXECUTORS.get(_op_name(task))
-                if executor and any(isinstance(p.outcome, Change) for p in planned.values()) \
-                        and not self.options.check:
-                    results = executor(self, play, role, task,
-                                       [(s, planned[s.host.name]) for s in live])
+                step = CLUSTER_STEPS.get(_op_name(task))
+                if step is not None and (task.op in ALWAYS_STEPS or (
+                        any(isinstance(p.outcome, Change) for p in planned.values())
+                        and not self.options.check)):
+                    results = step(self, play, role, task,
+                                   [(s, planned[s.host.name]) for s in live])
+                    for name, res in results.items():   # a step may fail hosts it checked
+                        if isinstance(res, TaskResult) and res.status == "failed":
+                            self.states[name].failed = res.message
                 else:
-                    results = self._parallel(
-                        live, lambda s: self._outcome_result(s, planned[s.host.name]))
+                    results = self.map(
+                        live, lambda s: self.outcome_result(s, planned[s.host.name]))
                 for s in live:
                     res = results[s.host.name]
                     if isinstance(res, Exception):
@@ -451,10 +387,10 @@ class Runner:
                     planned.outcome = Noop("service", outcome.target,
                                            f"{outcome.target} was started in this run with "
                                            "its current configuration")
-                out.append(self._outcome_result(s, planned, handler=True))
+                out.append(self.outcome_result(s, planned, handler=True))
             return out
         todo = [s for s in states if not s.failed and notified[s.host.name]]
-        for name, res in self._parallel(todo, one).items():
+        for name, res in self.map(todo, one).items():
             if isinstance(res, Exception):
                 self._fail_host(self.states[name], None, _message(res))
                 continue
@@ -466,14 +402,12 @@ class Runner:
         hosts = self.inventory.select(self.options.limit)
         for h in hosts:
             self.recap[h.name] = HostRecap()
-        conns, errors = connect_all(hosts, accept_new_host_keys=self.options.accept_new_host_keys,
-                                    forks=self.options.forks,
-                                    connect_timeout=self.options.connect_timeout)
         try:
+            connected = self.session.connect(hosts)
             for h in hosts:
-                self.states[h.name] = HostState(h, conns.get(h.name))
-                if h.name in errors:
-                    self._fail_host(self.states[h.name], None, _message(errors[h.name]),
+                self.states[h.name] = HostState(h, connected.succeeded.get(h.name))
+                if h.name in connected.failed:
+                    self._fail_host(self.states[h.name], None, connected.failed[h.name].reason,
                                     status="unreachable")
             self.gather_all(list(self.states.values()), first=True)
             for i, play in enumerate(self.plays):
@@ -482,13 +416,16 @@ class Runner:
                 if i > 0 and not self.options.check:
                     refresh = [s for s in self.states.values()
                                if s.changed_in_play and not s.failed]
-                    self.gather_all(refresh, first=False)
+                    if refresh:
+                        self.gather_all(refresh, first=False)
                 self.run_play(play)
         finally:
-            close_all(conns)
+            if self._own_session:
+                self.session.close()
         return RunReport(self.results, self.recap, self.options.check,
                          time.monotonic() - start,
-                         {n: s.facts for n, s in self.states.items() if s.facts is not None})
+                         {n: s.facts for n, s in self.states.items() if s.facts is not None},
+                         view=self.view)
 
 
 def _units_started(planned: PlannedTask | None) -> set[str]:
@@ -518,22 +455,21 @@ def _op_name(task: Task) -> str:
     return "file" if task.op == "template" else task.op
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, HostError):
-        # HostError prefixes the host name; the recap shows the host already
-        prefix = f"{exc.host}: "
-        text = str(exc)
-        return text[len(prefix):] if text.startswith(prefix) else text
-    if isinstance(exc, ClusterctlError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+_message = failure_reason
 
-
-#: ops whose changes are executed for all hosts together (e.g. safe MTU change with
-#: verification across peers and rollback). Filled by engine modules.
-CLUSTER_EXECUTORS: dict[str, Callable] = {}
+#: ops executed for all hosts of a task together, by the engine: safe MTU (raise,
+#: verify across peers, roll back), the llama.cpp build (once per node class, then
+#: copied), the Ray cluster check. Each: (runner, play, role, task, [(state, planned)])
+#: -> {host: TaskResult}.
+CLUSTER_STEPS: dict[str, Callable] = {
+    "link_mtu": mtu.execute_safe_mtu,
+    "llamacpp_build": build.execute_llamacpp,
+    "ray_cluster": raycheck.execute,
+}
+#: cluster steps that run even when nothing changed (checks)
+ALWAYS_STEPS = {"ray_cluster"}
 
 
 def run_playbook(inventory, plays: list[Play], options: RunOptions | None = None,
-                 reporter: Reporter | None = None) -> RunReport:
-    return Runner(inventory, plays, options, reporter).run()
+                 reporter: Reporter | None = None, session: Session | None = None) -> RunReport:
+    return Runner(inventory, plays, options, reporter, session).run()

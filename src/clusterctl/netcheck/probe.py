@@ -8,13 +8,13 @@ PID as soon as its step is over.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import shlex
 from dataclasses import dataclass, field
 
 from ..facts import FactRequest, Facts
+from ..session import cluster_address
 from .model import IbPort, NodeInfo, Settings
 
 EXTRA_MARKER = "@@clusterctl-netcheck"
@@ -184,42 +184,18 @@ def _file_text(facts: Facts, path: str) -> str | None:
     return content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content)
 
 
-def _in_net(addr: str, network: str) -> bool:
-    try:
-        return ipaddress.ip_address(addr.split("%")[0]) in ipaddress.ip_network(network,
-                                                                                strict=False)
-    except ValueError:
-        return False
-
-
 def node_info(host, facts: Facts, extra: Extra, settings: Settings) -> NodeInfo:
     """Everything netcheck needs about one node, from its facts (pure)."""
     n = NodeInfo(name=host.name, address=host.address, is_head=bool(getattr(host, "is_head",
                                                                             False)))
     ifaces = facts.interfaces or []
     n.interfaces = {i.name: [a for a, _ in i.addresses if ":" not in a] for i in ifaces}
-    iface = None
-    try:
-        iface = facts.interface_for(settings.network, host.address)
-    except ValueError:
-        iface = None
-    if iface is None and not settings.network:
-        # ansible_host may be a name or a NAT address: fall back to the default route's NIC
-        route = facts.default_route
-        if route and route.dev:
-            iface = facts.interface(route.dev)
-    if iface is not None:
-        v4 = [a for a, _ in iface.addresses if ":" not in a]
-        if settings.network and "/" in settings.network:
-            v4 = [a for a in v4 if _in_net(a, settings.network)] or v4
-        if host.address in v4:
-            v4 = [host.address] + [a for a in v4 if a != host.address]
-        n.cluster_ip = v4[0] if v4 else None
+    iface_name, n.cluster_ip = cluster_address(host, facts, settings.network)
+    iface = facts.interface(iface_name) if iface_name else None
+    if iface is not None and n.cluster_ip is not None:
         n.interface = iface.name
         n.mtu = iface.mtu
         n.link_type = "infiniband" if iface.kind == "infiniband" else "ether"
-        if n.cluster_ip is None:
-            n.interface = n.mtu = None
     # versions
     v: dict[str, str | None] = {}
     pip = None

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import CommandFailed, HostError
 from ..facts import FactRequest, Facts, build_script, parse_output
 from ..remote import Connection
+from ..session import cluster_address
 
 AGENT_FILE = Path(__file__).with_name("node_agent.py")
 RUN_PREFIX = "/tmp/clusterctl-sync-"
@@ -29,26 +30,8 @@ def agent_source() -> bytes:
 
 
 def cluster_ip_of(host, facts: Facts) -> str | None:
-    """The host's address inside cluster.network (a CIDR or an interface name); with no
-    network set, the address of the interface holding ansible_host. Pure."""
-    network = (host.vars.get("cluster") or {}).get("network")
-    try:
-        iface = facts.interface_for(network, host.address)
-    except ValueError:
-        iface = None
-    if iface is None:
-        return None
-    addrs = [a for a, _ in iface.addresses]
-    if network and "/" in str(network):
-        net = ipaddress.ip_network(str(network), strict=False)
-        addrs = [a for a in addrs if _in(a, net)]
-    v4 = [a for a in addrs if ":" not in a]
-    if host.address in addrs:
-        return host.address
-    if v4:
-        return v4[0]
-    v6 = [a for a in addrs if not a.lower().startswith("fe80")]
-    return v6[0] if v6 else None
+    """The host's cluster IP (see session.cluster_address). Pure."""
+    return cluster_address(host, facts)[1]
 
 
 def guess_cluster_ip(host) -> str | None:
@@ -64,13 +47,6 @@ def guess_cluster_ip(host) -> str | None:
     if "/" in str(network) and ip in ipaddress.ip_network(str(network), strict=False):
         return str(ip)
     return None
-
-
-def _in(addr: str, net) -> bool:
-    try:
-        return ipaddress.ip_address(addr.split("%")[0]) in net
-    except ValueError:
-        return False
 
 
 class SyncNode:

@@ -1,0 +1,328 @@
+"""One cluster session per command: connections, the parallel map, the cluster view.
+
+A command creates one `Session` and every capability works through it:
+
+- `connection(host)`: ONE persistent SSH connection per host for the whole command
+  (opened on first use, reused by the engine, the Ray check, deploy, sync, netcheck);
+- `map(fn, hosts)`: the one bounded parallel map (`forks` workers, an optional
+  per-host deadline that cuts a stalled host's connection). It returns a
+  `GroupResult` in the spirit of Fabric's: the hosts that succeeded with their
+  values, and the hosts that failed, each with its step and reason. One host's
+  failure never stops the others;
+- `cluster_view(facts)`: the typed view of the cluster computed once per fact
+  gathering: per host its cluster IP and NIC, head or worker, GPUs; the head; peers.
+
+No other module starts a thread pool or opens SSH connections of its own.
+"""
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from .errors import ClusterctlError, HostError
+from .remote import Connection
+
+
+# -- group results ------------------------------------------------------------
+
+@dataclass
+class HostFailure:
+    """Why one host failed one step."""
+
+    host: str
+    step: str
+    reason: str
+    exception: BaseException | None = None
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.step + ': ' if self.step else ''}{self.reason}"
+
+    def to_dict(self) -> dict:
+        return {"host": self.host, "step": self.step, "reason": self.reason}
+
+
+@dataclass
+class GroupResult:
+    """Outcome of one step on a group of hosts: values of the hosts that succeeded,
+    failures of the others (never both for one host)."""
+
+    succeeded: dict[str, Any] = field(default_factory=dict)
+    failed: dict[str, HostFailure] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.succeeded or name in self.failed
+
+    def outcome(self, name: str) -> Any:
+        """The value for `name`, or its exception (the HostError made from its failure
+        when the step raised none)."""
+        if name in self.succeeded:
+            return self.succeeded[name]
+        failure = self.failed[name]
+        return failure.exception or HostError(name, failure.reason)
+
+    def to_dict(self) -> dict:
+        return {"succeeded": sorted(self.succeeded),
+                "failed": {n: f.to_dict() for n, f in sorted(self.failed.items())}}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The user-facing reason of an exception, without the host prefix HostError adds."""
+    if isinstance(exc, HostError):
+        prefix = f"{exc.host}: "
+        text = str(exc)
+        return text[len(prefix):] if text.startswith(prefix) else text
+    if isinstance(exc, ClusterctlError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- the cluster view -----------------------------------------------------------
+
+_INVENTORY = object()
+
+
+def cluster_address(host, facts, network=_INVENTORY) -> tuple[str | None, str | None]:
+    """(cluster NIC name, cluster IP) of a host from its facts. Pure; the one
+    implementation every capability uses.
+
+    The NIC: the interface on `cluster.network` (a CIDR or an interface name), else
+    the one holding the host's SSH address, else (no network set, ansible_host a name
+    or a NAT address) the default route's. The IP: the SSH address when that NIC
+    holds it, else its first IPv4 (inside the network when it is a CIDR), else a
+    global IPv6 address. `network` overrides the inventory's `cluster.network`.
+    """
+    if network is _INVENTORY:
+        network = (host.vars.get("cluster") or {}).get("network")
+    try:
+        iface = facts.interface_for(network, host.address)
+    except ValueError:
+        iface = None
+    if iface is None and not network:
+        route = facts.default_route
+        if route is not None and route.dev:
+            iface = facts.interface(route.dev)
+    if iface is None:
+        return None, None
+    net = None
+    if network and "/" in str(network):
+        net = ipaddress.ip_network(str(network), strict=False)
+    v4, v6 = [], []
+    for addr, _prefix in iface.addresses:
+        try:
+            ip = ipaddress.ip_address(addr.split("%", 1)[0])
+        except ValueError:
+            continue
+        if net is not None and (ip.version != net.version or ip not in net):
+            continue
+        if ip.version == 4:
+            v4.append(addr)
+        elif not ip.is_link_local:
+            v6.append(addr)
+    if host.address in v4 or host.address in v6:
+        return iface.name, host.address
+    if v4:
+        return iface.name, v4[0]
+    return iface.name, (v6[0] if v6 else None)
+
+
+@dataclass(frozen=True)
+class HostView:
+    name: str
+    address: str                    # what SSH dials
+    cluster_ip: str | None
+    cluster_iface: str | None
+    is_head: bool
+    gpus: int                       # stated in the inventory, else detected
+
+    def entry(self) -> dict:
+        """The template-facing form (`head`, `peers` variables)."""
+        return {"name": self.name, "cluster_ip": self.cluster_ip,
+                "cluster_iface": self.cluster_iface, "is_head": self.is_head}
+
+
+class ClusterView:
+    """The cluster as the facts show it, computed once per gathering (linear in hosts)."""
+
+    def __init__(self, hosts: dict[str, HostView]):
+        self.hosts = hosts
+        self.head = next((h for h in hosts.values() if h.is_head), None)
+        self._entries = {name: h.entry() for name, h in hosts.items()}
+        self._all_entries = list(self._entries.values())
+
+    @classmethod
+    def build(cls, inventory, facts: dict[str, Any]) -> "ClusterView":
+        views = {}
+        for name, f in facts.items():
+            if f is None:
+                continue
+            host = inventory.hosts[name]
+            iface, ip = cluster_address(host, f)
+            detected = len(f.gpus or []) if _has(f, "gpus") else 0
+            views[name] = HostView(name, host.address, ip, iface, host.is_head,
+                                   host.gpus if host.gpus is not None else detected)
+        return cls(views)
+
+    def ip(self, name: str) -> str | None:
+        view = self.hosts.get(name)
+        return view.cluster_ip if view else None
+
+    def ips(self) -> dict[str, str]:
+        """host -> cluster IP, for the hosts that have one."""
+        return {n: h.cluster_ip for n, h in self.hosts.items() if h.cluster_ip}
+
+    def peers(self, name: str) -> list[dict]:
+        """Template entries of every other host (shared dicts: treat as read-only)."""
+        own = self._entries.get(name)
+        return [e for e in self._all_entries if e is not own]
+
+    def head_entry(self) -> dict | None:
+        return self._entries.get(self.head.name) if self.head else None
+
+
+def _has(facts, kind: str) -> bool:
+    from .facts import FactRequest
+    return FactRequest(kind) in facts
+
+
+# -- the session ------------------------------------------------------------------
+
+class Session:
+    """Connections and the parallel map for one command. Use as a context manager."""
+
+    def __init__(self, inventory, *, forks: int = 20, accept_new_host_keys: bool = False,
+                 connect_timeout: float = 10.0):
+        self.inventory = inventory
+        self.forks = max(1, int(forks))
+        self.accept_new_host_keys = accept_new_host_keys
+        self.connect_timeout = connect_timeout
+        self._conns: dict[str, Connection] = {}
+        self._lock = threading.Lock()
+        self._host_locks: dict[str, threading.Lock] = {}
+        self.opened = 0                 # connections opened (for tests and benchmarks)
+
+    # connections ------------------------------------------------------------
+    def _host(self, host_or_name):
+        if isinstance(host_or_name, str):
+            return self.inventory.hosts[host_or_name]
+        return host_or_name
+
+    def connection(self, host_or_name) -> Connection:
+        """The host's one connection, opened on first use (reopened if it was cut)."""
+        host = self._host(host_or_name)
+        with self._lock:
+            lock = self._host_locks.setdefault(host.name, threading.Lock())
+        with lock:
+            conn = self._conns.get(host.name)
+            if conn is None:
+                conn = Connection(host, accept_new_host_keys=self.accept_new_host_keys,
+                                  connect_timeout=self.connect_timeout)
+                self._conns[host.name] = conn
+            if not conn.is_open:
+                conn.open()
+                with self._lock:
+                    self.opened += 1
+            return conn
+
+    def connect(self, hosts: Iterable) -> GroupResult:
+        """Open the connections of `hosts` in parallel; unreachable hosts fail alone."""
+        return self.map(lambda h: self.connection(h), list(hosts), step="connect")
+
+    def fresh_connection(self, host_or_name, *, connect_timeout: float | None = None
+                         ) -> Connection:
+        """A NEW connection beside the session's (not cached, not opened): to prove that
+        a path still carries a fresh SSH session, e.g. after an MTU change. The caller
+        closes it (use it as a context manager)."""
+        return Connection(self._host(host_or_name),
+                          accept_new_host_keys=self.accept_new_host_keys,
+                          connect_timeout=connect_timeout or self.connect_timeout)
+
+    def abort(self, name: str) -> None:
+        """Cut a host's connection now (wakes a thread stuck on a stalled path)."""
+        conn = self._conns.get(name)
+        if conn is not None:
+            conn.abort()
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+
+    def __enter__(self) -> "Session":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # the parallel map ----------------------------------------------------------
+    def map(self, fn: Callable[[Any], Any], items: Iterable, *, step: str = "",
+            deadline: float | None = None, name: Callable[[Any], str] | None = None,
+            forks: int | None = None) -> GroupResult:
+        """Run fn(item) for every item (hosts, or objects with a `.host`/`.name`) with at
+        most `forks` at a time. `deadline` (seconds, per item) cuts the item's host
+        connection when it passes; the item then fails as timed out. Exceptions are
+        the item's failure; the others carry on."""
+        items = list(items)
+        key = name or _item_name
+        result = GroupResult()
+        if not items:
+            return result
+        workers = max(1, min(forks or self.forks, len(items)))
+        started: dict[str, float] = {}
+        timed_out: set[str] = set()
+
+        def run(item):
+            started[key(item)] = time.monotonic()
+            return fn(item)
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(run, item): key(item) for item in items}
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, timeout=1.0 if deadline else None,
+                                     return_when=FIRST_COMPLETED)
+                for fut in done:
+                    host = futures[fut]
+                    try:
+                        result.succeeded[host] = fut.result()
+                    except BaseException as exc:  # noqa: BLE001 - per-host isolation
+                        if isinstance(exc, KeyboardInterrupt):
+                            raise
+                        reason = failure_reason(exc)
+                        if host in timed_out:
+                            reason = f"timed out after {deadline:g}s" + \
+                                (f" during {step}" if step else "") + f" ({reason})"
+                        result.failed[host] = HostFailure(host, step, reason, exc)
+                if deadline:
+                    now = time.monotonic()
+                    for fut in pending:
+                        host = futures[fut]
+                        t0 = started.get(host)
+                        if t0 is not None and now - t0 > deadline and host not in timed_out:
+                            timed_out.add(host)
+                            self.abort(host)
+        return result
+
+
+def _item_name(item) -> str:
+    if isinstance(item, str):
+        return item
+    for attr in ("name",):
+        value = getattr(item, attr, None)
+        if isinstance(value, str):
+            return value
+    host = getattr(item, "host", None)
+    if host is not None and isinstance(getattr(host, "name", None), str):
+        return host.name
+    raise TypeError(f"cannot name map item {item!r}")
