@@ -23,15 +23,16 @@ ENGINE_OPS = {"template"}
 
 
 def project_root() -> Path:
-    """Folder holding roles/, playbooks/, templates/: $CLUSTERCTL_HOME or the source tree."""
-    env = os.environ.get("CLUSTERCTL_HOME")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3]
+    """Folder holding roles/, playbooks/, templates/, inventory/: $CLUSTERCTL_HOME, the
+    source checkout's root, or the data packaged with clusterctl (clusterctl.resources)."""
+    from .. import resources
+    return resources.data_root()
 
 
 def default_roles_paths(extra: list[str] | None = None) -> list[Path]:
-    paths = [Path(p).expanduser() for p in (extra or [])]
+    """Where roles are looked up, first match wins: the user's folders (--roles-path, then
+    $CLUSTERCTL_ROLES_PATH, os.pathsep-separated), then the roles shipped with clusterctl."""
+    paths = [Path(p).expanduser() for p in (extra or []) if p]
     env = os.environ.get("CLUSTERCTL_ROLES_PATH")
     if env:
         paths += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
@@ -128,8 +129,11 @@ def load_role(name: str, roles_paths: list[Path], *, file: str = "", line: int |
         available = sorted({p.name for base in roles_paths if base.is_dir()
                             for p in base.iterdir() if p.is_dir()})
         hint = difflib.get_close_matches(name, available, n=1)
-        raise InputError(f"role {name!r} not found in " + ", ".join(map(str, roles_paths))
-                         + (f" (did you mean {hint[0]!r}?)" if hint else ""),
+        from .. import resources
+        raise InputError(f"role {name!r} not found; tried: "
+                         + ", ".join(str(base / name) for base in roles_paths)
+                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + resources.missing_data_note(),
                          file=file or None, line=line)
     known = _known_ops()
     tasks = _load_task_list(path / "tasks.yaml", name, known)
@@ -147,12 +151,32 @@ def load_role(name: str, roles_paths: list[Path], *, file: str = "", line: int |
     return Role(name=name, path=path, tasks=tasks, handlers=handlers, defaults=dict(defaults))
 
 
+def find_playbook(given: str | Path) -> Path:
+    """A playbook path as given, else (for a bare name) playbooks/NAME[.yaml|.yml] of the
+    data folder. Not found: an InputError naming every path tried."""
+    path = Path(given).expanduser()
+    tried = [path]
+    if not path.is_absolute() and len(path.parts) == 1:
+        folder = project_root() / "playbooks"
+        names = [path.name] if path.suffix in (".yaml", ".yml") else \
+            [f"{path.name}.yaml", f"{path.name}.yml", path.name]
+        tried += [folder / n for n in names]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    shown = [str(p.absolute()) if i == 0 else str(p) for i, p in enumerate(tried)]
+    available = []
+    if (project_root() / "playbooks").is_dir():
+        available = sorted(p.stem for p in (project_root() / "playbooks").glob("*.y*ml"))
+    hint = difflib.get_close_matches(path.stem, available, n=1)
+    from .. import resources
+    raise InputError(f"playbook {str(given)!r} not found; tried: " + ", ".join(shown)
+                     + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                     + resources.missing_data_note())
+
+
 def load_playbook(path: str | Path, roles_paths: list[Path] | None = None) -> list[Play]:
-    path = Path(path)
-    if not path.exists() and not path.suffix:
-        candidate = project_root() / "playbooks" / f"{path}.yaml"
-        if candidate.exists():
-            path = candidate
+    path = find_playbook(path)
     roles_paths = roles_paths or default_roles_paths()
     data = load_yaml(path, default=[])
     if not isinstance(data, list) or not data:
@@ -182,5 +206,5 @@ def load_playbook(path: str | Path, roles_paths: list[Path] | None = None) -> li
     return plays
 
 
-__all__ = ["Task", "Role", "Play", "load_role", "load_playbook", "parse_task",
+__all__ = ["Task", "Role", "Play", "load_role", "load_playbook", "find_playbook", "parse_task",
            "default_roles_paths", "project_root", "YDict"]
