@@ -185,13 +185,17 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys):
 @click.option("--check", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--diff", is_flag=True, help="Show the unit files' diffs.")
 @click.option("--json", "as_json", is_flag=True, help="The result as one JSON object.")
+@click.option("--force", is_flag=True, help="Deploy even on GPU hosts that fail the GPU "
+              "health check (ECC errors, fatal XIDs, missing GPUs, ...); they are shown as "
+              "warnings.")
 @click.option("-v", "--verbose", count=True)
 @handle_errors
 def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, backend, name,
                          port, served_name, max_model_len, gpu_memory_utilization,
                          kv_cache_dtype, tp, pp, executor, enforce_eager, cpu_kvcache_gb,
                          extra_args, rpc_port, tensor_split, rpc_on_head, no_rpc_cache,
-                         replicas, lb_host, timeout, restart, check, diff, as_json, verbose):
+                         replicas, lb_host, timeout, restart, check, diff, as_json, verbose,
+                         force=False):
     """Plan, launch and prove MODEL served across the cluster.
 
     MODEL: a GGUF file or Hugging Face folder on this machine (synced to models_dir), a
@@ -217,7 +221,7 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
                          enforce_eager=enforce_eager, cpu_kvcache_gb=cpu_kvcache_gb,
                          extra_args=list(extra_args), timeout=timeout, restart=restart,
                          check=check, diff=diff, limit=list(limit) or None,
-                         accept_new_host_keys=accept_new_host_keys)
+                         accept_new_host_keys=accept_new_host_keys, force=force)
 
     def log(text: str) -> None:
         style = "bold red" if text.startswith("WARNING") else "dim"

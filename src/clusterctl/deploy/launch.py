@@ -64,6 +64,7 @@ class DeployOptions:
     forks: int = 20
     accept_new_host_keys: bool = False
     sync: bool = True
+    force: bool = False                      # deploy on GPU hosts that fail the GPU check
 
 
 @dataclass
@@ -194,6 +195,50 @@ def override_plan(plan: Plan, infos: list[HostInfo], tp: int | None, pp: int | N
                    gpus_per_node=per, warnings=plan.warnings + [
                        f"parallel sizes set by hand (TP={tp}, PP={pp}): the fit was checked "
                        f"for the planner's layout, not this one"])
+
+
+# --------------------------------------------------------------------------- GPU gate
+
+
+def check_gpu_health(targets: list, facts: dict[str, Facts], conns: dict[str, Connection],
+                     opts: DeployOptions, log: Log = lambda s: None) -> list:
+    """The GPU readiness gate (gpu_health.py): the `gpu_health` fact of the targets that
+    have or should have GPUs (one more round trip, those hosts only). A host with an
+    error finding (ECC errors, fatal XID, GPU missing, ...) stops the deployment, naming
+    host, reason and fix, unless opts.force (then it is logged as a WARNING, like the
+    warnings). Returns the findings."""
+    from ..gpu_health import ERROR, INFO, assess, gpu_gate, host_input
+    gpu_hosts = [h for h in targets if facts[h.name].gpus or h.gpus]
+    if not gpu_hosts:
+        return []
+    requests = [FactRequest("gpu_health")]
+    script = build_script(requests)
+
+    def one(conn: Connection) -> Facts:
+        res = conn.run(["bash", "-c", script], check=False)
+        try:
+            return parse_output(res.stdout, requests)
+        except ValueError as exc:
+            raise HostError(conn.name, f"GPU health check failed: {exc}; "
+                            f"{res.stderr.strip()[-300:]}") from None
+
+    health = _parallel({h.name: conns[h.name] for h in gpu_hosts}, one, opts.forks)
+    findings, _passing, _failing = assess(
+        {h.name: host_input(h, facts[h.name].merged(health[h.name])) for h in gpu_hosts})
+    _allowed, refused = gpu_gate(findings, [h.name for h in gpu_hosts], force=False)
+    for f in findings:
+        if f.severity != ERROR or opts.force:
+            label = "note" if f.severity == INFO else "WARNING"
+            log(f"{label}: {f.host}: {f.message} (fix: {f.fix})")
+    if refused and not opts.force:
+        lines = [f"{f.host}: {f.message}\n    fix: {f.fix}" for f in findings
+                 if f.severity == ERROR]
+        names = ",".join(f"!{h}" for h in refused)
+        raise ClusterctlError(
+            f"GPU check: {len(refused)} host(s) not fit to serve ({', '.join(refused)}):\n  "
+            + "\n  ".join(lines) + f"\nfix them, leave them out (--limit '{names}'), or "
+            "deploy anyway with --force")
+    return findings
 
 
 # --------------------------------------------------------------------------- records
@@ -476,6 +521,7 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
             raise ClusterctlError("cannot reach " + "; ".join(
                 f"{n}: {e}" for n, e in errors.items()))
         facts = gather_facts(conns, opts.forks)
+        check_gpu_health(targets, facts, conns, opts, log)
         infos = host_infos(targets, facts)
         models_dir = models_dir_of(inventory)
         ref = resolve_model(model, models_dir, lambda p: _exists(conns[head.name], p))
