@@ -450,3 +450,83 @@ def test_xid_event_and_status_are_frozen():
         XidEvent(1, "0000:00:00", None, None, "").xid = 2          # type: ignore[misc]
     with pytest.raises(Exception):
         GpuStatus(0, "x").index = 1                                # type: ignore[misc]
+
+
+# ------------------------------------------------------------------ deploy-model's gate
+
+@dataclass(eq=False)
+class _InvHost:
+    name: str
+    gpus: int | None = None
+    vars: dict = field(default_factory=dict)
+
+
+class _StubConn:
+    """Runs what deploy-model sends (the fact script) with bash, stub tools first on PATH."""
+
+    def __init__(self, name, stub_dir, query_fixture):
+        self.name, self.stub_dir, self.query = name, stub_dir, query_fixture
+        self.commands = []
+
+    def run(self, cmd, check=True, **kw):
+        from clusterctl.remote import RunResult
+        self.commands.append(cmd)
+        env = {"PATH": f"{self.stub_dir}:/usr/bin:/bin", "FIX": str(GPU_FIXTURES),
+               "QUERY": self.query, "LANG": "C"}
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        return RunResult("bash", p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture
+def stub_tools(tmp_path):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text('#!/bin/bash\ncase "$*" in\n  *--query-gpu=*) cat "$FIX/$QUERY";;\n'
+                   '  *) cat "$FIX/smi_header_550.txt";;\nesac\n')
+    smi.chmod(0o755)
+    journal = tmp_path / "journalctl"
+    journal.write_text('#!/bin/bash\necho "-- kernel line --"\n')
+    journal.chmod(0o755)
+    return tmp_path
+
+
+def _facts_with_gpus(n: int) -> Facts:
+    from clusterctl.facts import GPU
+    return Facts({FactRequest("gpus"): [GPU(i, "X", 40960, "8.0") for i in range(n)],
+                  FactRequest("nvcc"): None})
+
+
+def test_deploy_gate_refuses_a_failing_gpu_host_unless_forced(stub_tools):
+    from clusterctl.deploy.launch import DeployOptions, check_gpu_health
+    from clusterctl.errors import ClusterctlError
+    hosts = [_InvHost("head"), _InvHost("g1"), _InvHost("g2", gpus=4)]
+    facts = {"head": _facts_with_gpus(0), "g1": _facts_with_gpus(8), "g2": _facts_with_gpus(4)}
+    conns = {"head": _StubConn("head", stub_tools, "query_h100x8_idle.csv"),
+             "g1": _StubConn("g1", stub_tools, "query_h100x8_idle.csv"),
+             "g2": _StubConn("g2", stub_tools, "query_a100x5_faults.csv")}
+    logged: list[str] = []
+    with pytest.raises(ClusterctlError) as exc:
+        check_gpu_health(hosts, facts, conns, DeployOptions(), logged.append)
+    msg = str(exc.value)
+    assert "1 host(s) not fit to serve (g2)" in msg
+    assert "uncorrectable ECC" in msg and "fix:" in msg and "--force" in msg
+    assert "--limit '!g2'" in msg
+    assert conns["head"].commands == []                 # no GPUs: not asked
+    assert any(ln.startswith("WARNING: g2:") and "persistence" in ln for ln in logged)
+    logged.clear()
+    found = check_gpu_health(hosts, facts, conns, DeployOptions(force=True), logged.append)
+    assert any(f.host == "g2" and f.severity == ERROR for f in found)
+    assert any(ln.startswith("WARNING: g2:") and "uncorrectable ECC" in ln for ln in logged)
+
+
+def test_deploy_gate_passes_healthy_and_cpu_only_clusters(stub_tools):
+    from clusterctl.deploy.launch import DeployOptions, check_gpu_health
+    conns = {"g1": _StubConn("g1", stub_tools, "query_h100x8_idle.csv")}
+    assert check_gpu_health([_InvHost("g1")], {"g1": _facts_with_gpus(8)}, conns,
+                            DeployOptions()) == []
+    assert check_gpu_health([_InvHost("c1")], {"c1": _facts_with_gpus(0)}, {},
+                            DeployOptions()) == []
+
+
+def test_deploy_model_has_a_force_flag():
+    from clusterctl.deploy.cli import deploy_model_command
+    assert "force" in {p.name for p in deploy_model_command.params}
