@@ -34,10 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from . import yamlread
 from .errors import InputError
 from .secret import Secret
 
@@ -48,6 +47,8 @@ __all__ = [
     "Host",
     "Inventory",
     "load_inventory",
+    "validate_vars",
+    "parse_extra_vars",
     "resolve_inventory_path",
     "INVENTORY_ENV",
 ]
@@ -130,14 +131,29 @@ _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-def _as_int(value: Any) -> int | None:
+_PLAIN_INT_RE = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+
+
+def _as_int(value: Any, raw: str | None = None) -> int | None:
+    """A plain decimal integer, as written: `22` or `"22"`; not `0022` (YAML reads it as
+    octal 18), `0x16`, `2_2`, `22.0` or a boolean."""
     if isinstance(value, bool):
         return None
+    if raw is not None:
+        if not isinstance(value, (int, str)) or not _PLAIN_INT_RE.fullmatch(raw.strip()):
+            return None
+        return int(raw.strip())
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+    if isinstance(value, str) and _PLAIN_INT_RE.fullmatch(value.strip()):
         return int(value.strip())
     return None
+
+
+def _int_hint(raw: str | None) -> str:
+    if raw is not None and re.fullmatch(r"[+-]?0[0-9_]+", raw.strip()):
+        return "write it without leading zeros: YAML reads a leading 0 as octal"
+    return ""
 
 
 def _as_text(value: Any, raw: str | None) -> str | None:
@@ -156,9 +172,9 @@ def _int_check(lo: int, hi: int | None, nullable: bool = False):
     def check(value, raw):
         if value is None and nullable:
             return None
-        n = _as_int(value)
+        n = _as_int(value, raw)
         if n is None or n < lo or (hi is not None and n > hi):
-            raise _Invalid(expected)
+            raise _Invalid(expected, _int_hint(raw))
         return n
 
     return expected, check
@@ -436,9 +452,6 @@ KNOWN_VARS: dict[str, Any] = {
     "ssh_key": _spec(_text_check("a path"), "short for ansible_ssh_private_key_file"),
 }
 
-# Dict-valued variables that accept any key (every value is a Secret).
-_OPEN_DICTS = {"secrets": _spec(_secret_check(), "a secret (masked as ***)")}
-
 _GROUP_KEYS = ("hosts", "children", "vars")
 
 # --------------------------------------------------------------------------------------
@@ -459,6 +472,7 @@ class Host:
     groups: tuple[str, ...]
     vars: dict = field(repr=False)
     line: int = 0
+    file: str = ""
 
     @property
     def is_head(self) -> bool:
@@ -475,6 +489,11 @@ class Inventory:
     hosts: dict[str, Host]
     groups: dict[str, list[str]]
     warnings: list[str] = field(default_factory=list)
+    #: group -> (direct hosts, direct child groups), in file order
+    tree: dict[str, tuple[list[str], list[str]]] = field(default_factory=dict, repr=False)
+    #: host -> variable path (tuple of keys) -> (file, line, column) where its value was
+    #: set; paths absent here hold built-in defaults
+    origins: dict[str, dict[tuple, tuple]] = field(default_factory=dict, repr=False)
 
     @property
     def head(self) -> Host:
@@ -496,6 +515,10 @@ class Inventory:
         """
         patterns = self._split_patterns(limits or [])
         if not patterns:
+            if limits:
+                raise InputError(f"--limit {','.join(map(str, limits))!r} is empty: give a "
+                                 "host, a group or a pattern (or leave --limit out for all "
+                                 "hosts)", key="--limit")
             return list(self.hosts.values())
         plus = [p for p in patterns if not p.startswith(("!", "&"))]
         inter = [p[1:] for p in patterns if p.startswith("&")]
@@ -562,6 +585,11 @@ def _clip(names: list[str], n: int = 10) -> list[str]:
 # Loading
 # --------------------------------------------------------------------------------------
 
+#: at most this many variable values copied into hosts in all (hosts x merged values)
+MAX_MERGED_VALUES = 5_000_000
+#: at most this many (host, group) memberships in all
+MAX_MEMBERSHIPS = 5_000_000
+
 
 def resolve_inventory_path(arg: str | None) -> Path:
     """The inventory to use: `arg` if given, else ./inventory.yaml if it exists, else
@@ -580,27 +608,40 @@ def resolve_inventory_path(arg: str | None) -> Path:
         key="inventory")
 
 
-def load_inventory(path: str | Path) -> Inventory:
-    """Read, validate and resolve an inventory file. Raises InputError listing every
-    problem found (file:line:col each)."""
+def load_inventory(path: str | Path, *, extra_vars: dict | None = None) -> Inventory:
+    """Read, validate and resolve an inventory: a YAML or INI file (Ansible's formats),
+    with host_vars/ and group_vars/ beside it. `extra_vars` (see parse_extra_vars) apply
+    last, over every host's variables, and are checked like inventory variables.
+    Raises InputError listing every problem found (file:line:col each)."""
+    from .inventory_sources import inventory_root
     shown = str(path)
     p = Path(path)
+    text = yamlread.read_text(p, what="inventory")
+    root = inventory_root(text, shown)
+    loader = _Loader(shown, p)
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read inventory: {e.strerror or e}", file=shown) from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"inventory is not UTF-8 text (byte {e.start})", file=shown) from None
-    try:
-        return _Loader(shown, p).load(text)
-    except RecursionError:
+        return loader.load(root, extra_vars=extra_vars)
+    except RecursionError:  # pragma: no cover - every reader bounds its depth
         raise InputError("inventory is nested too deeply", file=shown) from None
+
+
+def validate_vars(values: dict, *, label: str = "--extra-vars") -> tuple[dict, list[str]]:
+    """Check a mapping of variables (from the command line, say) like inventory
+    variables: (normalized values, warnings), or InputError naming `label` and the key."""
+    if not isinstance(values, dict):
+        raise InputError(f"{label}: expected a mapping of variables", key=label)
+    loader = _Loader(label, Path(label))
+    layer = loader.check_vars(yamlread.node_from_value(values, label))
+    loader.fail_if_problems()
+    return layer.values, [f"{label}: {msg}" for _, _, _, msg in loader.warnings]
+
+
+Where = tuple  # (file, line | None, column | None)
 
 
 @dataclass
 class _Problem:
+    file: str
     line: int | None
     col: int | None
     message: str
@@ -610,34 +651,41 @@ class _Problem:
 
 @dataclass
 class _Layer:
-    """Variables set in one place (a group's vars:, or a host entry)."""
+    """Variables set in one place (a group's vars:, a host entry, a vars file)."""
 
     values: dict
-    origins: dict  # path tuple -> (line, col) of the value
+    origins: dict  # path tuple -> (file, line, col) of the value
+    size: int = 0  # values in it (expanded)
 
 
 @dataclass
 class _GroupDef:
     name: str
+    file: str
     line: int
     col: int
-    hosts: list[str] = field(default_factory=list)       # direct members, file order
-    children: list[str] = field(default_factory=list)    # file order
-    parents: list[str] = field(default_factory=list)
-    layers: list[_Layer] = field(default_factory=list)
+    hosts: dict[str, None] = field(default_factory=dict)      # direct members, file order
+    children: dict[str, None] = field(default_factory=dict)   # file order
+    parents: dict[str, None] = field(default_factory=dict)
+    layers: list[_Layer] = field(default_factory=list)        # inline vars
+    file_layers: list[_Layer] = field(default_factory=list)   # group_vars/
 
 
 @dataclass
 class _HostDef:
     name: str
+    file: str
     line: int
     col: int
     layers: list[_Layer] = field(default_factory=list)
+    file_layers: list[_Layer] = field(default_factory=list)   # host_vars/
 
 
-def _pos(node: Node) -> tuple[int, int]:
+def _pos(node: Node) -> Where:
     m = node.start_mark
-    return m.line + 1, m.column + 1
+    if m.line < 0:
+        return (m.name, None, None)
+    return (m.name, m.line + 1, m.column + 1)
 
 
 def _is_null(node: Node) -> bool:
@@ -656,6 +704,17 @@ def _kind(node: Node) -> str:
     return node.value
 
 
+def _secret_kind(node: Node) -> str:
+    """What a node under secrets: is, never its value."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if _is_null(node):
+        return "null"
+    return "a value (*** not shown)"
+
+
 def _suggest(word: str, choices) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -669,24 +728,48 @@ def _deep_copy(value):
     return value
 
 
+def _count_values(value) -> int:
+    if isinstance(value, dict):
+        return 1 + sum(_count_values(v) for v in value.values())
+    if isinstance(value, list):
+        return 1 + sum(_count_values(v) for v in value)
+    return 1
+
+
+def _sub_paths(value: dict, prefix: tuple):
+    """Every key path inside a dict value (into nested dicts)."""
+    for k, v in value.items():
+        path = prefix + (k,)
+        yield path
+        if isinstance(v, dict):
+            yield from _sub_paths(v, path)
+
+
 def _deep_merge(into: dict, layer: dict, origins: dict, layer_origins: dict,
                 prefix: tuple = ()) -> None:
-    """Merge `layer` into `into` (dicts recursively, anything else replaced) and keep
-    `origins` (path -> (line, col)) pointing at where each value came from."""
+    """Merge `layer` into `into` (dicts recursively, anything else replaced by a copy) and
+    keep `origins` (path -> where) pointing at where each value came from. Work is
+    proportional to the values merged, not to the size of `origins`."""
     for key, value in layer.items():
         path = prefix + (key,)
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_merge(into[key], value, origins, layer_origins, path)
+        old = into.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            _deep_merge(old, value, origins, layer_origins, path)
         else:
+            if isinstance(old, dict):
+                for sub in _sub_paths(old, path):
+                    origins.pop(sub, None)
             into[key] = _deep_copy(value)
-            n = len(path)
-            for p in [p for p in origins if p[:n] == path]:
-                del origins[p]
-            for p, where in layer_origins.items():
-                if p[:n] == path:
-                    origins[p] = where
+            if isinstance(value, dict):
+                for sub in _sub_paths(value, path):
+                    if sub in layer_origins:
+                        origins[sub] = layer_origins[sub]
         if path in layer_origins:
             origins[path] = layer_origins[path]
+
+
+_STANDARD_SCALAR_TAGS = {f"tag:yaml.org,2002:{t}" for t in
+                         ("str", "int", "float", "bool", "null", "timestamp", "binary")}
 
 
 class _Loader:
@@ -695,44 +778,51 @@ class _Loader:
         self.path = path
         self.base_dir = path.absolute().parent
         self.problems: list[_Problem] = []
-        self.warnings: list[tuple[int, int, str]] = []
+        self.warnings: list[tuple[str, int, int, str]] = []
         self.groups: dict[str, _GroupDef] = {}
         self.hosts: dict[str, _HostDef] = {}
-        self.edges: dict[tuple[str, str], tuple[int, int]] = {}
+        self.edges: dict[tuple[str, str], Where] = {}
         self.dup_checked: set[int] = set()
+        self.constructor = yamlread.Constructor(duplicates="first")
+        self.merged_values = 0
 
     # -- reporting --
-    def problem(self, where: tuple[int, int] | None, message: str, key: str | None = None,
+    def problem(self, where: Where | None, message: str, key: str | None = None,
                 derived: bool = False):
-        line, col = where if where else (None, None)
-        self.problems.append(_Problem(line, col, message, key, derived))
+        file, line, col = where if where else (self.shown, None, None)
+        self.problems.append(_Problem(file or self.shown, line, col, message, key, derived))
 
-    def cross_problem(self, where: tuple[int, int] | None, message: str, key: str | None = None):
+    def cross_problem(self, where: Where | None, message: str, key: str | None = None):
         self.problem(where, message, key, derived=True)
 
-    def warn(self, where: tuple[int, int], message: str):
-        self.warnings.append((where[0], where[1], message))
+    def warn(self, where: Where, message: str):
+        self.warnings.append((where[0] or self.shown, where[1] or 0, where[2] or 0, message))
+
+    def _order(self, file: str) -> tuple:
+        return (file != self.shown, file)
 
     def fail_if_problems(self):
         if not self.problems:
             return
         seen, uniq = set(), []
         for p in self.problems:
-            k = (p.line, p.col, p.message)
+            k = (p.file, p.line, p.col, p.message)
             if k not in seen:
                 seen.add(k)
                 uniq.append(p)
-        uniq.sort(key=lambda p: (p.derived, p.line or 0, p.col or 0))
+        uniq.sort(key=lambda p: (p.derived, self._order(p.file), p.line or 0, p.col or 0))
         first = uniq[0]
         msg = first.message
         if len(uniq) > 1:
             msg += f" (and {len(uniq) - 1} more problem{'s' if len(uniq) > 2 else ''})"
             for p in uniq[1:]:
-                msg += "\n  " + self.where(p.line, p.col) + p.message
-        raise InputError(msg, file=self.shown, line=first.line, column=first.col, key=first.key)
+                msg += "\n  " + self.where(p.file, p.line, p.col) + p.message
+        raise InputError(msg, file=first.file, line=first.line, column=first.col,
+                         key=first.key)
 
-    def where(self, line, col) -> str:
-        s = self.shown
+    @staticmethod
+    def where(file, line, col) -> str:
+        s = file
         if line is not None:
             s += f":{line}"
             if col is not None:
@@ -768,7 +858,7 @@ class _Loader:
             if name in first_at:
                 self.problem(_pos(knode),
                              f"{context}duplicate {what} {name!r}: first at line "
-                             f"{_pos(first_at[name])[0]}, again at line {_pos(knode)[0]}",
+                             f"{_pos(first_at[name])[1]}, again at line {_pos(knode)[1]}",
                              key=name)
                 continue
             first_at[name] = knode
@@ -783,67 +873,43 @@ class _Loader:
                 dedup.append(t)
         return dedup + own
 
-    def find_duplicates(self, node: Node, stack: set[int]):
-        """Report duplicate keys in every mapping not already checked by pairs()."""
-        if id(node) in stack:
-            return
-        stack = stack | {id(node)}
-        if isinstance(node, MappingNode):
-            if id(node) not in self.dup_checked:
-                self.pairs(node)
-            for k, v in node.value:
-                self.find_duplicates(k, stack)
-                self.find_duplicates(v, stack)
-        elif isinstance(node, SequenceNode):
-            for v in node.value:
-                self.find_duplicates(v, stack)
+    def find_duplicates(self, root: Node):
+        """Report duplicate keys in every mapping not already checked by pairs(). Each
+        node is visited once (aliases share nodes), without recursion."""
+        seen: set[int] = set()
+        todo = [root]
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node, MappingNode):
+                if id(node) not in self.dup_checked:
+                    self.pairs(node)
+                for k, v in node.value:
+                    todo.append(v)
+                    todo.append(k)
+            elif isinstance(node, SequenceNode):
+                todo.extend(reversed(node.value))
 
     def construct(self, node: Node, label: str):
         """The plain Python value of a node, or (False, None) after reporting why not."""
         try:
-            return True, SafeConstructor().construct_object(node, deep=True)
-        except ConstructorError as e:
-            mark = e.problem_mark or node.start_mark
-            problem = e.problem or "cannot read this value"
-            tag = re.search(r"constructor for the tag '([^']*)'", problem)
-            if tag:
-                problem = f"unsupported YAML tag '{tag.group(1)}'"
-            elif "recursive" in problem:
-                problem = "recursive YAML alias"
-            self.problem((mark.line + 1, mark.column + 1), f"{label}: {problem}", key=label)
-            return False, None
-        except RecursionError:
-            self.problem(_pos(node), f"{label}: value is nested too deeply", key=label)
+            return True, self.constructor.build(node)
+        except yamlread.NodeError as e:
+            self.problem((e.file, e.line, e.column), f"{label}: {e.problem}", key=label)
             return False, None
 
     # -- main --
-    def load(self, text: str) -> Inventory:
-        try:
-            root = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as e:
-            mark = e.problem_mark or e.context_mark
-            problem = e.problem or "invalid YAML"
-            if e.context:
-                context = e.context
-                if e.context_mark is not None and mark is not None \
-                        and e.context_mark.line != mark.line:
-                    context += f" at line {e.context_mark.line + 1}"
-                problem = f"{context}{',' if problem.startswith('but ') else ':'} {problem}"
-            if "'\\t'" in problem:
-                problem += " (indent with spaces, not tabs)"
-            line = mark.line + 1 if mark else None
-            col = mark.column + 1 if mark else None
-            raise InputError(f"YAML syntax error: {problem}", file=self.shown, line=line,
-                             column=col) from None
-        except yaml.YAMLError as e:
-            raise InputError(f"YAML error: {e}", file=self.shown) from None
-
+    def load(self, root: Node | None, *, extra_vars: dict | None = None) -> Inventory:
+        from .inventory_sources import read_vars_files
         if root is None or _is_null(root):
             raise InputError("inventory is empty (expected 'all:' with hosts, children, vars)",
                              file=self.shown)
         if not isinstance(root, MappingNode):
+            _, line, col = _pos(root)
             raise InputError(f"expected a mapping of groups ('all:' ...), got {_kind(root)}",
-                             file=self.shown, line=_pos(root)[0], column=_pos(root)[1])
+                             file=self.shown, line=line, column=col)
 
         self.groups["all"] = _GroupDef("all", *_pos(root))
         for name, knode, vnode in self.pairs(root, "group"):
@@ -853,52 +919,83 @@ class _Loader:
                 continue
             if name == "all":
                 g = self.groups["all"]
-                g.line, g.col = _pos(knode)
+                g.file, g.line, g.col = _pos(knode)
                 self.walk_group("all", knode, vnode, None, set())
             else:
                 self.walk_group(name, knode, vnode, "all", set())
-        self.find_duplicates(root, set())
+        self.find_duplicates(root)
 
         self.find_cycles()
+        if any(p.message.startswith("group cycle") for p in self.problems):
+            self.fail_if_problems()  # precedence needs an acyclic group graph
         if not self.hosts:
             self.fail_if_problems()  # a broken structure explains the missing hosts best
             all_g = self.groups["all"]
-            self.problem((all_g.line, all_g.col),
+            self.problem((all_g.file, all_g.line, all_g.col),
                          "no hosts in the inventory: add hosts under all: hosts: (or a group's "
                          "hosts:)")
             self.fail_if_problems()
 
-        members = self.members()
-        depth = self.depths()
+        read_vars_files(self, self.base_dir)
+        extra = None
+        if extra_vars:
+            extra = self.check_vars(yamlread.node_from_value(extra_vars, "--extra-vars"))
+
+        host_groups = self.host_groups()
         hosts: dict[str, Host] = {}
         origins: dict[str, dict] = {}
+        defaults_size = _count_values(DEFAULTS)
         for name, hdef in self.hosts.items():
-            host_groups = sorted((g for g in self.groups if name in members[g]),
-                                 key=lambda g: (depth.get(g, 0), g))
-            host_groups.remove("all")
-            host_groups.insert(0, "all")
+            groups = host_groups[name]
+            layers = self.layers_of(hdef, groups)
+            if extra is not None:
+                layers.append(extra)
+            self.merged_values += defaults_size + sum(layer.size for layer in layers)
+            if self.merged_values > MAX_MERGED_VALUES:
+                raise InputError(f"the hosts' variables expand to more than "
+                                 f"{MAX_MERGED_VALUES:,} values in all ({len(self.hosts)} "
+                                 "hosts); refused", file=self.shown)
             merged = _deep_copy(DEFAULTS)
             where: dict = {}
-            for g in host_groups:
-                for layer in self.groups[g].layers:
-                    _deep_merge(merged, layer.values, where, layer.origins)
-            for layer in hdef.layers:
+            for layer in layers:
                 _deep_merge(merged, layer.values, where, layer.origins)
             origins[name] = where
-            hosts[name] = self.make_host(hdef, tuple(host_groups), merged, where)
+            hosts[name] = self.make_host(hdef, tuple(groups), merged, where)
 
+        members: dict[str, list[str]] = {g: [] for g in self.groups}
+        for name, groups in host_groups.items():
+            for g in groups:
+                members[g].append(name)
         self.check_head(hosts, members, origins)
         self.check_cross(hosts, origins)
         self.fail_if_problems()
 
-        groups_out = {g: [h for h in self.hosts if h in members[g]] for g in self.groups}
-        warnings = [f"{self.shown}:{line}:{col}: {msg}"
-                    for line, col, msg in sorted(self.warnings, key=lambda w: (w[0], w[1]))]
+        warnings = [f"{self.where(file, line or None, col or None)}{msg}"
+                    for file, line, col, msg in sorted(
+                        self.warnings, key=lambda w: (self._order(w[0]), w[1], w[2]))]
         for name in self.hosts:
             if name in self.groups:
-                warnings.append(f"{self.shown}:{self.hosts[name].line}:{self.hosts[name].col}: "
-                                f"{name!r} is both a host and a group name")
-        return Inventory(path=self.path, hosts=hosts, groups=groups_out, warnings=warnings)
+                h = self.hosts[name]
+                warnings.append(f"{self.where(h.file, h.line, h.col)}{name!r} is both a host "
+                                "and a group name")
+        tree = {g: (list(d.hosts), list(d.children)) for g, d in self.groups.items()}
+        return Inventory(path=self.path, hosts=hosts, groups=members, warnings=warnings,
+                         tree=tree, origins=origins)
+
+    def layers_of(self, hdef: _HostDef, groups: list[str]) -> list[_Layer]:
+        """Ansible's precedence, lowest first: all's inline vars, group_vars/all, the other
+        groups' inline vars (by depth, then name), their group_vars files (same order), the
+        host's inline vars, host_vars files."""
+        all_g = self.groups["all"]
+        layers = list(all_g.layers) + list(all_g.file_layers)
+        others = [self.groups[g] for g in groups if g != "all"]
+        for g in others:
+            layers.extend(g.layers)
+        for g in others:
+            layers.extend(g.file_layers)
+        layers.extend(hdef.layers)
+        layers.extend(hdef.file_layers)
+        return layers
 
     # -- structure walk --
     def walk_group(self, name: str, knode: Node, vnode: Node, parent: str | None,
@@ -915,10 +1012,9 @@ class _Loader:
             if name == "all":
                 self.problem(where, f"group 'all' cannot be a child of {parent!r}", key=name)
                 return
-            if parent not in g.parents:
-                g.parents.append(parent)
+            g.parents[parent] = None
             if name not in self.groups[parent].children:
-                self.groups[parent].children.append(name)
+                self.groups[parent].children[name] = None
                 self.edges[(parent, name)] = where
         if _is_null(vnode):
             return
@@ -976,8 +1072,7 @@ class _Loader:
             hdef = self.hosts.get(name)
             if hdef is None:
                 hdef = self.hosts[name] = _HostDef(name, *where)
-            if name not in self.groups[group].hosts:
-                self.groups[group].hosts.append(name)
+            self.groups[group].hosts[name] = None
             if _is_null(vnode):
                 continue
             if not isinstance(vnode, MappingNode):
@@ -990,16 +1085,28 @@ class _Loader:
     def check_vars(self, node: MappingNode) -> _Layer:
         layer = _Layer({}, {})
         self._check_mapping(node, KNOWN_VARS, (), layer.values, layer.origins)
+        layer.size = _count_values(layer.values)
         return layer
 
     def _check_mapping(self, node: MappingNode, schema: dict, prefix: tuple, out: dict,
-                       origins: dict, open_spec: VarSpec | None = None):
+                       origins: dict):
         for key, knode, vnode in self.pairs(node, "variable"):
             path = prefix + (key,)
             dotted = ".".join(path)
+            if path == ("secrets",):
+                if _is_null(vnode):
+                    continue
+                if not isinstance(vnode, MappingNode):
+                    self.problem(_pos(vnode), f"secrets: expected a mapping of named secrets "
+                                 f"(e.g. hf_token: ...), got {_secret_kind(vnode)}",
+                                 key="secrets")
+                    continue
+                sub: dict = {}
+                self._check_secrets(vnode, path, sub, origins)
+                out[key] = sub
+                origins[path] = _pos(vnode)
+                continue
             spec = schema.get(key)
-            if spec is None and open_spec is not None:
-                spec = open_spec
             if spec is None:
                 suggestion = ""
                 close = difflib.get_close_matches(key, list(schema), n=1, cutoff=0.6)
@@ -1021,8 +1128,8 @@ class _Loader:
                     self.problem(_pos(vnode), f"{dotted}: expected a mapping (keys: "
                                  f"{', '.join(spec) or 'any'}), got {_kind(vnode)}", key=dotted)
                     continue
-                sub: dict = {}
-                self._check_mapping(vnode, spec, path, sub, origins, _OPEN_DICTS.get(key))
+                sub = {}
+                self._check_mapping(vnode, spec, path, sub, origins)
                 out[key] = sub
                 origins[path] = _pos(vnode)
                 continue
@@ -1039,6 +1146,57 @@ class _Loader:
                 continue
             origins[path] = _pos(vnode)
 
+    def _check_secrets(self, node: MappingNode, prefix: tuple, out: dict, origins: dict):
+        """Everything under secrets: is a Secret (the text as written), whatever its YAML
+        type; nested mappings and lists keep their shape. Never echoes a value."""
+        known = KNOWN_VARS["secrets"]
+        for key, knode, vnode in self.pairs(node, "secret"):
+            path = prefix + (key,)
+            if key in known and isinstance(vnode, (MappingNode, SequenceNode)):
+                self.problem(_pos(vnode), f"{'.'.join(path)}: expected {known[key].expected}, "
+                             f"got {_secret_kind(vnode)}", key=".".join(path))
+                continue
+            value = self._secret_value(vnode, ".".join(path))
+            if value is not _BAD:
+                out[key] = value
+                origins[path] = _pos(vnode)
+
+    def _secret_value(self, node: Node, dotted: str, depth: int = 0):
+        if isinstance(node, MappingNode):
+            sub: dict = {}
+            for key, _, vnode in self.pairs(node, "secret"):
+                value = self._secret_value(vnode, f"{dotted}.{key}", depth + 1)
+                if value is not _BAD:
+                    sub[key] = value
+            return sub
+        if isinstance(node, SequenceNode):
+            items = [self._secret_value(v, f"{dotted}[{i}]", depth + 1)
+                     for i, v in enumerate(node.value)]
+            return [v for v in items if v is not _BAD]
+        if _is_null(node):
+            return None
+        if node.tag not in _STANDARD_SCALAR_TAGS:
+            self.problem(_pos(node), f"{dotted}: unsupported YAML tag {node.tag!r} (the value "
+                         "is not shown)", key=dotted)
+            return _BAD
+        return Secret(node.value)
+
+    # -- vars files (host_vars/, group_vars/) --
+    def add_vars_file(self, kind: str, name: str, root: Node | None, shown: str) -> None:
+        """One file of host_vars/NAME or group_vars/NAME: a mapping of variables."""
+        target = (self.hosts if kind == "host" else self.groups).get(name)
+        if target is None:
+            self.warn((shown, 0, 0), f"no {kind} {name!r} in the inventory; file ignored")
+            return
+        if root is None or _is_null(root):
+            return
+        if not isinstance(root, MappingNode):
+            self.problem(_pos(root), f"{kind}_vars/{name}: expected a mapping of variables, "
+                         f"got {_kind(root)}", key=name)
+            return
+        target.file_layers.append(self.check_vars(root))
+        self.find_duplicates(root)
+
     # -- resolution --
     def resolve_path(self, value: str | None) -> str | None:
         if not value:
@@ -1054,31 +1212,35 @@ class _Loader:
         if "ansible_host" not in merged and "host" not in merged:
             problem = _address_problem(hdef.name)
             if problem:
-                self.problem((hdef.line, hdef.col), f"host {hdef.name!r} has no ansible_host and "
-                             f"its name is not a usable address ({problem})", key=hdef.name)
+                self.problem((hdef.file, hdef.line, hdef.col), f"host {hdef.name!r} has no "
+                             f"ansible_host and its name is not a usable address ({problem})",
+                             key=hdef.name)
         user = merged.get("ansible_user") or merged.get("user") or "root"
         port = merged.get("ansible_port") or merged.get("port") or 22
         key_file = merged.get("ansible_ssh_private_key_file") or merged.get("ssh_key")
         return Host(name=hdef.name, address=str(address), user=str(user), port=int(port),
                     key_file=self.resolve_path(key_file),
                     known_hosts_file=self.resolve_path(merged.get("ssh_known_hosts_file")),
-                    groups=groups, vars=merged, line=hdef.line)
+                    groups=groups, vars=merged, line=hdef.line, file=hdef.file)
 
-    def check_head(self, hosts: dict[str, Host], members: dict[str, set], origins: dict):
+    def host_at(self, name: str) -> Where:
+        h = self.hosts[name]
+        return (h.file, h.line, h.col)
+
+    def check_head(self, hosts: dict[str, Host], members: dict[str, list], origins: dict):
         """Exactly one head: role: head, or the single host of a group named 'head'.
         On success every host's vars['role'] is resolved to 'head' or 'worker'."""
-        head_group = members.get("head", set())
+        head_group = set(members.get("head", ()))
         group = self.groups.get("head")
         if group is not None and len(head_group) > 1:
             listed = ", ".join(h for h in self.hosts if h in head_group)
-            self.cross_problem((group.line, group.col),
+            self.cross_problem((group.file, group.line, group.col),
                                f"group 'head' has {len(head_group)} hosts ({listed}); exactly "
                                "one host can be the head", key="head")
             return
 
-        def role_at(name: str) -> tuple[int, int]:
-            hdef = self.hosts[name]
-            return origins[name].get(("role",)) or (hdef.line, hdef.col)
+        def role_at(name: str) -> Where:
+            return origins[name].get(("role",)) or self.host_at(name)
 
         heads: list[str] = []
         for name, host in hosts.items():
@@ -1092,18 +1254,24 @@ class _Loader:
             if any(not p.derived for p in self.problems):
                 return  # the head may be in a part that failed to parse; fix that first
             all_g = self.groups["all"]
-            self.cross_problem((all_g.line, all_g.col), "no head host: set 'role: head' on "
-                               "exactly one host, or put one host in a group named 'head'",
-                               key="role")
+            self.cross_problem((all_g.file, all_g.line, all_g.col), "no head host: set "
+                               "'role: head' on exactly one host, or put one host in a group "
+                               "named 'head'", key="role")
             return
         if len(heads) > 1:
             def described(name: str) -> str:
-                line = self.hosts[name].line
+                h = self.hosts[name]
                 set_at = origins[name].get(("role",))
-                extra = f", role set at line {set_at[0]}" if set_at and set_at[0] != line else ""
-                return f"{name!r} (line {line}{extra})"
+                extra = ""
+                if set_at and (set_at[0], set_at[1]) != (h.file, h.line):
+                    extra = f", role set at line {set_at[1]}" if set_at[0] == h.file else \
+                        f", role set at {set_at[0]}:{set_at[1]}"
+                return f"{name!r} (line {h.line}{extra})"
 
-            listed = ", ".join(described(n) for n in heads[:-1]) + " and " + described(heads[-1])
+            shown = heads if len(heads) <= 10 else heads[:10]
+            listed = ", ".join(described(n) for n in shown[:-1]) + " and " + described(shown[-1])
+            if len(heads) > 10:
+                listed += f" (and {len(heads) - 10} more)"
             self.cross_problem(role_at(heads[1]), f"{len(heads)} heads: {listed}; exactly one "
                                "host may have role: head", key="role")
             return
@@ -1111,13 +1279,23 @@ class _Loader:
             host.vars["role"] = "head" if name == heads[0] else "worker"
 
     def check_cross(self, hosts: dict[str, Host], origins: dict):
-        """Checks on merged values: sm_host exists, Ray ports do not collide. Messages do
-        not name the host, so a value set once for many hosts is reported once."""
+        """Checks on merged values: sm_host exists, Ray ports do not collide, no two hosts
+        share an address and port. Messages about values do not name the host, so a value
+        set once for many hosts is reported once."""
         fixed = ("port", "dashboard_port", "node_manager_port", "object_manager_port",
                  "client_server_port")
+        endpoints: dict[tuple[str, int], str] = {}
         for name, host in hosts.items():
             where = origins[name]
-            host_at = (self.hosts[name].line, self.hosts[name].col)
+            host_at = self.host_at(name)
+            endpoint = (_canonical_address(host.address), host.port)
+            other = endpoints.setdefault(endpoint, name)
+            if other != name:
+                at = where.get(("ansible_host",)) or where.get(("host",)) or host_at
+                self.cross_problem(at, f"host {name!r} has the same address and port as host "
+                                   f"{other!r} ({host.address} port {host.port}, line "
+                                   f"{self.hosts[other].line}); one machine is one host",
+                                   key=name)
             sm_host = host.vars.get("infiniband", {}).get("sm_host")
             if sm_host is not None and sm_host not in hosts:
                 self.cross_problem(where.get(("infiniband", "sm_host"), host_at),
@@ -1151,57 +1329,167 @@ class _Loader:
                                    f"ray.{key}: port {port} collides with {other}",
                                    key=f"ray.{key}")
 
-    # -- group graph --
+    # -- group graph (iterative: a chain of 10,000 groups must not exhaust the stack) --
     def find_cycles(self) -> None:
-        state: dict[str, int] = {}   # 1 = on stack, 2 = done
+        state: dict[str, int] = {}   # 1 = on the path, 2 = done
         reported: set[frozenset] = set()
-
-        def visit(g: str, path: list[str]):
-            state[g] = 1
-            for c in self.groups[g].children:
+        for start in self.groups:
+            if start in state:
+                continue
+            state[start] = 1
+            path = [start]
+            iters = [iter(self.groups[start].children)]
+            while iters:
+                g = path[-1]
+                c = next(iters[-1], None)
+                if c is None:
+                    state[g] = 2
+                    path.pop()
+                    iters.pop()
+                    continue
                 if state.get(c) == 1:
-                    cycle = path[path.index(c):] + [c] if c in path else [g, c]
+                    cycle = path[path.index(c):] + [c]
                     key = frozenset(cycle)
                     if key not in reported:
                         reported.add(key)
                         self.problem(self.edges.get((g, c)),
                                      "group cycle: " + " -> ".join(cycle), key=c)
-                elif state.get(c) is None:
-                    visit(c, path + [c])
-            state[g] = 2
-
-        for g in self.groups:
-            if state.get(g) is None:
-                visit(g, [g])
-
-    def members(self) -> dict[str, set]:
-        """group -> every host in it or in its descendants (cycles are cut)."""
-        result: dict[str, set] = {}
-        for g in self.groups:
-            seen, todo, out = {g}, [g], set()
-            while todo:
-                x = todo.pop()
-                out.update(self.groups[x].hosts)
-                for c in self.groups[x].children:
-                    if c not in seen:
-                        seen.add(c)
-                        todo.append(c)
-            result[g] = out
-        result["all"] = set(self.hosts)
-        return result
+                elif c not in state:
+                    state[c] = 1
+                    path.append(c)
+                    iters.append(iter(self.groups[c].children))
 
     def depths(self) -> dict[str, int]:
-        """Longest distance from 'all' (Ansible's group depth); cycles are cut."""
-        memo: dict[str, int] = {"all": 0}
+        """Longest distance from 'all' (Ansible's group depth), in topological order; the
+        graph is acyclic here."""
+        indegree = {g: len(d.parents) for g, d in self.groups.items()}
+        depth = {g: 0 for g in self.groups}
+        todo = [g for g, n in indegree.items() if n == 0]
+        while todo:
+            g = todo.pop()
+            for c in self.groups[g].children:
+                depth[c] = max(depth[c], depth[g] + 1)
+                indegree[c] -= 1
+                if indegree[c] == 0:
+                    todo.append(c)
+        return depth
 
-        def depth(g: str, seen: frozenset) -> int:
-            if g in memo:
-                return memo[g]
-            parents = [p for p in self.groups[g].parents if p not in seen] or ["all"]
-            d = 1 + max(depth(p, seen | {p}) for p in parents)
-            memo[g] = d
-            return d
+    def host_groups(self) -> dict[str, list[str]]:
+        """host -> every group it is in (directly or through children), 'all' first, then
+        by depth and name (the order their variables apply in)."""
+        depth = self.depths()
+        direct: dict[str, list[str]] = {h: [] for h in self.hosts}
+        for g, d in self.groups.items():
+            for h in d.hosts:
+                direct[h].append(g)
+        closure: dict[str, frozenset] = {}
+        total = 0
 
-        for g in self.groups:
-            depth(g, frozenset([g]))
-        return memo
+        def ancestors(g: str) -> frozenset:
+            nonlocal total
+            done = closure.get(g)
+            if done is None:
+                seen, todo = {g}, [g]
+                while todo:
+                    for p in self.groups[todo.pop()].parents:
+                        if p not in seen:
+                            seen.add(p)
+                            todo.append(p)
+                done = closure[g] = frozenset(seen)
+                total += len(done)
+            return done
+
+        out: dict[str, list[str]] = {}
+        for h, gs in direct.items():
+            mine: set[str] = {"all"}
+            for g in gs:
+                mine |= ancestors(g)
+            total += len(mine)
+            if total > MAX_MEMBERSHIPS:
+                raise InputError(f"group memberships exceed {MAX_MEMBERSHIPS:,} (hosts x the "
+                                 "groups each is in); refused", file=self.shown)
+            mine.discard("all")
+            out[h] = ["all"] + sorted(mine, key=lambda g: (depth.get(g, 0), g))
+        return out
+
+
+_BAD = object()
+
+
+def _canonical_address(address: str) -> str:
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return address.lower().rstrip(".")
+
+
+# --------------------------------------------------------------------------------------
+# Extra variables (-e/--extra-vars)
+# --------------------------------------------------------------------------------------
+
+
+def parse_extra_vars(items: list[str], *, base_dir: str | Path | None = None) -> dict:
+    """Variables from `-e/--extra-vars` arguments, later arguments winning (deep-merged):
+
+    - ``@FILE``: a YAML (or JSON) file holding a mapping, read with the bounded reader;
+      a relative FILE is relative to `base_dir` (default: the current folder);
+    - ``{...}``: a YAML/JSON mapping written inline;
+    - ``KEY=VALUE [KEY=VALUE ...]``: shell-like words; each VALUE is text, as in Ansible
+      (write JSON/YAML for numbers, booleans or lists).
+
+    Pure apart from reading @FILE. Each problem is an InputError naming the argument.
+    Check the result like inventory variables with ``load_inventory(...,
+    extra_vars=...)`` or ``validate_vars``."""
+    import shlex
+
+    out: dict = {}
+    for item in items:
+        shown = f"--extra-vars {item!r}" if len(item) <= 60 else \
+            f"--extra-vars {item[:57]!r}..."
+        text = item.strip()
+        if not text:
+            raise InputError(f"{shown}: empty; expected KEY=VALUE, @FILE or a mapping",
+                             key="--extra-vars")
+        if text.startswith("@"):
+            name = text[1:].strip()
+            if not name:
+                raise InputError(f"{shown}: '@' needs a file name", key="--extra-vars")
+            path = Path(os.path.expanduser(name))
+            if not path.is_absolute() and base_dir is not None:
+                path = Path(base_dir) / path
+            value = yamlread.load(path, what="extra vars file", default={})
+            if not isinstance(value, dict):
+                raise InputError(f"{shown}: the file must hold a mapping of variables, not "
+                                 f"{type(value).__name__}", file=str(path), key="--extra-vars")
+        elif text.startswith(("{", "[")):
+            root = yamlread.compose(text, "--extra-vars")
+            value = yamlread.Constructor().build(root) if root is not None else None
+            if not isinstance(value, dict):
+                raise InputError(f"{shown}: expected a mapping such as {{\"gpus\": 4}}",
+                                 key="--extra-vars")
+        else:
+            try:
+                words = shlex.split(text)
+            except ValueError as e:
+                raise InputError(f"{shown}: {e}", key="--extra-vars") from None
+            value = {}
+            for word in words:
+                key, eq, val = word.partition("=")
+                if not eq or not key:
+                    raise InputError(f"{shown}: expected KEY=VALUE, got {word!r}",
+                                     key="--extra-vars")
+                value[key] = val
+        for key in value:
+            if not isinstance(key, str):
+                raise InputError(f"{shown}: variable names must be text, got {key!r}",
+                                 key="--extra-vars")
+        _merge_plain(out, value)
+    return out
+
+
+def _merge_plain(into: dict, layer: dict) -> None:
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge_plain(into[key], value)
+        else:
+            into[key] = value

@@ -269,50 +269,81 @@ class Session:
     def map(self, fn: Callable[[Any], Any], items: Iterable, *, step: str = "",
             deadline: float | None = None, name: Callable[[Any], str] | None = None,
             forks: int | None = None) -> GroupResult:
-        """Run fn(item) for every item (hosts, or objects with a `.host`/`.name`) with at
-        most `forks` at a time. `deadline` (seconds, per item) cuts the item's host
-        connection when it passes; the item then fails as timed out. Exceptions are
-        the item's failure; the others carry on."""
-        items = list(items)
-        key = name or _item_name
-        result = GroupResult()
-        if not items:
-            return result
-        workers = max(1, min(forks or self.forks, len(items)))
-        started: dict[str, float] = {}
-        timed_out: set[str] = set()
+        """Run fn(item) for every item (host names, hosts, or objects with a `.host`)
+        with at most `forks` at a time. `deadline` (seconds, per item) cuts the item's
+        host connection when it passes; the item then fails as timed out. Exceptions
+        are the item's failure; the others carry on."""
+        return parallel_map(fn, items, forks=forks or self.forks, step=step,
+                            deadline=deadline, name=name, abort=self.abort)
 
-        def run(item):
-            started[key(item)] = time.monotonic()
-            return fn(item)
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(run, item): key(item) for item in items}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, timeout=1.0 if deadline else None,
-                                     return_when=FIRST_COMPLETED)
-                for fut in done:
-                    host = futures[fut]
-                    try:
-                        result.succeeded[host] = fut.result()
-                    except BaseException as exc:  # noqa: BLE001 - per-host isolation
-                        if isinstance(exc, KeyboardInterrupt):
-                            raise
-                        reason = failure_reason(exc)
-                        if host in timed_out:
-                            reason = f"timed out after {deadline:g}s" + \
-                                (f" during {step}" if step else "") + f" ({reason})"
-                        result.failed[host] = HostFailure(host, step, reason, exc)
-                if deadline:
-                    now = time.monotonic()
-                    for fut in pending:
-                        host = futures[fut]
-                        t0 = started.get(host)
-                        if t0 is not None and now - t0 > deadline and host not in timed_out:
-                            timed_out.add(host)
-                            self.abort(host)
+def parallel_map(fn: Callable[[Any], Any], items: Iterable, *, forks: int, step: str = "",
+                 deadline: float | None = None, name: Callable[[Any], str] | None = None,
+                 host: Callable[[Any], str] | None = None,
+                 abort: Callable[[str], None] | None = None,
+                 grace: float = 10.0) -> GroupResult:
+    """The one bounded parallel map (see Session.map). Results are keyed by name(item)
+    (default: the item's host name); `abort(host(item))` is called for an item past
+    its deadline (a session cuts that host's connection, which wakes the thread). A
+    thread that still has not returned `grace` seconds later is left behind: its item
+    fails as timed out and the map returns anyway."""
+    items = list(items)
+    key = name or _item_name
+    host_of = host or key
+    result = GroupResult()
+    if not items:
         return result
+    workers = max(1, min(forks, len(items)))
+    started: dict[str, float] = {}
+    cut_at: dict[str, float] = {}
+
+    def run(item):
+        started[key(item)] = time.monotonic()
+        return fn(item)
+
+    def timed_out_reason(why: str) -> str:
+        return f"timed out after {deadline:g}s" + (f" during {step}" if step else "") + why
+
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = {pool.submit(run, item): item for item in items}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.5 if deadline else None,
+                                 return_when=FIRST_COMPLETED)
+            for fut in done:
+                item = futures[fut]
+                k = key(item)
+                try:
+                    result.succeeded[k] = fut.result()
+                except BaseException as exc:  # noqa: BLE001 - per-host isolation
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    reason = failure_reason(exc)
+                    if k in cut_at:
+                        reason = timed_out_reason(f" ({reason})")
+                    result.failed[k] = HostFailure(host_of(item), step, reason, exc)
+            if deadline:
+                now = time.monotonic()
+                for fut in list(pending):
+                    item = futures[fut]
+                    k = key(item)
+                    t0 = started.get(k)
+                    if t0 is None or now - t0 <= deadline:
+                        continue
+                    if k not in cut_at:
+                        cut_at[k] = now
+                        if abort is not None:
+                            abort(host_of(item))
+                    elif now - cut_at[k] > grace:       # abandoned: it did not wake up
+                        pending.discard(fut)
+                        result.failed[k] = HostFailure(
+                            host_of(item), step,
+                            timed_out_reason(" (still stalled after its connection was cut)"),
+                            HostError(host_of(item), "stalled"))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return result
 
 
 def _item_name(item) -> str:

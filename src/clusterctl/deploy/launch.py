@@ -12,14 +12,14 @@ from __future__ import annotations
 import re
 import shlex
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from ..errors import ClusterctlError, HostError, InputError
 from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_output
-from ..remote import Connection, close_all, connect_all
+from ..remote import Connection
+from ..session import Session, parallel_map
 from .commands import chat_request, judge_chat, judge_models
 from .layout import (RECORD_DIR, Deployment, HostInfo, layout_llamacpp, layout_vllm,
                      parse_record, port_conflicts, record_json)
@@ -115,14 +115,29 @@ def gather_facts(conns: dict[str, Connection], forks: int = 20) -> dict[str, Fac
 
 
 def _parallel(conns: dict[str, Connection], fn, forks: int = 20) -> dict:
-    out: dict = {}
-    if not conns:
-        return out
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(conns)))) as pool:
-        futs = {name: pool.submit(fn, c) for name, c in conns.items()}
-        for name, fut in futs.items():
-            out[name] = fut.result()
-    return out
+    """fn(conn) for every connection through the session's bounded map; the first
+    failure (in the given order) is raised once all have finished."""
+    group = parallel_map(fn, list(conns.values()), forks=forks, name=lambda c: c.name)
+    for name in conns:
+        if name in group.failed:
+            raise group.outcome(name)
+    return dict(group.succeeded)
+
+
+def _session(inventory, opts_or_forks, accept_new_host_keys: bool = False) -> Session:
+    forks = getattr(opts_or_forks, "forks", opts_or_forks)
+    accept = getattr(opts_or_forks, "accept_new_host_keys", accept_new_host_keys)
+    return Session(inventory, forks=forks, accept_new_host_keys=accept)
+
+
+def _connect(session: Session, hosts: list, what: str = "cannot reach") -> dict:
+    """The session's connections to `hosts`; an unreachable host is a ClusterctlError
+    naming every one that failed."""
+    connected = session.connect(hosts)
+    if connected.failed:
+        raise ClusterctlError(what + " " + "; ".join(
+            f"{n}: {f.reason}" for n, f in connected.failed.items()))
+    return dict(connected.succeeded)
 
 
 def host_infos(hosts: list, facts: dict[str, Facts]) -> list[HostInfo]:
@@ -327,13 +342,14 @@ def loadbalancer_role():
                 handlers=handlers, defaults={})
 
 
-def run_units(inventory, dep: Deployment, opts: DeployOptions, reporter=None):
+def run_units(inventory, dep: Deployment, opts: DeployOptions, reporter=None,
+              session: Session | None = None):
     from ..engine.runner import RunOptions, run_playbook
     plays = build_plays(dep)
     options = RunOptions(check=opts.check, diff=opts.diff, forks=opts.forks,
                          accept_new_host_keys=opts.accept_new_host_keys,
                          limit=list(dep.hosts))
-    return run_playbook(inventory, plays, options, reporter)
+    return run_playbook(inventory, plays, options, reporter, session)
 
 
 # --------------------------------------------------------------------------- unit state
@@ -486,11 +502,11 @@ def _int(text) -> int:
 
 
 def _check_units(dep: Deployment, conns: dict[str, Connection], baseline) -> None:
-    def one(host):
-        return host, unit_states(conns[host], [u.name for u in dep.units_on(host)])
-    with ThreadPoolExecutor(max_workers=max(1, len(dep.hosts))) as pool:
-        results = list(pool.map(one, [h for h in dep.hosts if dep.units_on(h)]))
-    for host, states in results:
+    with_units = {h: conns[h] for h in dep.hosts if dep.units_on(h)}
+    results = _parallel(with_units, lambda c: unit_states(c, [u.name for u in
+                                                             dep.units_on(c.name)]),
+                        max(1, len(with_units)))
+    for host, states in results.items():
         for name, st in states.items():
             active, sub = st.get("ActiveState"), st.get("SubState")
             restarts = _int(st.get("NRestarts")) - baseline.get((host, name), 0)
@@ -507,95 +523,89 @@ def _check_units(dep: Deployment, conns: dict[str, Connection], baseline) -> Non
 
 
 def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
-                 log: Log = lambda s: None, progress=None) -> DeployResult:
+                 log: Log = lambda s: None, progress=None,
+                 session: Session | None = None) -> DeployResult:
+    """Plan, place and launch a model, and wait for a real completion. Every step
+    works over one session: one SSH connection per host for the whole command."""
     if opts.backend not in (None, "llamacpp", "vllm"):
         raise InputError(f"--backend must be vllm or llamacpp, got {opts.backend!r}",
                          key="--backend")
+    if session is None:
+        with _session(inventory, opts) as own:
+            return deploy_model(inventory, model, opts, reporter=reporter, log=log,
+                                progress=progress, session=own)
     targets = inventory.select(opts.limit)
     head = inventory.head
     wanted = list(targets) + ([head] if head not in targets else [])
-    conns, errors = connect_all(wanted, accept_new_host_keys=opts.accept_new_host_keys,
-                                forks=opts.forks)
-    try:
-        if errors:
-            raise ClusterctlError("cannot reach " + "; ".join(
-                f"{n}: {e}" for n, e in errors.items()))
-        facts = gather_facts(conns, opts.forks)
-        check_gpu_health(targets, facts, conns, opts, log)
-        infos = host_infos(targets, facts)
-        models_dir = models_dir_of(inventory)
-        ref = resolve_model(model, models_dir, lambda p: _exists(conns[head.name], p))
-        info, sync_seconds, ref = _model_info(inventory, ref, conns[head.name], head.name,
-                                              opts, log, progress)
-        backend = opts.backend or ("llamacpp" if info.format == "gguf" else "vllm")
-        if backend == "llamacpp" and info.format != "gguf":
-            raise InputError(f"{model}: llama.cpp serves GGUF files; this is a Hugging Face "
-                             f"folder (convert it with llama.cpp's convert_hf_to_gguf.py, or "
-                             f"use --backend vllm)", key="--backend")
-        name = opts.name or default_deployment_name(model)
-        plan = plan_model(info, node_gpus(infos), max_model_len=opts.max_model_len,
-                          gpu_memory_utilization=opts.gpu_memory_utilization,
-                          kv_cache_dtype=opts.kv_cache_dtype)
-        plan = override_plan(plan, infos, opts.tensor_parallel_size,
-                             opts.pipeline_parallel_size)
-        others = read_records(conns[head.name])
-        previous = next((d for d in others if d.name == name), None)
-        if previous is not None:
-            _connect_more(inventory, conns, previous.hosts, opts)
-        head_ip = host_infos([head], {head.name: facts[head.name]})[0].cluster_ip
-        dep = _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others,
-                      previous, head_ip)
-        for w in dep.warnings:
-            log(w)
+    conns = _connect(session, wanted)
+    facts = gather_facts(conns, opts.forks)
+    check_gpu_health(targets, facts, conns, opts, log)
+    infos = host_infos(targets, facts)
+    models_dir = models_dir_of(inventory)
+    ref = resolve_model(model, models_dir, lambda p: _exists(conns[head.name], p))
+    info, sync_seconds, ref = _model_info(inventory, ref, conns[head.name], head.name,
+                                          opts, log, progress, session)
+    backend = opts.backend or ("llamacpp" if info.format == "gguf" else "vllm")
+    if backend == "llamacpp" and info.format != "gguf":
+        raise InputError(f"{model}: llama.cpp serves GGUF files; this is a Hugging Face "
+                         f"folder (convert it with llama.cpp's convert_hf_to_gguf.py, or "
+                         f"use --backend vllm)", key="--backend")
+    name = opts.name or default_deployment_name(model)
+    plan = plan_model(info, node_gpus(infos), max_model_len=opts.max_model_len,
+                      gpu_memory_utilization=opts.gpu_memory_utilization,
+                      kv_cache_dtype=opts.kv_cache_dtype)
+    plan = override_plan(plan, infos, opts.tensor_parallel_size,
+                         opts.pipeline_parallel_size)
+    others = read_records(conns[head.name])
+    previous = next((d for d in others if d.name == name), None)
+    if previous is not None:
+        _connect_more(inventory, conns, previous.hosts, session)
+    head_ip = host_infos([head], {head.name: facts[head.name]})[0].cluster_ip
+    dep = _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others,
+                  previous, head_ip)
+    for w in dep.warnings:
+        log(w)
 
-        if opts.check:
-            report = run_units(inventory, dep, opts, reporter)
-            return DeployResult(dep, plan, True, changed=report.changed, report=report)
+    if opts.check:
+        report = run_units(inventory, dep, opts, reporter, session)
+        return DeployResult(dep, plan, True, changed=report.changed, report=report)
 
-        need_model = _hosts_needing_model(dep)
-        if (opts.sync and ref.sync_source is not None) or _needs_spread(ref, need_model,
-                                                                          head.name):
-            t = time.monotonic()
-            _sync(inventory, ref, need_model, head.name, opts, log, progress)
-            sync_seconds += time.monotonic() - t
-        else:
-            _check_present(conns, need_model, dep.model_path)
+    need_model = _hosts_needing_model(dep)
+    if (opts.sync and ref.sync_source is not None) or _needs_spread(ref, need_model,
+                                                                      head.name):
+        t = time.monotonic()
+        _sync(inventory, ref, need_model, head.name, opts, log, progress, session)
+        sync_seconds += time.monotonic() - t
+    else:
+        _check_present(conns, need_model, dep.model_path)
 
-        if previous is not None:
-            _remove_stale(previous, dep, conns, log)
-        start = time.monotonic()
-        dep.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        write_record(conns[head.name], dep)
-        report = run_units(inventory, dep, opts, reporter)
-        if report.failed_hosts:
-            raise ClusterctlError("units could not be installed on "
-                                  + ", ".join(f"{h} ({report.recap[h].error})"
-                                              for h in report.failed_hosts))
-        if opts.restart:
-            _restart_units(dep, conns, log)
-        launch_seconds = time.monotonic() - start
-        _seconds, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log)
-        dep.ready_seconds = round(time.monotonic() - start, 2)
-        write_record(conns[head.name], dep)
-        return DeployResult(dep, plan, False, changed=report.changed, sync_seconds=sync_seconds,
-                            launch_seconds=launch_seconds, ready_seconds=time.monotonic() - start,
-                            reply=reply, report=report)
-    finally:
-        close_all(conns)
+    if previous is not None:
+        _remove_stale(previous, dep, conns, log)
+    start = time.monotonic()
+    dep.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    write_record(conns[head.name], dep)
+    report = run_units(inventory, dep, opts, reporter, session)
+    if report.failed_hosts:
+        raise ClusterctlError("units could not be installed on "
+                              + ", ".join(f"{h} ({report.recap[h].error})"
+                                          for h in report.failed_hosts))
+    if opts.restart:
+        _restart_units(dep, conns, log)
+    launch_seconds = time.monotonic() - start
+    _seconds, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log)
+    dep.ready_seconds = round(time.monotonic() - start, 2)
+    write_record(conns[head.name], dep)
+    return DeployResult(dep, plan, False, changed=report.changed, sync_seconds=sync_seconds,
+                        launch_seconds=launch_seconds, ready_seconds=time.monotonic() - start,
+                        reply=reply, report=report)
 
 
 def _connect_more(inventory, conns: dict[str, Connection], names: list[str],
-                  opts: DeployOptions) -> None:
+                  session: Session) -> None:
     """Also connect to hosts of the previous layout (its stale units must go)."""
     more = [inventory.hosts[n] for n in names if n not in conns and n in inventory.hosts]
-    if not more:
-        return
-    extra, errors = connect_all(more, accept_new_host_keys=opts.accept_new_host_keys,
-                                forks=opts.forks)
-    conns.update(extra)
-    if errors:
-        raise ClusterctlError("cannot reach hosts of the previous deployment: " + "; ".join(
-            f"{n}: {e}" for n, e in errors.items()))
+    if more:
+        conns.update(_connect(session, more, "cannot reach hosts of the previous deployment:"))
 
 
 def _exists(conn: Connection, path: str) -> bool:
@@ -603,7 +613,8 @@ def _exists(conn: Connection, path: str) -> bool:
 
 
 def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
-                opts: DeployOptions, log: Log, progress) -> tuple[ModelInfo, float, ModelRef]:
+                opts: DeployOptions, log: Log, progress,
+                session: Session | None = None) -> tuple[ModelInfo, float, ModelRef]:
     """The model's size and shape; a Hugging Face model is downloaded to the head first
     (and from then on spread from there, like a model that was on the head)."""
     if ref.kind == "local":
@@ -619,7 +630,7 @@ def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
             log(f"downloading {ref.sync_source} to {head}:{ref.remote_path}")
             t = time.monotonic()
             sync_to(inventory, ref, [head], progress=progress,
-                    accept_new_host_keys=opts.accept_new_host_keys)
+                    accept_new_host_keys=opts.accept_new_host_keys, session=session)
             seconds = time.monotonic() - t
         ref = ModelRef(ref.given, "head", ref.remote_path, None, None)
     return remote_model_info(head_conn, ref.remote_path), seconds, ref
@@ -693,7 +704,7 @@ def _needs_spread(ref: ModelRef, hosts: list[str], head: str) -> bool:
 
 
 def _sync(inventory, ref: ModelRef, hosts: list[str], head: str, opts: DeployOptions,
-          log: Log, progress) -> None:
+          log: Log, progress, session: Session | None = None) -> None:
     if ref.kind == "head":
         import posixpath
         src = ModelRef(ref.given, "head", ref.remote_path, f"{head}:{ref.remote_path}",
@@ -705,7 +716,7 @@ def _sync(inventory, ref: ModelRef, hosts: list[str], head: str, opts: DeployOpt
         ref = src
     log(f"model: syncing {ref.sync_source} to {', '.join(hosts)}:{ref.remote_path}")
     sync_to(inventory, ref, hosts, progress=progress,
-            accept_new_host_keys=opts.accept_new_host_keys)
+            accept_new_host_keys=opts.accept_new_host_keys, session=session)
 
 
 def _check_present(conns, hosts: list[str], path: str) -> None:
@@ -765,12 +776,15 @@ def _remove_lb(dep: Deployment, conns) -> None:
 
 
 def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20,
-             accept_new_host_keys: bool = False, log: Log = lambda s: None) -> list[str]:
+             accept_new_host_keys: bool = False, log: Log = lambda s: None,
+             session: Session | None = None) -> list[str]:
     """Stop and remove a deployment's units, load balancer and record. Returns the names
     removed. NAME may be omitted when exactly one deployment exists."""
+    if session is None:
+        with _session(inventory, forks, accept_new_host_keys) as own:
+            return undeploy(inventory, name, all_=all_, log=log, session=own)
     head = inventory.head
-    with Connection(head, accept_new_host_keys=accept_new_host_keys) as hc:
-        records = read_records(hc)
+    records = read_records(_connect(session, [head])[head.name])
     if not records:
         raise InputError("nothing is deployed (no records in "
                          f"{head.name}:{RECORD_DIR})", key="NAME")
@@ -791,21 +805,18 @@ def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20
     if missing:
         raise InputError("the record names hosts this inventory does not have: "
                          + ", ".join(sorted(missing)))
-    conns, errors = connect_all([inventory.hosts[h] for h in sorted(hosts)],
-                                accept_new_host_keys=accept_new_host_keys, forks=forks)
-    try:
-        if errors:
-            raise ClusterctlError("cannot reach " + "; ".join(
-                f"{n}: {e}" for n, e in errors.items()) + " (nothing was removed)")
-        for d in chosen:
-            log(f"undeploy {d.name}: stopping {len(d.units)} units on "
-                f"{', '.join(d.hosts)}")
-            _remove_lb(d, conns)
-            _stop_units(d.units, conns)
-            conns[head.name].run(["rm", "-f", d.record_path()])
-        return [d.name for d in chosen]
-    finally:
-        close_all(conns)
+    connected = session.connect([inventory.hosts[h] for h in sorted(hosts)])
+    if connected.failed:
+        raise ClusterctlError("cannot reach " + "; ".join(
+            f"{n}: {f.reason}" for n, f in connected.failed.items()) + " (nothing was removed)")
+    conns = dict(connected.succeeded)
+    for d in chosen:
+        log(f"undeploy {d.name}: stopping {len(d.units)} units on "
+            f"{', '.join(d.hosts)}")
+        _remove_lb(d, conns)
+        _stop_units(d.units, conns)
+        conns[head.name].run(["rm", "-f", d.record_path()])
+    return [d.name for d in chosen]
 
 
 # --------------------------------------------------------------------------- status
@@ -829,54 +840,56 @@ class Status:
                 "units": self.units, "endpoints": self.endpoints}
 
 
-def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False) -> list[Status]:
+def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False,
+           session: Session | None = None) -> list[Status]:
     """Every recorded deployment with its units' state and its endpoints' health."""
+    if session is None:
+        with _session(inventory, forks, accept_new_host_keys) as own:
+            return status(inventory, session=own)
     head = inventory.head
-    with Connection(head, accept_new_host_keys=accept_new_host_keys) as hc:
-        records = read_records(hc)
-        if not records:
-            return []
-        hosts = sorted({h for d in records for h in d.hosts if h in inventory.hosts})
-        conns, errors = connect_all([inventory.hosts[h] for h in hosts if h != head.name],
-                                    accept_new_host_keys=accept_new_host_keys, forks=forks)
-        conns[head.name] = hc
-        try:
-            units_by_host: dict[str, list[str]] = {}
-            for d in records:
-                for u in d.units:
-                    units_by_host.setdefault(u.host, []).append(u.name)
-            states = _parallel({h: c for h, c in conns.items() if h in units_by_host},
-                               lambda c: unit_states(c, units_by_host[c.name]), forks)
-            out = []
-            for d in records:
-                units = {}
-                for u in d.units:
-                    if u.host in errors or u.host not in inventory.hosts:
-                        units[f"{u.name}@{u.host}"] = {"active": "unreachable"}
-                        continue
-                    st = states.get(u.host, {}).get(u.name, {})
-                    units[f"{u.name}@{u.host}"] = {"active": st.get("ActiveState", "?"),
-                                                   "sub": st.get("SubState", "?"),
-                                                   "restarts": st.get("NRestarts", "?")}
-                endpoints = {}
-                for e in [g.endpoint for g in d.groups] + ([d.lb.endpoint] if d.lb else []):
-                    code, body = http_get(hc, e + "/models", timeout=3)
-                    verdict = judge_models(body, d.served_name) if code == 200 else None
-                    endpoints[e] = "ok" if verdict and verdict.ok else (
-                        verdict.detail if verdict else f"HTTP {code or 'no answer'}")
-                all_units = all(v.get("active") == "active" for v in units.values())
-                main = d.endpoint
-                if endpoints.get(main) == "ok" and all_units and all(
-                        v == "ok" for v in endpoints.values()):
-                    health = "ready"
-                elif endpoints.get(main) == "ok":
-                    health = "degraded"
-                else:
-                    health = "down"
-                out.append(Status(d, units, endpoints, health))
-            return out
-        finally:
-            close_all({h: c for h, c in conns.items() if h != head.name})
+    hc = _connect(session, [head])[head.name]
+    records = read_records(hc)
+    if not records:
+        return []
+    hosts = sorted({h for d in records for h in d.hosts if h in inventory.hosts})
+    connected = session.connect([inventory.hosts[h] for h in hosts if h != head.name])
+    errors = connected.failed
+    conns = dict(connected.succeeded)
+    conns[head.name] = hc
+    units_by_host: dict[str, list[str]] = {}
+    for d in records:
+        for u in d.units:
+            units_by_host.setdefault(u.host, []).append(u.name)
+    states = _parallel({h: c for h, c in conns.items() if h in units_by_host},
+                       lambda c: unit_states(c, units_by_host[c.name]), session.forks)
+    out = []
+    for d in records:
+        units = {}
+        for u in d.units:
+            if u.host in errors or u.host not in inventory.hosts:
+                units[f"{u.name}@{u.host}"] = {"active": "unreachable"}
+                continue
+            st = states.get(u.host, {}).get(u.name, {})
+            units[f"{u.name}@{u.host}"] = {"active": st.get("ActiveState", "?"),
+                                           "sub": st.get("SubState", "?"),
+                                           "restarts": st.get("NRestarts", "?")}
+        endpoints = {}
+        for e in [g.endpoint for g in d.groups] + ([d.lb.endpoint] if d.lb else []):
+            code, body = http_get(hc, e + "/models", timeout=3)
+            verdict = judge_models(body, d.served_name) if code == 200 else None
+            endpoints[e] = "ok" if verdict and verdict.ok else (
+                verdict.detail if verdict else f"HTTP {code or 'no answer'}")
+        all_units = all(v.get("active") == "active" for v in units.values())
+        main = d.endpoint
+        if endpoints.get(main) == "ok" and all_units and all(
+                v == "ok" for v in endpoints.values()):
+            health = "ready"
+        elif endpoints.get(main) == "ok":
+            health = "degraded"
+        else:
+            health = "down"
+        out.append(Status(d, units, endpoints, health))
+    return out
 
 
 __all__ = ["DeployOptions", "DeployResult", "DeployFailed", "deploy_model", "undeploy",

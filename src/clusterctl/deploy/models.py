@@ -217,7 +217,7 @@ def local_model_info(path: Path) -> ModelInfo:
 
 
 def sync_to(inventory, ref: ModelRef, hosts: list[str], *, progress=None,
-            accept_new_host_keys: bool = False):
+            accept_new_host_keys: bool = False, session=None):
     """Put the model at ref.remote_path on `hosts` with clusterctl.sync (skipped when it
     is already there: the sync checks sizes and mtimes and sends nothing)."""
     if ref.sync_source is None:
@@ -227,7 +227,8 @@ def sync_to(inventory, ref: ModelRef, hosts: list[str], *, progress=None,
     except ImportError:                                   # pragma: no cover
         raise ClusterctlError("model sync is not available in this install") from None
     report = sync_model(inventory, ref.sync_source, ref.sync_name, hosts=hosts,
-                        progress=progress, accept_new_host_keys=accept_new_host_keys)
+                        progress=progress, accept_new_host_keys=accept_new_host_keys,
+                        session=session)
     if not report.ok:
         details = "; ".join(f"{n}: {r.error or r.state}" for n, r in report.nodes.items()
                             if not r.ok)

@@ -2,15 +2,14 @@
 
 Mappings load as `YDict` (a dict) whose `.line` is the mapping's first line and
 `.key_lines[key]` the line of each key; sequences as `YList` with `.lines`.
-Duplicate keys are an error naming both lines.
+Duplicate keys are an error naming both lines. Reading is bounded (clusterctl.yamlread).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from ..errors import InputError
+from .. import yamlread
+from ..yamlread import Constructor
 
 
 class YDict(dict):
@@ -25,60 +24,32 @@ class YList(list):
     file: str = ""
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _Constructor(Constructor):
+    """YDict / YList with the lines of their keys and items."""
 
+    def mapping(self, node, items):
+        result = YDict()
+        result.line = node.start_mark.line + 1
+        result.file = node.start_mark.name
+        result.key_lines = {}
+        for key, value, knode in items:
+            result[key] = value
+            result.key_lines[key] = knode.start_mark.line + 1
+        return result
 
-def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> YDict:
-    loader.flatten_mapping(node)
-    result = YDict()
-    result.line = node.start_mark.line + 1
-    result.file = loader.name
-    result.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in result:
-            raise InputError(
-                f"duplicate key {key!r} (first at line {result.key_lines[key]})",
-                file=loader.name, line=key_node.start_mark.line + 1,
-                column=key_node.start_mark.column + 1, key=str(key))
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = key_node.start_mark.line + 1
-    return result
-
-
-def _construct_sequence(loader: _Loader, node: yaml.SequenceNode) -> YList:
-    result = YList(loader.construct_object(child, deep=True) for child in node.value)
-    result.line = node.start_mark.line + 1
-    result.lines = [child.start_mark.line + 1 for child in node.value]
-    result.file = loader.name
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+    def sequence(self, node, items):
+        result = YList(items)
+        result.line = node.start_mark.line + 1
+        result.lines = [child.start_mark.line + 1 for child in node.value]
+        result.file = node.start_mark.name
+        return result
 
 
 def load_yaml(path: Path, *, default=None):
-    """Load a YAML file with line info. Missing file -> InputError; empty -> default."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InputError(f"cannot read: {exc.strerror}", file=str(path)) from None
-    loader = _Loader(text)
-    loader.name = str(path)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise InputError(f"YAML syntax error: {exc.problem or exc.context}", file=str(path),
-                         line=mark.line + 1 if mark else None,
-                         column=mark.column + 1 if mark else None) from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"YAML error: {exc}", file=str(path)) from None
-    finally:
-        loader.dispose()
-    return default if data is None else data
+    """Load a YAML file with line info, bounded (see clusterctl.yamlread: regular files
+    only, size, nesting depth and alias expansion limits). Missing file -> InputError;
+    empty -> default."""
+    return yamlread.load(path, what="YAML file", default=default, constructor=_Constructor)
 
 
 def line_of(container, key=None) -> int | None:

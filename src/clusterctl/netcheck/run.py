@@ -14,7 +14,6 @@ Everything netcheck starts on a node is also bounded by `timeout`.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import ClusterctlError, UnreachableError
 from ..facts import parse_output
-from ..remote import Connection, close_all, connect_all
+from ..remote import Connection
+from ..session import Session, parallel_map
 from . import probe
 from .findings import analyze, in_network
 from .model import SEVERITY_ORDER, WARNING, Finding, Link, NetcheckResult, NodeInfo, PortCheck, Settings
@@ -92,40 +92,30 @@ class _Run:
         connection aborted and is recorded as unreachable.
         """
         items = list(items)
-        done: dict[int, tuple[bool, Any]] = {}
 
-        def work(i: int, item: Any) -> None:
-            try:
-                done[i] = (True, fn(item))
-            except BaseException as exc:  # noqa: BLE001 - isolated per node
-                done[i] = (False, exc)
-
-        threads = [threading.Thread(target=work, args=(i, item), daemon=True,
-                                    name=f"netcheck-{node_of(item)}")
-                   for i, item in enumerate(items)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + timeout
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        def abort(name: str) -> None:
+            conn = self.conns.get(name)
+            if conn is not None:
+                _abort(conn)
+        group = parallel_map(lambda pair: fn(pair[1]), list(enumerate(items)),
+                             forks=max(1, len(items)), deadline=timeout, grace=5.0,
+                             name=lambda pair: str(pair[0]),
+                             host=lambda pair: node_of(pair[1]), abort=abort)
         out: dict[Any, Any] = {}
-        for i, (item, t) in enumerate(zip(items, threads)):
+        for i, item in enumerate(items):
             name = node_of(item)
-            if i not in done:
-                conn = self.conns.get(name)
-                if conn is not None:
-                    _abort(conn)
+            if str(i) in group.succeeded:
+                out[item] = group.succeeded[str(i)]
+                continue
+            failure = group.failed[str(i)]
+            if failure.reason.startswith("timed out after"):
                 self.lost(name, UnreachableError(
                     name, f"SSH connects but commands stall (no answer within {timeout:g}s): "
                     f"large frames dropped on the way, or the node is overloaded"))
-                continue
-            ok, value = done[i]
-            if ok:
-                out[item] = value
-            elif isinstance(value, Exception):
-                self.lost(name, value)
+            elif isinstance(failure.exception, Exception):
+                self.lost(name, failure.exception)
             else:
-                raise value
+                raise failure.exception
         return out
 
 
@@ -159,9 +149,12 @@ def _abort(conn: Connection) -> None:
         pass
 
 
-def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = None
-                 ) -> NetcheckResult:
+def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = None,
+                 session: Session | None = None) -> NetcheckResult:
+    """The network check over the command's session (one is made, and closed at the
+    end, when none is given)."""
     options = options or NetcheckOptions()
+    own_session = False
     t0 = time.monotonic()
     timings: dict[str, float] = {}
     hosts = list(hosts)
@@ -172,13 +165,16 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
     run = _Run(options, settings, nodes, {})
 
     run.say(f"connecting to {len(hosts)} nodes")
-    conns, errors = connect_all(hosts, accept_new_host_keys=options.accept_new_host_keys,
-                                connect_timeout=options.connect_timeout, forks=options.forks)
-    run.conns = conns
-    for name, exc in errors.items():
+    if session is None:
+        session = Session(inventory, forks=options.forks,
+                          accept_new_host_keys=options.accept_new_host_keys,
+                          connect_timeout=options.connect_timeout)
+        own_session = True
+    connected = session.connect(hosts)
+    run.conns = dict(connected.succeeded)
+    for name, failure in connected.failed.items():
         nodes[name].reachable = False
-        nodes[name].error = str(exc).split(": ", 1)[-1] if isinstance(exc, ClusterctlError) \
-            else str(exc)
+        nodes[name].error = failure.reason
     timings["connect"] = time.monotonic() - t0
     links: dict[tuple[str, str], Link] = {}
     ports: list[PortCheck] = []
@@ -198,8 +194,8 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
             rounds = _bandwidth(run, links)
             timings["bandwidth"] = time.monotonic() - t
     finally:
-        close_all(run.conns)
-        close_all({str(i): c for i, c in enumerate(run.dropped)})
+        if own_session:
+            session.close()
     node_list = [nodes[h.name] for h in hosts]
     link_list = [links[k] for k in sorted(links, key=lambda k: (_idx(hosts, k[0]),
                                                                 _idx(hosts, k[1])))]

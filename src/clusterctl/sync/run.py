@@ -19,13 +19,12 @@ import socket
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable
 
 from ..errors import ClusterctlError, HostError, InputError
 from ..inventory import Inventory, load_inventory
-from ..remote import close_all, connect_all
+from ..session import Session
 from . import node_agent
 from .manifest import Manifest, NodeNeed, diff, parse_listing, summarize_reasons
 from .nodes import FINAL_STATES, SyncNode, agent_source, guess_cluster_ip
@@ -56,7 +55,8 @@ def local_hash_cache() -> str:
 def sync_model(inventory: Inventory | str | os.PathLike, source: str, name: str | None = None,
                *, hosts: Iterable | None = None, verify: bool = False,
                progress: ProgressFn | None = None, bwlimit: int | None = None,
-               accept_new_host_keys: bool = False) -> SyncReport:
+               accept_new_host_keys: bool = False, session: Session | None = None
+               ) -> SyncReport:
     """Copy SOURCE to models_dir/NAME on `hosts` (default: every inventory host).
 
     SOURCE: a folder or file on the controller, NODE:/path, or a Hugging Face repo id
@@ -66,6 +66,8 @@ def sync_model(inventory: Inventory | str | os.PathLike, source: str, name: str 
     `progress` gets a SyncProgress snapshot about twice a second; if it raises, the sync
     stops (partial files stay and the next run resumes them) and the exception propagates.
     `bwlimit` caps the stream at that many bytes per second (None: link speed).
+    `session`: the command's session (its connections are reused); by default one is
+    made for this sync and closed at its end.
     """
     inv = inventory if isinstance(inventory, Inventory) else load_inventory(Path(inventory))
     targets = _select(inv, hosts)
@@ -79,9 +81,12 @@ def sync_model(inventory: Inventory | str | os.PathLike, source: str, name: str 
     if bwlimit is not None and int(bwlimit) <= 0:
         raise InputError(f"bwlimit must be a positive number of bytes per second (got "
                          f"{bwlimit})", key="bwlimit")
-    job = _SyncJob(inv, targets, src, name, dirs.pop(), verify=verify, progress=progress,
-                   accept_new_host_keys=accept_new_host_keys, bwlimit=bwlimit)
-    return job.run()
+    if session is None:
+        with Session(inv, accept_new_host_keys=accept_new_host_keys) as own:
+            return _SyncJob(inv, targets, src, name, dirs.pop(), verify=verify,
+                            progress=progress, session=own, bwlimit=bwlimit).run()
+    return _SyncJob(inv, targets, src, name, dirs.pop(), verify=verify, progress=progress,
+                    session=session, bwlimit=bwlimit).run()
 
 
 def _select(inv: Inventory, hosts) -> list:
@@ -101,18 +106,18 @@ def _select(inv: Inventory, hosts) -> list:
 
 class _SyncJob:
     def __init__(self, inv, targets, src, name, models_dir, *, verify, progress,
-                 accept_new_host_keys, bwlimit=None):
+                 session: Session, bwlimit=None):
         self.bwlimit = int(bwlimit) if bwlimit else None
         self.inv, self.targets, self.src, self.name = inv, targets, src, name
         self.models_dir = models_dir.rstrip("/") or "/"
         self.dest = posixpath.join(self.models_dir, name)
         self.verify, self.progress_fn = verify, progress
-        self.accept_new_host_keys = accept_new_host_keys
+        self.session = session
         self.run_id = uuid.uuid4().hex[:12]
         self.nodes: dict[str, SyncNode] = {}
         self.reports = {h.name: NodeReport(h.name) for h in targets}
         self.order = [h.name for h in targets]
-        self.pool = ThreadPoolExecutor(max_workers=max(4, min(32, len(targets) + 2)))
+        self.forks = max(4, min(32, len(targets) + 2))
         self.source_node: str | None = None       # feeds the stream (NodeSource / HF)
         self.source_path: str | None = None
         self.manifest: Manifest | None = None
@@ -142,15 +147,10 @@ class _SyncJob:
         return [n for n in self.order if self.reports[n].state != FAILED and n in self.nodes]
 
     def parallel(self, fn, names: list[str]) -> dict[str, object]:
-        """fn(name) for every name in parallel; values are results or exceptions."""
-        futures = {n: self.pool.submit(fn, n) for n in names}
-        out: dict[str, object] = {}
-        for n, fut in futures.items():
-            try:
-                out[n] = fut.result()
-            except Exception as exc:  # noqa: BLE001 - isolated per node
-                out[n] = exc
-        return out
+        """fn(name) for every name in parallel (the session's map); values are results
+        or exceptions."""
+        group = self.session.map(fn, names, forks=self.forks)
+        return {n: group.outcome(n) for n in names}
 
     @property
     def root(self) -> str:
@@ -170,13 +170,13 @@ class _SyncJob:
         hosts = list(self.targets)
         if isinstance(self.src, NodeSource) and self.src.host not in self.reports:
             hosts.append(self.inv.hosts[self.src.host])
-        conns, errors = connect_all(hosts, accept_new_host_keys=self.accept_new_host_keys)
+        connected = self.session.connect(hosts)
         report = None
         try:
-            for name, exc in errors.items():
-                self.fail(name, str(exc).removeprefix(f"{name}: "))
+            for name, failure in connected.failed.items():
+                self.fail(name, failure.reason)
             agent = agent_source()
-            for name, conn in conns.items():
+            for name, conn in connected.succeeded.items():
                 self.nodes[name] = SyncNode(self.inv.hosts[name], conn, self.run_id)
             spec = None
             if self.manifest is not None:
@@ -211,8 +211,6 @@ class _SyncJob:
             self.rounds(report, first_surveys)
         finally:
             self.shutdown()
-            close_all(conns)
-            self.pool.shutdown(wait=False)
         report.manifest = self.manifest
         report.controller_bytes = self.controller_bytes
         report.seconds = time.monotonic() - started

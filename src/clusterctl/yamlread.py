@@ -1,0 +1,443 @@
+"""Bounded reading of untrusted input files and YAML (layer 1, pure).
+
+Every reader of user files goes through here, so every one is bounded the same way:
+
+- ``read_text``: regular files only (a FIFO, a device or a folder is refused after an
+  ``os.stat``, before anything is opened, and the file is opened non-blocking), at most
+  ``MAX_FILE_BYTES``, UTF-8.
+- ``compose``: YAML to a node graph without recursion, refusing a document nested deeper
+  than ``MAX_DEPTH`` or expanding (aliases counted with their full expanded size) to more
+  than ``MAX_NODES`` values, and refusing recursive aliases. Counting is linear: the size
+  of an anchored node is computed once, when the node ends.
+- ``Constructor``: plain Python values from such a graph, one stack frame per level of
+  nesting; aliases share the constructed object (like PyYAML), merge keys (``<<``) work.
+
+Every problem is an ``InputError`` naming file:line:column.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+import stat
+from typing import Any, Callable
+
+import yaml
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.error import Mark
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import InputError
+
+__all__ = ["MAX_FILE_BYTES", "MAX_NODES", "MAX_DEPTH", "read_text", "compose",
+           "Constructor", "load", "yaml_error"]
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_NODES = 1_000_000
+MAX_DEPTH = 200
+
+STR_TAG = "tag:yaml.org,2002:str"
+NULL_TAG = "tag:yaml.org,2002:null"
+MAP_TAG = "tag:yaml.org,2002:map"
+SEQ_TAG = "tag:yaml.org,2002:seq"
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+_Parser = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
+_RESOLVER = yaml.resolver.Resolver()
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def read_text(path: str | os.PathLike, *, what: str = "file",
+              max_bytes: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most `max_bytes` bytes (a BOM is dropped).
+
+    Never blocks: the type is checked with os.stat before opening (a FIFO is never
+    opened), the open is non-blocking and checked again with fstat."""
+    shown = os.fspath(path)
+    try:
+        st = os.stat(shown)
+    except OSError as e:
+        raise InputError(f"cannot read {what}: {e.strerror or e}", file=shown) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"cannot read {what}: it is {_file_kind(st.st_mode)}, not a regular "
+                         "file", file=shown)
+    if st.st_size > max_bytes:
+        raise InputError(f"{what} is too large: {st.st_size} bytes (the limit is "
+                         f"{max_bytes} bytes)", file=shown)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(shown, flags)
+    except OSError as e:
+        raise InputError(f"cannot read {what}: {e.strerror or e}", file=shown) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # replaced between stat and open
+            raise InputError(f"cannot read {what}: it is {_file_kind(st.st_mode)}, not a "
+                             "regular file", file=shown)
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, min(1 << 20, max_bytes + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise InputError(f"{what} is too large: more than {max_bytes} bytes",
+                                 file=shown)
+    except OSError as e:
+        raise InputError(f"cannot read {what}: {e.strerror or e}", file=shown) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        return codecs.decode(data, "utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"{what} is not UTF-8 text (byte {e.start}, line {line})",
+                         file=shown) from None
+
+
+def yaml_error(e: yaml.YAMLError, file: str) -> InputError:
+    """A YAML error as one InputError at the position YAML reports."""
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return InputError(f"YAML error: {e}", file=file)
+    mark = e.problem_mark or e.context_mark
+    problem = e.problem or "invalid YAML"
+    if e.context:
+        context = e.context
+        if e.context_mark is not None and mark is not None and e.context_mark.line != mark.line:
+            context += f" at line {e.context_mark.line + 1}"
+        problem = f"{context}{',' if problem.startswith('but ') else ':'} {problem}"
+    if "'\\t'" in problem:
+        problem += " (indent with spaces, not tabs)"
+    return InputError(f"YAML syntax error: {problem}", file=file,
+                      line=mark.line + 1 if mark else None,
+                      column=mark.column + 1 if mark else None)
+
+
+def _mark(file: str, m) -> Mark:
+    return Mark(file, m.index, m.line, m.column, None, None)
+
+
+def compose(text: str, file: str, *, max_nodes: int = MAX_NODES,
+            max_depth: int = MAX_DEPTH) -> Node | None:
+    """The node graph of a single-document YAML text (None when it has no document).
+
+    Marks of the nodes carry `file` as their name. Refuses, as an InputError: syntax
+    errors, more than one document, nesting deeper than `max_depth`, an expansion to more
+    than `max_nodes` values (an alias counts the whole expanded size of its anchor),
+    undefined, duplicate and recursive anchors."""
+    parser = _Parser(text)
+    anchors: dict[str, tuple[Node, int] | None] = {}   # None while the node is open
+    # open containers: [node, start count, anchor, pending key or _NO_KEY]
+    stack: list[list] = []
+    count = 0
+    root: Node | None = None
+    documents = 0
+
+    def attach(node: Node) -> None:
+        nonlocal root
+        if not stack:
+            root = node
+            return
+        top = stack[-1]
+        parent = top[0]
+        if isinstance(parent, SequenceNode):
+            parent.value.append(node)
+        elif top[3] is _NO_KEY:
+            top[3] = node
+        else:
+            parent.value.append((top[3], node))
+            top[3] = _NO_KEY
+
+    def too_many(where, detail: str) -> InputError:
+        return InputError(f"YAML document expands to more than {max_nodes:,} values{detail}; "
+                          "refused (is this an alias bomb?)", file=file,
+                          line=where.line + 1, column=where.column + 1)
+
+    try:
+        while parser.check_event():
+            event = parser.get_event()
+            if isinstance(event, yaml.DocumentStartEvent):
+                documents += 1
+                if documents > 1:
+                    raise InputError("expected a single YAML document, found another one "
+                                     "(remove the '---' line or the second document)",
+                                     file=file, line=event.start_mark.line + 1,
+                                     column=event.start_mark.column + 1)
+                anchors.clear()
+                continue
+            if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent,
+                                  yaml.DocumentEndEvent)):
+                continue
+            if isinstance(event, yaml.AliasEvent):
+                target = anchors.get(event.anchor, _MISSING)
+                if target is _MISSING:
+                    raise InputError(f"undefined YAML alias *{event.anchor}", file=file,
+                                     line=event.start_mark.line + 1,
+                                     column=event.start_mark.column + 1)
+                if target is None:
+                    raise InputError(f"recursive YAML alias *{event.anchor} (it refers to the "
+                                     "node that contains it)", file=file,
+                                     line=event.start_mark.line + 1,
+                                     column=event.start_mark.column + 1)
+                node, size = target
+                count += size
+                if count > max_nodes:
+                    raise too_many(event.start_mark,
+                                   f" (alias *{event.anchor} here repeats the {size:,} values "
+                                   f"of anchor &{event.anchor} at line "
+                                   f"{node.start_mark.line + 1})")
+                attach(node)
+                continue
+            if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                node, start, anchor, _ = stack.pop()
+                node.end_mark = _mark(file, event.end_mark)
+                if anchor is not None:
+                    anchors[anchor] = (node, count - start)
+                attach(node)
+                continue
+            anchor = event.anchor
+            if anchor is not None and anchor in anchors:
+                raise InputError(f"duplicate YAML anchor &{anchor}", file=file,
+                                 line=event.start_mark.line + 1,
+                                 column=event.start_mark.column + 1)
+            count += 1
+            if count > max_nodes:
+                raise too_many(event.start_mark, "")
+            start_mark = _mark(file, event.start_mark)
+            tag = event.tag
+            if isinstance(event, yaml.ScalarEvent):
+                if tag is None or tag == "!":
+                    tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)
+                node = ScalarNode(tag, event.value, start_mark, _mark(file, event.end_mark),
+                                  style=event.style)
+                if anchor is not None:
+                    anchors[anchor] = (node, 1)
+                attach(node)
+                continue
+            if len(stack) >= max_depth:
+                raise InputError(f"YAML is nested too deeply (more than {max_depth} levels)",
+                                 file=file, line=event.start_mark.line + 1,
+                                 column=event.start_mark.column + 1)
+            if isinstance(event, yaml.SequenceStartEvent):
+                if tag is None or tag == "!":
+                    tag = SEQ_TAG
+                node = SequenceNode(tag, [], start_mark, None, flow_style=event.flow_style)
+            else:
+                if tag is None or tag == "!":
+                    tag = MAP_TAG
+                node = MappingNode(tag, [], start_mark, None, flow_style=event.flow_style)
+            if anchor is not None:
+                anchors[anchor] = None
+            stack.append([node, count - 1, anchor, _NO_KEY])
+    except yaml.YAMLError as e:
+        raise yaml_error(_python_parser_error(text) or e, file) from None
+    finally:
+        parser.dispose()
+    return root
+
+
+def _python_parser_error(text: str) -> yaml.YAMLError | None:
+    """PyYAML's own parser's error for `text` (its messages say more than libyaml's:
+    which character, tabs); None if it finds none. Used only once a parse has failed."""
+    if _Parser is yaml.SafeLoader:
+        return None
+    parser = yaml.SafeLoader(text)
+    try:
+        while parser.check_event():
+            parser.get_event()
+    except yaml.YAMLError as e:
+        return e
+    finally:
+        parser.dispose()
+    return None
+
+
+_NO_KEY = object()
+_MISSING = object()
+
+
+class NodeError(InputError):
+    """A value that cannot be built; `.problem` is the message without the position."""
+
+    def __init__(self, problem: str, **where):
+        super().__init__(problem, **where)
+        self.problem = problem
+
+
+def node_from_value(value: Any, file: str, line: int = -1, column: int = -1) -> Node:
+    """A node graph for a plain Python value (from the command line, an INI file...), so
+    it can be checked like YAML. Numbers keep their text; marks point at (file, line,
+    column), line -1 meaning none. Shared containers become shared nodes."""
+    mark = Mark(file, 0, line, column, None, None)
+    made: dict[int, Node] = {}
+
+    def scalar(tag: str, text: str) -> ScalarNode:
+        return ScalarNode(f"tag:yaml.org,2002:{tag}", text, mark, mark)
+
+    def make(v: Any, depth: int) -> Node:
+        if depth > MAX_DEPTH:
+            raise InputError(f"value is nested too deeply (more than {MAX_DEPTH} levels)",
+                             file=file, line=line + 1 if line >= 0 else None)
+        if id(v) in made:
+            return made[id(v)]
+        if isinstance(v, dict):
+            node: Node = MappingNode(MAP_TAG, [], mark, mark)
+            made[id(v)] = node
+            node.value.extend((make(k, depth + 1), make(x, depth + 1)) for k, x in v.items())
+            return node
+        if isinstance(v, (list, tuple, set, frozenset)):
+            node = SequenceNode(SEQ_TAG, [], mark, mark)
+            made[id(v)] = node
+            node.value.extend(make(x, depth + 1) for x in v)
+            return node
+        if v is None:
+            return scalar("null", "null")
+        if isinstance(v, bool):
+            return scalar("bool", "true" if v else "false")
+        if isinstance(v, int):
+            return scalar("int", str(v))
+        if isinstance(v, float):
+            return scalar("float", repr(v))
+        if isinstance(v, NumberText):
+            return scalar(v.tag, str(v))
+        return scalar("str", str(v))
+
+    return make(value, 0)
+
+
+class NumberText(str):
+    """A number kept as written (`2.60`, `22`) with the YAML tag it resolves to."""
+
+    tag = "str"
+
+    def __new__(cls, text: str, tag: str):
+        obj = super().__new__(cls, text)
+        obj.tag = tag
+        return obj
+
+
+class Constructor:
+    """Plain Python values from a node graph made by `compose` (so bounded and acyclic).
+
+    Scalars use PyYAML's safe constructors (int, float, bool, null, timestamp, binary,
+    str); mappings and sequences of the standard tags become dicts and lists (override
+    `mapping`/`sequence` for other types); any other tag is refused. Each node is built
+    once: aliases share the object. A duplicate key is an error, or with
+    ``duplicates="first"`` the first one is kept (for callers that report them
+    themselves)."""
+
+    def __init__(self, *, duplicates: str = "error"):
+        self.duplicates = duplicates
+        self._scalars = SafeConstructor()
+        self._built: dict[int, Any] = {}
+
+    # hooks
+    def mapping(self, node: MappingNode, items: list[tuple[Any, Any, Node]]) -> Any:
+        return {k: v for k, v, _ in items}
+
+    def sequence(self, node: SequenceNode, items: list[Any]) -> Any:
+        return items
+
+    @staticmethod
+    def fail(node: Node, message: str, key: str | None = None) -> "NodeError":
+        m = node.start_mark
+        if m.line < 0:
+            return NodeError(message, file=m.name, key=key)
+        return NodeError(message, file=m.name, line=m.line + 1, column=m.column + 1, key=key)
+
+    def scalar(self, node: ScalarNode) -> Any:
+        try:
+            return self._scalars.construct_object(node)
+        except ConstructorError as e:
+            problem = e.problem or "cannot read this value"
+            if "constructor for the tag" in problem:
+                problem = f"unsupported YAML tag {node.tag!r}"
+            raise self.fail(node, problem) from None
+        except (ValueError, OverflowError, TypeError):
+            raise self.fail(node, f"not a valid {node.tag.rsplit(':', 1)[-1]} value "
+                                  f"(tag {node.tag!r})") from None
+
+    def build(self, node: Node) -> Any:
+        """The value of `node`; InputError for what cannot be built."""
+        try:
+            return self._build(node)
+        except RecursionError:
+            raise self.fail(node, "value is nested too deeply (through aliases)") from None
+
+    def _build(self, node: Node) -> Any:
+        done = self._built.get(id(node), _MISSING)
+        if done is not _MISSING:
+            return done
+        if isinstance(node, ScalarNode):
+            value = self.scalar(node)
+        elif isinstance(node, SequenceNode):
+            if node.tag != SEQ_TAG:
+                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
+            value = self.sequence(node, [self._build(child) for child in node.value])
+        elif isinstance(node, MappingNode):
+            if node.tag != MAP_TAG:
+                raise self.fail(node, f"unsupported YAML tag {node.tag!r}")
+            value = self.mapping(node, self._items(node))
+        else:  # pragma: no cover - compose makes only these three
+            raise self.fail(node, "unknown YAML node")
+        self._built[id(node)] = value
+        return value
+
+    def _key(self, knode: Node) -> Any:
+        key = self._build(knode)
+        try:
+            hash(key)
+        except TypeError:
+            raise self.fail(knode, "a mapping key must be a plain value (text, number), "
+                                   "not a list or mapping") from None
+        return key
+
+    def _items(self, node: MappingNode) -> list[tuple[Any, Any, Node]]:
+        merged: dict[Any, tuple[Any, Node]] = {}
+        own: dict[Any, tuple[Any, Node]] = {}
+        for knode, vnode in node.value:
+            if knode.tag == MERGE_TAG:
+                sources = vnode.value if isinstance(vnode, SequenceNode) else [vnode]
+                for src in sources:
+                    if not isinstance(src, MappingNode):
+                        raise self.fail(src, "'<<' merge expects a mapping or a list of "
+                                             "mappings")
+                    for k, v in self._build(src).items():
+                        merged.setdefault(k, (v, src))
+                continue
+            key = self._key(knode)
+            if key in own:
+                if self.duplicates == "first":
+                    continue
+                first = own[key][1].start_mark.line + 1
+                raise self.fail(knode, f"duplicate key {key!r} (first at line {first})",
+                                key=str(key))
+            own[key] = (self._build(vnode), knode)
+        items = [(k, v, kn) for k, (v, kn) in merged.items() if k not in own]
+        items.extend((k, v, kn) for k, (v, kn) in own.items())
+        return items
+
+
+def load(path: str | os.PathLike, *, what: str = "file", default: Any = None,
+         constructor: Callable[[], Constructor] | None = None) -> Any:
+    """read_text + compose + construct: the value of a YAML file (`default` if empty)."""
+    shown = os.fspath(path)
+    root = compose(read_text(shown, what=what), shown)
+    if root is None:
+        return default
+    value = (constructor or Constructor)().build(root)
+    return default if value is None else value
