@@ -197,16 +197,12 @@ class SyncNode:
         self.conn.run(["rm", "-f", "--", path], check=False)
 
     def finish(self, staging: str | None) -> None:
-        """Stop what still runs (SIGTERM: a relay keeps its partial file), remove the run
-        folder and an empty staging folder. Shell only: no python start-up."""
-        cmd = ""
-        for pid in self.pids.values():
-            cmd += (f"grep -qs {shlex.quote(self.rundir)} /proc/{int(pid)}/cmdline && "
-                    f"kill {int(pid)}; ")
-        cmd += f"rm -rf -- {shlex.quote(self.rundir)}"
-        if staging:
-            cmd += f"; rmdir -- {shlex.quote(staging)} 2>/dev/null"
-        self.conn.run(cmd + "; true", check=False, timeout=30)
+        """Stop what still runs (SIGTERM: a relay keeps its partial file), wait until it
+        has exited (a stopping relay still writes its last status into the run folder),
+        then remove the run folder and an empty staging folder. Shell only: no python
+        start-up."""
+        self.conn.run(finish_script(self.rundir, list(self.pids.values()), staging),
+                      check=False, timeout=30)
         self.pids.clear()
 
     # -- a byte pipe to a relay, for the controller's own stream
@@ -226,6 +222,32 @@ class SyncNode:
                                       timeout=15)
         chan.settimeout(timeout)
         return _ChannelStream(chan)
+
+
+def finish_script(rundir: str, pids: list[int], staging: str | None,
+                  wait_s: float = 5.0) -> str:
+    """Shell that stops this sync's processes on a node and removes its run folder.
+
+    The processes are the recorded PIDs and those in the run folder's pid files; one
+    counts as running while its command line names the run folder (not a reused PID, not
+    a zombie). SIGTERM, up to `wait_s` for them to exit, then SIGKILL; only then `rm -rf`:
+    removing the folder while a relay still writes into it leaves the folder behind."""
+    q = shlex.quote(rundir)
+    steps = int(wait_s * 10)
+    running = f'grep -qsF -- {q} "/proc/$p/cmdline"'
+    wait = (f'i=0; while [ -n "$R" ] && [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); '
+            f'L=""; for p in $R; do {running} && L="$L $p"; done; R=$L; done; ')
+    cmd = (f'P="{" ".join(str(int(p)) for p in pids)}"; '
+           f'for f in {q}/relay.pid {q}/send.pid; do '
+           f'[ -f "$f" ] && P="$P $(tr -cd 0-9 < "$f")"; done; '
+           f'R=""; for p in $P; do {running} && kill "$p" 2>/dev/null && R="$R $p"; done; '
+           + wait +
+           'for p in $R; do kill -9 "$p" 2>/dev/null; done; '
+           + wait +
+           f"rm -rf -- {q}")
+    if staging:
+        cmd += f"; rmdir -- {shlex.quote(staging)} 2>/dev/null"
+    return cmd + "; true"
 
 
 class _ChannelStream:
