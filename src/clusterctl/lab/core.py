@@ -380,7 +380,8 @@ def fault(name: str, node: str, kind: str, arg: str | int | None = None) -> Faul
 
 
 def heal(name: str, node: str | None = None) -> list[FaultState]:
-    """Remove the faults of one node (or of all nodes); returns those removed."""
+    """Remove the faults of one node (or of all nodes) and return once the healed nodes
+    answer ping from and to the others and the controller; returns the faults removed."""
     state = require_state(name)
     targets = state.nodes if node is None else \
         [state.node(naming.node_index(name, node, len(state.nodes)))]
@@ -392,8 +393,13 @@ def heal(name: str, node: str | None = None) -> list[FaultState]:
         state.faults = [f for f in state.faults if f.node not in names]
         state.save()
         nodes = [state.node_by_name(t.name) for t in targets]
-        _apply_faults(state, [n for n in nodes if any(f.node == n.name for f in removed)],
+        healed = [n for n in nodes if any(f.node == n.name for f in removed)]
+        _apply_faults(state, healed,
                       nft=any(f.kind in ("block-port", "partition") for f in removed))
+        # the rules and qdiscs are in place when their commands return; the nodes' own
+        # view of the path (neighbour entries that failed meanwhile) may lag: wait for it
+        network.wait_paths(state, [n.name for n in healed],
+                           parallel=_parallel)
     return removed
 
 

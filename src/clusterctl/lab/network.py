@@ -1,6 +1,9 @@
 """The lab's switch: a bridge with the controller on .1, one port per node, tc shaping on
-both directions of each link, and the lab's nft tables (controller guard, faults)."""
+both directions of each link, the lab's nft tables (controller guard, faults), and the
+check that healed paths answer again."""
 from __future__ import annotations
+
+import time
 
 from ..errors import ClusterctlError
 from . import host, netplan
@@ -98,3 +101,59 @@ def remove_interfaces(state: LabState) -> list[str]:
             host.run(["ip", "link", "del", "dev", ifname])
             deleted.append(ifname)
     return deleted
+
+
+# ----------------------------------------------------------------------------- after heal
+
+HEAL_TIMEOUT = 15.0
+PROBE_SIZE = 16          # ICMP payload: 44-byte packets pass even a port-mtu 68 fault
+_BLOCKING = ("down", "partition")
+
+
+def paths_to_check(state: LabState, healed: list[str]) -> list[tuple[NodeState, str, str]]:
+    """The paths that must work once the faults of the `healed` nodes are gone, as
+    (node to ping from, address, name of what answers): each healed node to the
+    controller, and each healed node to and from every node that has no blocking fault
+    (`down`, `partition`) left."""
+    blocked = {f.node for f in state.faults if f.kind in _BLOCKING}
+    names = set(healed) - blocked
+    open_nodes = [n for n in state.nodes if n.name not in blocked]
+    out: list[tuple[NodeState, str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for h in (n for n in state.nodes if n.name in names):
+        out.append((h, state.bridge_ip, "the controller"))
+        for p in open_nodes:
+            for src, dst in ((h, p), (p, h)):
+                if src is not dst and (src.name, dst.name) not in seen:
+                    seen.add((src.name, dst.name))
+                    out.append((src, dst.ip, dst.name))
+    return out
+
+
+def ping_from(node: NodeState, ip: str) -> bool:
+    """One small ping from inside the node (its own ping, in its own namespaces)."""
+    argv = ["nsenter", "-t", str(node.pid), "-m", "-n", "--",
+            "ping", "-n", "-q", "-c", "1", "-W", "1", "-s", str(PROBE_SIZE), ip]
+    return host.run(argv, check=False, timeout=10).returncode == 0
+
+
+def wait_paths(state: LabState, healed: list[str], timeout: float = HEAL_TIMEOUT,
+               probe=ping_from, parallel=None) -> None:
+    """Return once every path of `paths_to_check` answers. Right after the faults are
+    gone a path can still fail for a moment: a neighbour (ARP) lookup that started while
+    the node was cut off runs out its probes and drops what waited for it. A path that
+    fails is tried again until `timeout`; then the ones that never answered are named."""
+    pending = paths_to_check(state, healed)
+    deadline = time.monotonic() + timeout
+    run_all = parallel or (lambda fn, items: [fn(i) for i in items])
+    while pending:
+        answered = run_all(lambda path: probe(path[0], path[1]), pending)
+        pending = [p for p, ok in zip(pending, answered) if not ok]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            raise ClusterctlError(
+                f"lab {state.name}: the faults are removed, but after {timeout:g}s these "
+                "paths still do not answer ping: "
+                + ", ".join(f"{src.name} -> {what} ({ip})" for src, ip, what in pending))
+        time.sleep(0.2)
