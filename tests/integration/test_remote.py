@@ -1,7 +1,17 @@
-"""clusterctl.remote against a real sshd: host keys, commands, files, errors."""
+"""clusterctl.remote against a real sshd: host keys, commands, files, errors, ssh-agent,
+ssh_config (User, Port, IdentityFile, ProxyJump), secrets kept out of argv."""
+import hashlib
+import os
+import shutil
+import socket
 import subprocess
+import sys
+import textwrap
+import threading
+import time
 from dataclasses import dataclass
 
+import paramiko
 import pytest
 
 from clusterctl.errors import CommandFailed, HostKeyError, UnreachableError
@@ -17,6 +27,18 @@ class H:
     user: str = "root"
     key_file: str | None = None
     known_hosts_file: str | None = None
+    vars: dict | None = None     # like inventory.Host.vars: what the inventory set
+
+
+@pytest.fixture(autouse=True)
+def no_operator_ssh_setup(monkeypatch, tmp_path):
+    """This machine's ~/.ssh/config, agent and keys play no part unless a test says so."""
+    monkeypatch.setenv("CLUSTERCTL_SSH_CONFIG", "none")
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 def host(sshd, known_hosts, name="local"):
@@ -114,12 +136,221 @@ def test_connect_all_isolates_unreachable(sshd, tmp_path):
 
 
 def test_timeout_cuts_a_stuck_command(conn):
-    import time
-
+    """The command would run 30 s and succeed: it is cut at the timeout instead, with the
+    timeout in the message (how long the cut takes is a figure of bench/bench_remote.py)."""
     from clusterctl.errors import HostError
-    start = time.monotonic()
     with pytest.raises(HostError) as err:
         conn.run(["sleep", "30"], timeout=1.5)
-    assert time.monotonic() - start < 10
     assert "timed out after 1.5s" in str(err.value)
     assert conn.run(["echo", "again"]).stdout == "again\n"   # reconnects on next use
+
+
+# -- ssh-agent, ssh_config, ProxyJump -----------------------------------------------------
+def _ssh_config(tmp_path, monkeypatch, text: str):
+    path = tmp_path / "ssh_config"
+    path.write_text(textwrap.dedent(text))
+    monkeypatch.setenv("CLUSTERCTL_SSH_CONFIG", str(path))
+
+
+@pytest.fixture
+def agent(tmp_path):
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        yield sock
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_key_only_in_ssh_agent(sshd, tmp_path, monkeypatch, agent):
+    key = tmp_path / "agent_key"
+    shutil.copy(sshd.client_key, key)
+    key.chmod(0o600)
+    subprocess.run(["ssh-add", "-q", str(key)], check=True, capture_output=True,
+                   env=dict(os.environ, SSH_AUTH_SOCK=str(agent)))
+    key.unlink()                      # from now on the agent is the only place it is
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    h = H("agent", "127.0.0.1", sshd.port, known_hosts_file=str(kh))
+    with pytest.raises(UnreachableError) as err:     # no agent, no key: a clear refusal
+        Connection(h).open()
+    assert f"authentication failed as root@127.0.0.1:{sshd.port}" in str(err.value)
+    assert "SSH_AUTH_SOCK not set" in str(err.value)
+    monkeypatch.setenv("SSH_AUTH_SOCK", str(agent))
+    with Connection(h) as c:
+        assert c.run(["echo", "from the agent"]).stdout == "from the agent\n"
+
+
+def test_ssh_config_applies_where_the_inventory_is_silent(sshd, tmp_path, monkeypatch):
+    _ssh_config(tmp_path, monkeypatch, f"""\
+        Host box
+          HostName 127.0.0.1
+          Port {sshd.port}
+          User nosuchuser
+          IdentityFile {sshd.client_key}
+        """)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    # the inventory set no user and no port (Host.user/port hold the defaults root/22):
+    # HostName, Port and User come from ssh_config
+    silent = H("cfg", "box", 22, known_hosts_file=str(kh), vars={})
+    with pytest.raises(UnreachableError) as err:
+        Connection(silent).open()
+    assert f"authentication failed as nosuchuser@127.0.0.1:{sshd.port}" in str(err.value)
+    # the inventory sets the user: it wins; the key is ssh_config's IdentityFile
+    given = H("cfg", "box", 22, known_hosts_file=str(kh), vars={"ansible_user": "root"})
+    with Connection(given) as c:
+        assert c.target.key_files == (str(sshd.client_key),)
+        assert c.run(["whoami"]).stdout == "root\n"
+
+
+def test_inventory_port_wins_over_ssh_config(sshd, tmp_path, monkeypatch):
+    _ssh_config(tmp_path, monkeypatch, f"""\
+        Host 127.0.0.1
+          Port 1
+          User nosuchuser
+        """)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    h = H("inv", "127.0.0.1", sshd.port, key_file=str(sshd.client_key), known_hosts_file=str(kh),
+          vars={"ansible_port": sshd.port, "user": "root"})
+    with Connection(h) as c:
+        assert str(c.target) == f"root@127.0.0.1:{sshd.port}"
+        assert c.run(["echo", "ok"]).stdout == "ok\n"
+
+
+def _jump_config(sshd, tmp_path, monkeypatch, jump_port):
+    _ssh_config(tmp_path, monkeypatch, f"""\
+        Host jumpbox
+          HostName 127.0.0.1
+          Port {jump_port}
+          User root
+          IdentityFile {sshd.client_key}
+        Host inner
+          HostName 127.0.0.1
+          Port {sshd.port}
+          IdentityFile {sshd.client_key}
+          ProxyJump jumpbox
+        """)
+
+
+def test_proxyjump_through_the_local_sshd(sshd, tmp_path, monkeypatch, no_operator_ssh_setup):
+    _jump_config(sshd, tmp_path, monkeypatch, sshd.port)
+    kh = tmp_path / "known_hosts"
+    h = H("inner", "inner", 22, known_hosts_file=str(kh), vars={})
+    # the jump host's key is checked too: unknown -> refused, naming the jump host
+    with pytest.raises(HostKeyError) as err:
+        Connection(h).open()
+    assert f"jump host root@127.0.0.1:{sshd.port}" in str(err.value)
+    # accepted once: the jump host's key goes to ~/.ssh/known_hosts, made 0700/0600
+    with Connection(h, accept_new_host_keys=True) as c:
+        assert c.run(["echo", "through"]).stdout == "through\n"
+    ssh_dir = no_operator_ssh_setup / ".ssh"
+    assert oct(ssh_dir.stat().st_mode & 0o777) == "0o700"
+    assert oct((ssh_dir / "known_hosts").stat().st_mode & 0o777) == "0o600"
+    assert f"[127.0.0.1]:{sshd.port} ssh-ed25519" in (ssh_dir / "known_hosts").read_text()
+    assert oct(kh.stat().st_mode & 0o777) == "0o600"
+    # now both keys are known; the connection runs over a channel of the jump host
+    with Connection(h) as c:
+        assert str(c.target) == f"root@127.0.0.1:{sshd.port} via root@127.0.0.1:{sshd.port}"
+        assert isinstance(c._conn.client.get_transport().sock, paramiko.Channel)
+        assert c.run(["echo", "again"]).stdout == "again\n"
+
+
+def test_unreachable_jump_host_is_named(sshd, tmp_path, monkeypatch):
+    _jump_config(sshd, tmp_path, monkeypatch, 1)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    with pytest.raises(UnreachableError) as err:
+        Connection(H("inner", "inner", 22, known_hosts_file=str(kh), vars={})).open()
+    assert str(err.value) == (f"inner: cannot connect to jump host root@127.0.0.1:1 (on the way "
+                              f"to root@127.0.0.1:{sshd.port}): Connection refused")
+
+
+# -- a port that is not SSH: one line, no traceback -----------------------------------------
+@pytest.fixture
+def not_ssh_port():
+    """A TCP port that answers like a web server."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                try:
+                    c.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+                except OSError:
+                    pass
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield srv.getsockname()[1]
+    stop.set()
+    srv.close()
+
+
+def test_port_that_does_not_speak_ssh_gives_one_clean_error(not_ssh_port, tmp_path):
+    script = textwrap.dedent(f"""\
+        from types import SimpleNamespace
+        from clusterctl.remote import connect_all
+        hosts = [SimpleNamespace(name=f"web{{i}}", address="127.0.0.1", port={not_ssh_port},
+                                 user="root", key_file=None,
+                                 known_hosts_file={str(tmp_path / "kh")!r}) for i in range(3)]
+        conns, errors = connect_all(hosts, connect_timeout=5)
+        for name, exc in errors.items():
+            print(exc)
+        """)
+    env = dict(os.environ, CLUSTERCTL_SSH_CONFIG="none")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0
+    assert proc.stderr == ""                      # paramiko printed nothing
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 3
+    for i, line in enumerate(lines):
+        assert line.startswith(f"web{i}: cannot connect to root@127.0.0.1:{not_ssh_port}: "
+                               f"port {not_ssh_port} accepted the connection but ")
+        assert "SSH port" in line
+
+
+# -- secrets -------------------------------------------------------------------------------
+def test_secret_env_value_is_in_no_process_argv(conn):
+    token = "hf_argvleakcheck_7f3a9c"
+    # a control process that does have the token in its argv shows the check finds one
+    check = textwrap.dedent("""\
+        bash -c 'sleep 30; :' "$TOKEN" & ctl=$!
+        until grep -qaF -f <(printf '%s\\n' "$TOKEN") /proc/$ctl/cmdline; do :; done
+        found=$(grep -laF -f <(printf '%s\\n' "$TOKEN") /proc/[0-9]*/cmdline 2>/dev/null)
+        kill $ctl
+        echo "control=/proc/$ctl/cmdline"
+        echo found=$found
+        """)
+    res = conn.run(check, env={"TOKEN": Secret(token), "PLAIN": "visible"})
+    lines = dict(line.split("=", 1) for line in res.stdout.splitlines())
+    assert lines["found"] == lines["control"]      # only the control, no clusterctl process
+    assert "TOKEN=***" in res.command and token not in res.command
+    # the same value as a plain env value is in the command text, so the remote shell's
+    # argv holds it: the check sees that too
+    res = conn.run(check, env={"TOKEN": token})
+    lines = dict(line.split("=", 1) for line in res.stdout.splitlines())
+    assert lines["control"] in lines["found"].split()
+    assert len(lines["found"].split()) > 1
+
+
+def test_secret_env_value_arrives_intact(conn):
+    value = " a b\n'c\"$x\\ \t"
+    res = conn.run("printf %s \"$TOKEN\" | sha256sum; cat", env={"TOKEN": Secret(value)},
+                   stdin="caller's own stdin\n")
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    assert res.stdout == f"{digest}  -\ncaller's own stdin\n"
