@@ -211,7 +211,7 @@ def test_ssh_config_applies_where_the_inventory_is_silent(sshd, tmp_path, monkey
 
 
 def test_inventory_port_wins_over_ssh_config(sshd, tmp_path, monkeypatch):
-    _ssh_config(tmp_path, monkeypatch, f"""\
+    _ssh_config(tmp_path, monkeypatch, """\
         Host 127.0.0.1
           Port 1
           User nosuchuser

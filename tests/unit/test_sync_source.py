@@ -104,8 +104,8 @@ def test_hf_env_masks_the_token():
 
 
 def test_hf_token_never_reaches_the_shown_command(monkeypatch):
-    """Connection.run puts Secret env values in the command it runs, but the command it
-    shows (errors, logs) says ***."""
+    """Connection.run hands Secret env values to the process over stdin (never in the
+    command text, which is argv on the host), and the command it shows says ***."""
     from clusterctl import remote
 
     class FakeResult:
@@ -118,6 +118,7 @@ def test_hf_token_never_reaches_the_shown_command(monkeypatch):
 
         def run(self, text, **kw):
             ran["text"] = text
+            ran["stdin"] = kw["in_stream"].getvalue()
             return FakeResult()
 
     host = type("H", (), {"name": "head", "user": "root", "address": "198.18.0.2",
@@ -127,7 +128,8 @@ def test_hf_token_never_reaches_the_shown_command(monkeypatch):
     monkeypatch.setattr(conn, "open", lambda: conn)
     res = conn.run(hf_download_command("/v", HFSource("org/m"), "/opt/models/m"),
                    env=hf_env(Secret(TOKEN)), check=False)
-    assert TOKEN in ran["text"]                  # handed to the process (its environment)
+    assert TOKEN not in ran["text"]              # not in any argv on the host
+    assert ran["stdin"].startswith(TOKEN + "\0")  # handed to the process on stdin
     assert TOKEN not in res.command and TOKEN not in res.stderr
     assert "HF_TOKEN=***" in res.command
 

@@ -109,9 +109,10 @@ def _unreachable(nodes, links, order) -> list[Finding]:
             continue
         to_it = [ln for ln in links if ln.dst == n.name and ln.ping_ok is not None]
         seen = ""
-        fix = (f"check that {n.name} is powered on and sshd runs (`ssh {n.address}`), that "
-               f"{n.address} is its management address, and that no firewall drops port 22; "
-               f"or leave it out with --limit")
+        login = n.ssh_command or f"ssh {n.address}"
+        fix = (f"check that {n.name} is powered on and sshd runs (`{login}`), that "
+               f"{n.address} is its management address, and that no firewall drops port "
+               f"{n.ssh_port}; or leave it out with --limit")
         if to_it and not any(ln.ping_ok for ln in to_it):
             seen = "; its peers cannot ping it either (down, or cut off from the network)"
             fix = (f"check power, the cluster NIC link and the switch port of {n.name} "

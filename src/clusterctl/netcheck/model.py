@@ -25,6 +25,8 @@ class NodeInfo:
     is_head: bool = False
     reachable: bool = True
     error: str | None = None           # why it is unreachable
+    ssh_command: str | None = None     # how to try its SSH login by hand
+    ssh_port: int = 22                 # its SSH port (inventory, else ssh_config)
     cluster_ip: str | None = None      # address inside cluster.network
     interface: str | None = None       # interface holding cluster_ip
     mtu: int | None = None             # that interface's MTU

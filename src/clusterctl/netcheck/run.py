@@ -23,6 +23,7 @@ from ..errors import ClusterctlError, UnreachableError
 from ..facts import parse_output
 from ..remote import Connection
 from ..session import Session, parallel_map
+from ..sshconfig import login_hint
 from . import probe
 from .findings import analyze, in_network
 from .model import SEVERITY_ORDER, WARNING, Finding, Link, NetcheckResult, NodeInfo, PortCheck, Settings
@@ -162,6 +163,8 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
     settings = Settings.from_vars((head or hosts[0]).vars if (head or hosts) else {})
     nodes = {h.name: NodeInfo(name=h.name, address=h.address, is_head=bool(h.is_head))
              for h in hosts}
+    for h in hosts:
+        nodes[h.name].ssh_command, nodes[h.name].ssh_port = login_hint(h)
     run = _Run(options, settings, nodes, {})
 
     run.say(f"connecting to {len(hosts)} nodes")
