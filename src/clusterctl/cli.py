@@ -10,7 +10,8 @@ import traceback
 import click
 
 from . import __version__
-from .errors import EXIT_HOST_FAILED, ClusterctlError
+from .errors import (EXIT_HOST_FAILED, ClusterctlError, interrupted_exit_code,
+                     interrupted_message, raise_on_terminate)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -27,9 +28,9 @@ def handle_errors(fn):
             sys.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException):
             raise  # click reports its own usage errors
-        except KeyboardInterrupt:
-            click.secho("interrupted", fg="red", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            click.secho(interrupted_message(exc), fg="red", err=True)
+            sys.exit(interrupted_exit_code(exc))
         except Exception as exc:  # noqa: BLE001 - a bug: say so plainly
             if verbose:
                 traceback.print_exc()
@@ -146,6 +147,7 @@ class LazyGroup(click.Group):
 def main():
     """Provision GPU machines into one distributed LLM inference cluster
     (vLLM + Ray, llama.cpp RPC) from one inventory file."""
+    raise_on_terminate()
 
 
 @main.command()

@@ -65,3 +65,46 @@ class CommandFailed(HostError):
         if tail:
             msg += "\n" + tail
         super().__init__(host, msg)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM: the run stops where it is. A KeyboardInterrupt, so every
+    clean-up path for Ctrl-C (stop remote helpers, keep partial files for a resume)
+    runs for SIGTERM (what systemd, CI and `timeout` send) too."""
+
+    def __init__(self, signum: int = 2):
+        import signal
+        self.signum = signum
+        self.exit_code = 128 + signum
+        try:
+            self.signame = signal.Signals(signum).name
+        except ValueError:
+            self.signame = f"signal {signum}"
+        super().__init__(self.signame)
+
+
+def interrupted_exit_code(exc: BaseException) -> int:
+    """130 for Ctrl-C, 128+N for signal N."""
+    return getattr(exc, "exit_code", 130)
+
+
+def interrupted_message(exc: BaseException, detail: str = "") -> str:
+    name = getattr(exc, "signame", "SIGINT")
+    return f"interrupted ({name})" + (f": {detail}" if detail else "")
+
+
+def raise_on_terminate() -> None:
+    """Turn SIGTERM (and SIGHUP) into Interrupted in the main thread."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, _frame):
+        raise Interrupted(signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            signal.signal(sig, handler)
+        except (ValueError, OSError):
+            pass
+

@@ -25,9 +25,10 @@ class _Group(click.Group):
         except ClusterctlError as exc:
             click.secho(f"error: {exc}", fg="red", err=True)
             ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.secho("interrupted", fg="red", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:
+            from ..errors import interrupted_exit_code, interrupted_message
+            click.secho(interrupted_message(exc), fg="red", err=True)
+            ctx.exit(interrupted_exit_code(exc))
 
 
 def _default_name() -> str:

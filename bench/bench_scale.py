@@ -1,0 +1,235 @@
+"""Benchmark: how bootstrap planning and the controller scale with the host count.
+
+Two parts; prints figures and asserts nothing.
+
+  --simulate 10,100,1000,10000   plan the whole bootstrap playbook (--check) for that many
+      simulated hosts, from recorded facts: no SSH, no lab. Every host is a fresh node
+      (base facts recorded from a lab node, its own address; every file, unit, venv
+      and package absent). Prints wall time, controller CPU and per-host cost.
+      Goal: per-host cost flat within 1.5x from 10 to 10,000 hosts; 1,000 hosts
+      planned in at most 2 s.
+
+  --lab 4,16,32 (root)   a real lab per size (no mirror needed): `clusterctl bootstrap
+      --check` on the fresh nodes, median of --runs, wall time and the controller
+      process's CPU time (children rusage), plus the memory each node takes. Goals:
+      32 nodes at most 2x the 4-node time; at most 25 ms of controller CPU per added
+      host.
+
+    python bench/bench_scale.py --simulate 10,100,1000,10000
+    python bench/bench_scale.py --lab 4,16,32 --runs 3
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from clusterctl.facts import (_PARSERS, BASE_REQUESTS, FactRequest, Facts,  # noqa: E402
+                              Interface, _p_units, parse_output)
+
+FIXTURES = HERE.parent / "tests" / "unit" / "fixtures"
+
+
+# -- simulation ---------------------------------------------------------------------
+
+def _recorded_base() -> Facts:
+    """Base facts of a lab node, recorded (tests/unit/fixtures/lab_node.*)."""
+    reqs = [FactRequest(*ln.split(":", 1)) if ":" in ln else FactRequest(ln)
+            for ln in (FIXTURES / "lab_node.requests").read_text().split()]
+    facts = parse_output((FIXTURES / "lab_node.out").read_text(), reqs)
+    values = {r: facts.get(r) for r in reqs}
+    for r in BASE_REQUESTS:       # kinds the fixture lacks: as on a minimal node
+        if r not in values:
+            values[r] = _PARSERS[r.kind]("", 1, "")
+    return Facts(values)
+
+
+class FreshFacts(Facts):
+    """A fresh node: recorded base facts with its own address; every parameterised
+    fact (file, dir, unit, pip, ...) as absent."""
+
+    def __init__(self, base: dict, address: str):
+        values = dict(base)
+        ifaces = []
+        for i in values[FactRequest("interfaces")]:
+            if i.name == "host0":
+                i = Interface(i.name, i.mtu, i.state, i.mac, [(address, 15)], i.kind)
+            ifaces.append(i)
+        values[FactRequest("interfaces")] = ifaces
+        super().__init__(values)
+
+    def get(self, req):
+        if req in self._values:
+            return self._values[req]
+        if req.kind == "unit":        # systemd answers: no such unit
+            value = _p_units(f"Id={req.arg}\nLoadState=not-found\nActiveState=inactive\n"
+                             "SubState=dead\nUnitFileState=\nFragmentPath=\n", 0, [req.arg])[0]
+        else:
+            value = _PARSERS[req.kind]("", 1, req.arg)
+        self._values[req] = value
+        return value
+
+    def __contains__(self, req):
+        return True
+
+    def merged(self, other):
+        return self
+
+
+class NoConnection:
+    is_open = True
+
+    def __init__(self, host, **_kw):
+        self.host, self.name = host, host.name
+
+    def open(self):
+        return self
+
+    def close(self):
+        pass
+
+
+def simulate(n: int, base: dict, plays) -> tuple[float, float, int]:
+    from clusterctl import session as session_mod
+    from clusterctl.engine import runner as runner_mod
+    from clusterctl.inventory import load_inventory
+    with tempfile.TemporaryDirectory() as tmp:
+        inv_path = Path(tmp) / "inventory.yaml"
+        lines = ["all:", "  vars: {cluster: {network: 198.18.0.0/15}}", "  hosts:"]
+        addr = {}
+        for i in range(n):
+            ip = f"198.18.{i // 250}.{i % 250 + 2}"
+            addr[f"n{i}"] = ip
+            lines.append(f"    n{i}: {{ansible_host: {ip}"
+                         + (", role: head}" if i == 0 else "}"))
+        inv_path.write_text("\n".join(lines) + "\n")
+        inv = load_inventory(inv_path)
+
+        class SimRunner(runner_mod.Runner):
+            def _gather(self, state, requests, *, merge=False):
+                if state.facts is None:
+                    state.facts = FreshFacts(base, addr[state.host.name])
+                state.gathered = set(state.gathered) | set(requests) | set(BASE_REQUESTS)
+
+        saved = session_mod.Connection
+        session_mod.Connection = NoConnection
+        try:
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            runner = SimRunner(inv, plays, runner_mod.RunOptions(check=True, forks=20))
+            report = runner.run()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        finally:
+            session_mod.Connection = saved
+        failed = report.failed_hosts
+        if failed:
+            first = report.recap[failed[0]].error
+            print(f"  warning: {len(failed)} simulated hosts failed planning: {first}")
+        return wall, cpu, report.changed
+
+
+def run_simulation(sizes: list[int]) -> None:
+    from clusterctl.engine.roles import load_playbook
+    plays = load_playbook("bootstrap")
+    base_facts = _recorded_base()
+    base = {r: base_facts.get(r) for r in base_facts.requests}
+    print(f"planning the bootstrap playbook ({len(plays)} plays, "
+          f"{sum(len(r.tasks) for p in plays for r in p.roles)} tasks) from recorded facts, "
+          f"--check, {os.cpu_count()} CPUs, threads at start {threading.active_count()}")
+    print(f"{'hosts':>7} {'wall s':>8} {'CPU s':>8} {'ms/host wall':>13} {'ms/host CPU':>12} "
+          f"{'changes':>8} {'peak RSS MB':>12}")
+    per_host = []
+    for n in sizes:
+        wall, cpu, changes = simulate(n, base, plays)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        per_host.append(wall / n)
+        print(f"{n:>7} {wall:>8.2f} {cpu:>8.2f} {1000 * wall / n:>13.2f} "
+              f"{1000 * cpu / n:>12.2f} {changes:>8} {rss:>12.0f}")
+    if len(per_host) > 1:
+        print(f"per-host cost, largest / smallest size: {per_host[-1] / per_host[0]:.2f}x "
+              f"(goal: within 1.5x)")
+
+
+# -- lab --------------------------------------------------------------------------------
+
+def _node_memory_mib(state) -> list[float]:
+    """Memory charged to each node's cgroup (systemd-nspawn machine scope), MiB."""
+    out = []
+    for node in state.nodes:
+        try:
+            text = subprocess.run(["systemctl", "show", "-p", "MemoryCurrent",
+                                   f"machine-{node.name}.scope"], capture_output=True,
+                                  text=True, timeout=10).stdout
+            value = int(text.strip().split("=", 1)[1])
+            out.append(value / 2**20)
+        except (ValueError, IndexError, subprocess.SubprocessError):
+            continue
+    return out
+
+
+def _timed_cli(args: list[str]) -> tuple[float, float, int]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "clusterctl.cli", *args],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    if proc.returncode not in (0, 3):
+        print(f"  warning: exit {proc.returncode}: {proc.stderr.strip()[-500:]}")
+    return wall, cpu, proc.returncode
+
+
+def run_lab(sizes: list[int], runs: int, name: str) -> None:
+    from clusterctl import lab as labs
+    rows = []
+    for n in sizes:
+        lab_name = f"{name}{n}"
+        labs.down(lab_name)
+        try:
+            t0 = time.perf_counter()
+            state = labs.up(lab_name, nodes=n, link="10gbit", mirror=False)
+            up = time.perf_counter() - t0
+            mem = _node_memory_mib(state)
+            inv = str(state.inventory_path)
+            checks = [_timed_cli(["bootstrap", inv, "--check", "--json"]) for _ in range(runs)]
+            wall = statistics.median(c[0] for c in checks)
+            cpu = statistics.median(c[1] for c in checks)
+            rows.append((n, up, wall, cpu, statistics.mean(mem) if mem else float("nan")))
+            print(f"{n:>3} nodes: lab up {up:.1f}s, bootstrap --check median {wall:.2f}s, "
+                  f"controller CPU {cpu:.2f}s, memory per node "
+                  f"{(statistics.mean(mem) if mem else float('nan')):.0f} MiB")
+        finally:
+            labs.down(lab_name)
+    if len(rows) > 1:
+        (n0, _u0, w0, c0, _m0), (n1, _u1, w1, c1, _m1) = rows[0], rows[-1]
+        print(f"{n1} vs {n0} nodes: {w1 / w0:.2f}x the time (goal <= 2x); controller CPU "
+              f"per added host {1000 * (c1 - c0) / (n1 - n0):.1f} ms (goal <= 25 ms)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--simulate", default="", help="host counts, e.g. 10,100,1000,10000")
+    ap.add_argument("--lab", default="", help="lab sizes, e.g. 4,16,32 (root)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--name", default="benchscale")
+    args = ap.parse_args()
+    if not args.simulate and not args.lab:
+        args.simulate = "10,100,1000,10000"
+    if args.simulate:
+        run_simulation([int(x) for x in args.simulate.split(",")])
+    if args.lab:
+        run_lab([int(x) for x in args.lab.split(",")], args.runs, args.name)
+
+
+if __name__ == "__main__":
+    main()
