@@ -421,6 +421,20 @@ class Connection:
                 pass
 
     @property
+    def is_open(self) -> bool:
+        return self._conn is not None and self._conn.is_connected
+
+    def open_channel(self, command: str):
+        """A raw session channel running `command` (sudo'd like run() for a non-root
+        user), left open for the caller: a lock held while the channel lives, a stream.
+        The caller closes it."""
+        self.open()
+        text = command if self.is_root else "sudo -n bash -c " + shlex.quote(command)
+        chan = self._conn.client.get_transport().open_session()
+        chan.exec_command(text)
+        return chan
+
+    @property
     def is_root(self) -> bool:
         return self.target.user == "root"
 
