@@ -670,8 +670,8 @@ def gpu_findings(host: str, data: HostGpuInput, *, min_cuda: str | None = None) 
             continue
         drv = f"driver {h.driver_version or '?'}"
         if want[0] > have_major:
-            add("driver-too-old", ERROR, f"{drv} supports CUDA {h.cuda_version or have_major}, "
-                f"{what} needs CUDA {version}", "install a driver that supports CUDA "
+            add("driver-too-old", ERROR, f"{drv} supports CUDA {h.cuda_version or have_major}; "
+                f"{what} is for CUDA {version}", "install a driver that supports CUDA "
                 f"{want[0]}.x (or use a build for CUDA {have_major}.x)")
         elif have is not None and want[:2] > have[:2]:
             add("driver-old-minor", WARNING, f"{drv} supports CUDA {h.cuda_version}, {what} "

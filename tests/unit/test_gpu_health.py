@@ -530,3 +530,30 @@ def test_deploy_gate_passes_healthy_and_cpu_only_clusters(stub_tools):
 def test_deploy_model_has_a_force_flag():
     from clusterctl.deploy.cli import deploy_model_command
     assert "force" in {p.name for p in deploy_model_command.params}
+
+
+# ------------------------------------------------------------------ bench/gpu-check.sh
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu-check.sh"
+
+
+def test_gpu_check_script_parses_and_its_fallback_flags_are_the_roles():
+    import re
+    subprocess.run(["bash", "-n", str(BENCH)], check=True, timeout=30)
+    res = subprocess.run(["bash", str(BENCH), "--help"], capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 0 and "--until STEP" in res.stdout
+    from clusterctl.engine.build import build_flags
+    from clusterctl.facts import GPU
+    facts = Facts({FactRequest("gpus"): [GPU(0, "X", 81559, "9.0")], FactRequest("nvcc"): "12.4"})
+    flags, use_cuda = build_flags(facts, True)
+    block = BENCH.read_text().split("except Exception as exc:", 1)[1].split("origin =", 1)[0]
+    assert use_cuda
+    assert re.findall(r'"(-D[^"]+)"', block) + ["-DCMAKE_CUDA_ARCHITECTURES=90"] == flags
+
+
+def test_gpu_check_script_refuses_bad_options():
+    for args in (["--gpu", "x"], ["--until", "nowhere"], ["--bogus"]):
+        res = subprocess.run(["bash", str(BENCH), *args], capture_output=True, text=True,
+                             timeout=30)
+        assert res.returncode == 2 and "gpu-check:" in res.stderr, args
