@@ -83,9 +83,11 @@ echo "{MARK} query $r $f"
 printf '%s\\n' "$o"
 echo "{MARK} header"
 _t 30 nvidia-smi 2>&1 | grep -m1 -E 'Driver Version|CUDA Version|NVIDIA-SMI has failed'
-if command -v journalctl >/dev/null && [ -n "$(_t 20 journalctl -k -b 0 -n 1 -q --no-pager 2>/dev/null)" ]; then
+k=; command -v journalctl >/dev/null && k=$(_t 20 journalctl -k -b 0 -n 1 -q --no-pager 2>/dev/null)
+if [ -n "$k" ]; then
   echo "{MARK} xid journal"
-  _t 60 journalctl -k -b 0 -o short-iso -q --no-pager 2>/dev/null | grep -F 'NVRM: Xid' | tail -n 200
+  _t 60 journalctl -k -b 0 -o short-iso -q --no-pager 2>/dev/null |
+    grep -F 'NVRM: Xid' | tail -n 200
 elif [ -n "$(dmesg 2>/dev/null | head -n 1)" ]; then
   echo "{MARK} xid dmesg"
   dmesg 2>/dev/null | grep -F 'NVRM: Xid' | tail -n 200
@@ -251,7 +253,8 @@ def parse_query_gpu(text: str, fields: Iterable[str] = QUERY_FIELDS
         bad = tuple(sorted({f"{k}: {_BAD_VALUES[v.lower()]}" for k, v in raw.items()
                             if v.lower() in _BAD_VALUES}))
         val = {k: _value(v) for k, v in raw.items()}
-        throttle = val.get("clocks_throttle_reasons.active") or val.get("clocks_event_reasons.active")
+        throttle = (val.get("clocks_throttle_reasons.active")
+                    or val.get("clocks_event_reasons.active"))
         try:
             mask = int(throttle, 16) if throttle else None
         except ValueError:
@@ -318,7 +321,8 @@ def parse_xid_lines(text: str) -> list[XidEvent]:
     return out
 
 
-_REBOOT = "drain the node, reset the GPU (`nvidia-smi -r -i <index>`, no process may use it) or reboot"
+_REBOOT = ("drain the node, reset the GPU (`nvidia-smi -r -i <index>`, no process may use it) "
+           "or reboot")
 _RMA = "if it comes back after a reset, the GPU or its slot is faulty (RMA)"
 
 # XID -> (severity, meaning, fix). From NVIDIA's Xid catalog; XIDs not here are warnings.
@@ -433,7 +437,8 @@ def _sections(body: str) -> list[tuple[list[str], str]]:
         elif out:
             out[-1] = (out[-1][0], out[-1][1] + line)
         elif line.strip():
-            raise ValueError(f"gpu_health: unexpected line before the first section: {line.strip()[:120]!r}")
+            raise ValueError("gpu_health: unexpected line before the first section: "
+                             f"{line.strip()[:120]!r}")
     return out
 
 

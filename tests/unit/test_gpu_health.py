@@ -230,7 +230,8 @@ def test_fact_through_parse_output_is_on_demand():
 
 STUB_SMI = r"""#!/bin/bash
 case "$*" in
-  *clocks_throttle_reasons*) echo 'Field "clocks_throttle_reasons.active" is not a valid field to query.'; exit 2;;
+  *clocks_throttle_reasons*)
+    echo 'Field "clocks_throttle_reasons.active" is not a valid field to query.'; exit 2;;
   *--query-gpu=*) cat "$FIX/query_a100x5_faults.csv"; exit 0;;
   *) cat "$FIX/smi_header_550.txt";;
 esac
