@@ -4,6 +4,7 @@ pending under --check."""
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 import sys
 import traceback
 
@@ -69,6 +70,8 @@ def run_options(fn):
                      "for the first time and record them (a changed key is always refused)."),
         click.option("--roles-path", multiple=True, metavar="DIR",
                      help="Extra folder of roles, searched first; repeatable."),
+        click.option("--break-lock", is_flag=True, help="Take the cluster lock even if "
+                     "another run holds it (only when that run is gone)."),
     ]):
         fn = opt(fn)
     return fn
@@ -86,7 +89,7 @@ def load_inventory_arg(positional: str | None, option: str | None):
 
 
 def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, keep_going,
-             accept_new_host_keys, roles_path, limit, extra_vars=None):
+             accept_new_host_keys, roles_path, limit, extra_vars=None, break_lock=False):
     """Run a playbook in one session and render it once, at the end (the JSON carries
     the final exit code); returns the RunReport."""
     from .engine.roles import default_roles_paths, load_playbook
@@ -99,6 +102,9 @@ def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, 
                          extra_vars=extra_vars or {})
     reporter = LineReporter(console(stderr=as_json), verbosity=verbose, diff=diff)
     with Session(inventory, forks=forks, accept_new_host_keys=accept_new_host_keys) as session:
+        if not check:
+            take_cluster_lock(session, f"{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
+                              break_lock, console(stderr=True))
         report = run_playbook(inventory, plays, options, reporter, session)
     for result in report.results:       # the Ray check's summary, also without -v
         if result.task is not None and result.task.op == "ray_cluster" and \
@@ -109,6 +115,19 @@ def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, 
     else:
         print_recap(report, console())
     return report
+
+
+def take_cluster_lock(session, command: str, break_lock: bool, err) -> None:
+    """The cluster-wide lock for a command that changes hosts. Held by another run:
+    LockBusy naming it. Head unreachable: a warning (a dead head must not block work on
+    the other nodes; the run will name it)."""
+    from .session import LockBusy
+    try:
+        session.lock("cluster", command, break_stale=break_lock)
+    except LockBusy:
+        raise
+    except ClusterctlError as exc:
+        err.print(f"[yellow]warning:[/yellow] running without the cluster lock: {exc}")
 
 
 def exit_code_for(report) -> int:
@@ -160,14 +179,15 @@ def main():
               "playbook's ray_cluster task).")
 @handle_errors
 def bootstrap(inventory, inventory_opt, limit, check, diff, as_json, verbose, forks, keep_going,
-              accept_new_host_keys, roles_path, playbook, skip_verify):
+              accept_new_host_keys, roles_path, break_lock, playbook, skip_verify):
     """Converge every node: packages, network (MTU), NCCL env, Python env with Ray/vLLM,
     llama.cpp RPC, Ray head and workers; then verify the Ray cluster."""
     inv = load_inventory_arg(inventory, inventory_opt)
     report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
                       forks=forks, keep_going=keep_going,
                       accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
-                      limit=limit, extra_vars={"ray_verify": False} if skip_verify else None)
+                      limit=limit, extra_vars={"ray_verify": False} if skip_verify else None,
+                      break_lock=break_lock)
     sys.exit(exit_code_for(report))
 
 
@@ -177,13 +197,13 @@ def bootstrap(inventory, inventory_opt, limit, check, diff, as_json, verbose, fo
 @run_options
 @handle_errors
 def apply_cmd(playbook, inventory_opt, limit, check, diff, as_json, verbose, forks, keep_going,
-              accept_new_host_keys, roles_path):
+              accept_new_host_keys, roles_path, break_lock):
     """Run any PLAYBOOK (a name in playbooks/ or a path) against the inventory."""
     inv = load_inventory_arg(None, inventory_opt)
     report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
                       forks=forks, keep_going=keep_going,
                       accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
-                      limit=limit)
+                      limit=limit, break_lock=break_lock)
     sys.exit(exit_code_for(report))
 
 

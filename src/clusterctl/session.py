@@ -207,6 +207,7 @@ class Session:
         self._lock = threading.Lock()
         self._host_locks: dict[str, threading.Lock] = {}
         self.opened = 0                 # connections opened (for tests and benchmarks)
+        self._locks: list[HostLock] = []
 
     # connections ------------------------------------------------------------
     def _host(self, host_or_name):
@@ -244,6 +245,19 @@ class Session:
                           accept_new_host_keys=self.accept_new_host_keys,
                           connect_timeout=connect_timeout or self.connect_timeout)
 
+    def lock(self, name: str, command: str, *, break_stale: bool = False) -> HostLock:
+        """Take a lock on the head, held until this session closes (the end of the
+        command) or until released: cluster-wide "cluster" for commands that change
+        hosts, "deploy-NAME" for a deployment, "sync-NAME" for a sync. A second command
+        gets LockBusy naming the holder. The lock lives in a shell on the head that
+        ends with this connection, so a controller that dies leaves no stale lock."""
+        import re
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100] or "_"
+        lock = HostLock(self.connection(self.inventory.head), safe, command,
+                        break_stale=break_stale).acquire()
+        self._locks.append(lock)
+        return lock
+
     def abort(self, name: str) -> None:
         """Cut a host's connection now (wakes a thread stuck on a stalled path)."""
         conn = self._conns.get(name)
@@ -251,6 +265,9 @@ class Session:
             conn.abort()
 
     def close(self) -> None:
+        for lock in reversed(self._locks):
+            lock.release()
+        self._locks = []
         with self._lock:
             conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
@@ -357,3 +374,121 @@ def _item_name(item) -> str:
     if host is not None and isinstance(getattr(host, "name", None), str):
         return host.name
     raise TypeError(f"cannot name map item {item!r}")
+
+
+# -- locks ------------------------------------------------------------------------------
+
+LOCK_DIR = "/run/clusterctl/locks"
+_LOCK_SCRIPT = r"""
+d={dir}; n={name}
+mkdir -p "$d" || exit 70
+exec 9>>"$d/$n.lock" || exit 70
+if [ "${{CLUSTERCTL_BREAK:-0}}" = 1 ] && ! flock -n 9; then
+  pid=$(sed -n 's/^pid=//p' "$d/$n.owner" 2>/dev/null)
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  flock -w 10 9 || {{ echo BUSY; cat "$d/$n.owner" 2>/dev/null; exit 75; }}
+elif ! flock -n 9; then
+  echo BUSY; cat "$d/$n.owner" 2>/dev/null; exit 75
+fi
+printf 'pid=%s\n%s\n' "$$" {owner} > "$d/$n.owner"
+echo LOCKED
+cat >/dev/null
+rm -f "$d/$n.owner"
+"""
+
+
+class LockBusy(ClusterctlError):
+    """Another command holds the lock (exit 1: the cluster is busy, not bad input)."""
+
+
+def lock_script(name: str, owner: str) -> str:
+    """The remote side of a lock: flock held by a shell that lives as long as the
+    channel (stdin) does, so a controller that dies (or a dropped connection) releases
+    it: no stale lock survives its holder. The owner line says who holds it."""
+    import re
+    import shlex
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}", name):
+        raise ValueError(f"bad lock name {name!r}")
+    return _LOCK_SCRIPT.format(dir=shlex.quote(LOCK_DIR), name=shlex.quote(name),
+                               owner=shlex.quote(owner))
+
+
+def parse_lock_answer(text: str) -> tuple[bool, dict]:
+    """(locked, owner fields) from the lock script's first lines."""
+    lines = text.strip().splitlines()
+    owner: dict[str, str] = {}
+    for ln in lines[1:]:
+        key, sep, value = ln.partition("=")
+        if sep:
+            owner[key.strip()] = value.strip()
+    return bool(lines) and lines[0] == "LOCKED", owner
+
+
+def owner_line(command: str) -> str:
+    import getpass
+    import os
+    import socket
+    user = getpass.getuser() if hasattr(getpass, "getuser") else "?"
+    command = " ".join(command.split())        # one line
+    return (f"holder={user}@{socket.gethostname()}\ncontroller_pid={os.getpid()}\n"
+            f"started={time.strftime('%Y-%m-%dT%H:%M:%S%z')}\ncommand={command}")
+
+
+class HostLock:
+    """A named lock on one host, held while this object's channel is open."""
+
+    def __init__(self, conn, name: str, command: str, *, break_stale: bool = False,
+                 timeout: float = 20.0):
+        self.conn, self.name, self.command = conn, name, command
+        self.break_stale, self.timeout = break_stale, timeout
+        self._chan = None
+
+    def acquire(self) -> "HostLock":
+        script = lock_script(self.name, owner_line(self.command))
+        if self.break_stale:
+            script = "export CLUSTERCTL_BREAK=1\n" + script
+        chan = self.conn.open_channel(script)
+        chan.settimeout(self.timeout)
+        buf = b""
+        try:
+            while b"LOCKED\n" not in buf:
+                data = chan.recv(4096)      # the BUSY path exits: EOF ends the loop
+                if not data:
+                    break
+                buf += data
+        except OSError as exc:              # socket.timeout is an OSError
+            chan.close()
+            raise HostError(self.conn.name, f"lock {self.name}: no answer within "
+                            f"{self.timeout:g}s ({exc or 'timeout'})") from None
+        text = buf.decode(errors="replace")
+        locked, owner = parse_lock_answer(text)
+        if not locked:
+            chan.close()
+            if text.startswith("BUSY"):
+                holder = " ".join(f"{k}={v}" for k, v in owner.items()
+                                  if k in ("holder", "started", "command")) or "unknown"
+                raise LockBusy(
+                    f"{self.conn.name}: {self.name} is locked by another clusterctl run "
+                    f"({holder}; remote pid {owner.get('pid', '?')}). Wait for it, or if "
+                    f"that run is gone, run again with --break-lock.")
+            raise HostError(self.conn.name, f"lock {self.name}: cannot take it (flock "
+                            f"missing?): {text.strip()[-200:]}")
+        chan.settimeout(None)
+        self._chan = chan
+        return self
+
+    def release(self) -> None:
+        chan, self._chan = self._chan, None
+        if chan is not None:
+            try:
+                chan.shutdown_write()       # EOF: the holder removes its owner file
+                chan.recv_exit_status()
+            except Exception:  # noqa: BLE001 - a dropped channel releases it too
+                pass
+            chan.close()
+
+    def __enter__(self) -> "HostLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

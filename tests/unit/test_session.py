@@ -3,6 +3,8 @@ connection per host, and the cluster view (pure, from recorded facts)."""
 import threading
 import time
 
+import pytest
+
 from clusterctl import session as session_mod
 from clusterctl.engine.raycheck import RayCheck
 from clusterctl.errors import HostError
@@ -172,3 +174,37 @@ def test_ray_check_waits_for_registered_resources():
     assert check.ok
     check.alive["198.18.0.1"] = {"resources_total": {}}
     assert check.unregistered() == ["h"]
+
+
+# -- locks: the remote script under local bash -------------------------------------------
+
+def test_real_connection_has_what_the_session_uses():
+    from clusterctl import remote
+    for attr in ("is_open", "open", "close", "abort", "run", "open_channel"):
+        assert hasattr(remote.Connection, attr), attr
+
+
+def test_lock_script_holds_while_stdin_is_open_and_reports_the_holder(tmp_path, monkeypatch):
+    import subprocess
+    monkeypatch.setattr(session_mod, "LOCK_DIR", str(tmp_path / "locks"))
+    first = subprocess.Popen(["bash", "-c", session_mod.lock_script("cluster", "holder=a\ncommand=bootstrap")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert first.stdout.readline().strip() == "LOCKED"
+    second = subprocess.run(["bash", "-c", session_mod.lock_script("cluster", "holder=b")],
+                            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=10)
+    locked, owner = session_mod.parse_lock_answer(second.stdout)
+    assert second.returncode == 75 and not locked
+    assert owner["holder"] == "a" and owner["command"] == "bootstrap"
+    assert owner["pid"] == str(first.pid)
+    first.stdin.close()                    # the holder's channel ends: released
+    first.wait(timeout=10)
+    third = subprocess.Popen(["bash", "-c", session_mod.lock_script("cluster", "holder=c")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert third.stdout.readline().strip() == "LOCKED"
+    third.stdin.close()
+    third.wait(timeout=10)
+
+
+def test_lock_names_are_plain():
+    with pytest.raises(ValueError):
+        session_mod.lock_script("deploy-../../etc", "x")

@@ -65,6 +65,7 @@ class DeployOptions:
     accept_new_host_keys: bool = False
     sync: bool = True
     force: bool = False                      # deploy on GPU hosts that fail the GPU check
+    break_lock: bool = False                 # take the deployment's lock from a dead run
 
 
 @dataclass
@@ -551,6 +552,9 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
                          f"folder (convert it with llama.cpp's convert_hf_to_gguf.py, or "
                          f"use --backend vllm)", key="--backend")
     name = opts.name or default_deployment_name(model)
+    if not opts.check:          # one change of a deployment at a time
+        session.lock(f"deploy-{name}", f"deploy-model {model} --name {name}",
+                     break_stale=opts.break_lock)
     plan = plan_model(info, node_gpus(infos), max_model_len=opts.max_model_len,
                       gpu_memory_utilization=opts.gpu_memory_utilization,
                       kv_cache_dtype=opts.kv_cache_dtype)
@@ -800,6 +804,8 @@ def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20
         if not chosen:
             raise InputError(f"no deployment named {name!r} (deployed: "
                              + ", ".join(d.name for d in records) + ")", key="NAME")
+    for d in chosen:
+        session.lock(f"deploy-{d.name}", f"undeploy {d.name}")
     hosts = {h for d in chosen for h in d.hosts} | {head.name}
     missing = [h for h in hosts if h not in inventory.hosts]
     if missing:

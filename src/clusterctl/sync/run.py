@@ -83,9 +83,17 @@ def sync_model(inventory: Inventory | str | os.PathLike, source: str, name: str 
                          f"{bwlimit})", key="bwlimit")
     if session is None:
         with Session(inv, accept_new_host_keys=accept_new_host_keys) as own:
-            return _SyncJob(inv, targets, src, name, dirs.pop(), verify=verify,
-                            progress=progress, session=own, bwlimit=bwlimit).run()
-    return _SyncJob(inv, targets, src, name, dirs.pop(), verify=verify, progress=progress,
+            return _run_locked(inv, targets, src, name, dirs.pop(), verify, progress, own,
+                               bwlimit)
+    return _run_locked(inv, targets, src, name, dirs.pop(), verify, progress, session,
+                       bwlimit)
+
+
+def _run_locked(inv, targets, src, name, models_dir, verify, progress, session, bwlimit):
+    """One sync of a name at a time: a second one is refused naming the first (two would
+    send everything twice and race on the same partial files)."""
+    session.lock(f"sync-{name}", f"sync-model {src} {name}")
+    return _SyncJob(inv, targets, src, name, models_dir, verify=verify, progress=progress,
                     session=session, bwlimit=bwlimit).run()
 
 
