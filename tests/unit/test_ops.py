@@ -761,3 +761,49 @@ def test_apt_update_from_one_source_only():
     assert argv[-7:] == ["update", "-o", "Dir::Etc::SourceList=/etc/apt/sources.list.d/m.list",
                          "-o", "Dir::Etc::SourceParts=-", "-o", "APT::Get::List-Cleanup=0"]
     assert apt_update(None)[-1] == "update"
+
+
+# ------------------------------------------------------------------ what is shown of a secret
+
+def _planned_with_reveal(op_name: str, args: dict, secret: Secret):
+    """Render args with `{{ s | reveal }}` the way the runner does, plan, and mask."""
+    from clusterctl.engine.templating import render_value, tracking_reveals
+    from clusterctl.ops.base import mask_outcome
+    with tracking_reveals() as masker:
+        real = plan(op_name, render_value(args, {"s": secret}))
+    return real, mask_outcome(real, masker)
+
+
+def test_file_shows_revealed_value_masked_but_uploads_it():
+    # the "secret" is the address in the recorded /etc/hosts: the old line has it too
+    secret = Secret("198.18.0.12")
+    real, shown = _planned_with_reveal(
+        "file", {"path": "/etc/hosts",
+                 "content": "127.0.0.1\tlocalhost\n198.18.0.11\tnode1\n{{ s | reveal }}\tnode3\n"},
+        secret)
+    assert shown.steps == real.steps and b"198.18.0.12\tnode3" in real.steps[0].content
+    assert "198.18.0.12" in real.diff                     # what the op alone would show
+    assert "198.18.0.12" not in shown.diff + shown.summary
+    assert "-***\tnode2" in shown.diff and "+***\tnode3" in shown.diff
+    assert " 198.18.0.11\tnode1" in shown.diff            # the rest of the diff stays
+
+
+def test_lineinfile_shows_revealed_value_masked():
+    secret = Secret("node2")
+    real, shown = _planned_with_reveal(
+        "lineinfile", {"path": "/etc/hosts", "regexp": "^198\\.18\\.0\\.12",
+                       "line": "198.18.0.12\t{{ s | reveal }}-new"}, secret)
+    assert isinstance(real, Change)
+    assert "node2" not in (shown.diff or "") + shown.summary
+    assert shown.steps == real.steps
+
+
+def test_noop_reason_masked_and_no_masker_no_copy():
+    from clusterctl.ops.base import mask_outcome
+    from clusterctl.secret import Masker
+    real, shown = _planned_with_reveal(
+        "lineinfile", {"path": "/etc/hosts", "regexp": "{{ s | reveal }}", "state": "absent"},
+        Secret("tok-3f9a"))
+    assert isinstance(real, Noop) and "tok-3f9a" in real.reason
+    assert shown.reason == real.reason.replace("tok-3f9a", "***")
+    assert mask_outcome(real, Masker()) is real

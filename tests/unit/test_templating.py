@@ -78,3 +78,37 @@ def test_conditions():
     assert evaluate_condition(["flag", "name == 'n2'"], v, source="t") is False
     with pytest.raises(InputError):
         evaluate_condition("undefined_thing", v, source="t", line=3)
+
+
+def test_environment_is_sandboxed_and_strict():
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from clusterctl.engine.templating import make_environment
+    env = make_environment()
+    assert isinstance(env, ImmutableSandboxedEnvironment) and env.undefined is StrictUndefined
+
+
+def test_runtime_errors_are_input_errors_with_place(tmp_path):
+    for text in ("{{ 1 // 0 }}", "x {{ 1 // 0 }}", "{{ 'a' | int + [] }}"):
+        with pytest.raises(InputError) as err:
+            render_string(text, {}, source="roles/r/tasks.yaml", line=5)
+        assert str(err.value).startswith("roles/r/tasks.yaml:5: template error")
+    with pytest.raises(InputError) as err:
+        evaluate_condition("1 // 0", {}, source="roles/r/tasks.yaml", line=6)
+    assert str(err.value).startswith("roles/r/tasks.yaml:6: ")
+    t = tmp_path / "x.j2"
+    t.write_text("a\nb\n{{ 1 // 0 }}\n")
+    with pytest.raises(InputError) as err:
+        render_file(t, {}, origin="roles/r/tasks.yaml:7")
+    assert str(err.value).startswith(f"{t}:3: ") and "roles/r/tasks.yaml:7" in str(err.value)
+    assert "ZeroDivisionError" in str(err.value)
+
+
+def test_reveal_is_recorded_while_tracking():
+    from clusterctl.engine.templating import tracking_reveals
+    assert render_string("{{ s | reveal }}", {"s": Secret("tok")}) == "tok"
+    with tracking_reveals() as masker:
+        assert render_string("a={{ s | reveal }}", {"s": Secret("tok")}) == "a=tok"
+        assert render_string("{{ [s | reveal] }}", {"s": Secret("tok")}) == ["tok"]
+    assert masker.mask("+a=tok\n-a=old\nx tok") == "+a=***\n-a=***\nx ***"

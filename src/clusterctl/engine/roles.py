@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from .templating import (check_expression, check_template_file, check_value, find_template,
+                         is_templated)
 from .yamlfile import YDict, YList, line_of, load_yaml
 
 TASK_KEYS = {"name", "when", "notify", "tags"}
@@ -68,6 +70,12 @@ class Role:
     def templates_dir(self) -> Path:
         return self.path / "templates"
 
+    @property
+    def template_folders(self) -> list[Path]:
+        """Where its templates (and what they include) are read from, in order: the
+        role's templates/, then the project's templates/. Nothing else is readable."""
+        return [self.templates_dir, project_root() / "templates"]
+
 
 @dataclass
 class Play:
@@ -104,8 +112,42 @@ def parse_task(raw: Any, *, role: str, file: str, line: int, known_ops: set[str]
     notify = raw.get("notify") or []
     if isinstance(notify, str):
         notify = [notify]
+    # compiled now: a syntax error, unknown filter or unsafe name is bad input (exit 2)
+    check_expression(raw.get("when"), file=file, line=line_of(raw, "when") or line)
+    check_value(raw[op], file=file, line=line_of(raw, op) or line)
     return Task(name=str(raw.get("name") or f"{op}"), op=op, args=raw[op], role=role,
                 file=file, line=line, when=raw.get("when"), notify=list(notify))
+
+
+def template_src(task: Task):
+    """The `src` of a task that renders a template (template, file/systemd_unit with src)."""
+    if not isinstance(task.args, dict):
+        return None
+    if task.op == "template" or (task.op in ("file", "systemd_unit") and "src" in task.args):
+        return task.args.get("src")
+    return None
+
+
+def check_role_templates(role: Role) -> None:
+    """Compile every template the role's tasks and handlers name (a templated `src`: every
+    *.j2 of its templates/), with what they include; errors name file:line."""
+    folders = role.template_folders
+    compiled_all = False
+    for task in list(role.tasks) + list(role.handlers.values()):
+        src = template_src(task)
+        if not src:
+            continue
+        if is_templated(src):
+            if not compiled_all and role.templates_dir.is_dir():
+                for path in sorted(role.templates_dir.rglob("*.j2")):
+                    check_template_file(find_template(
+                        path.relative_to(role.templates_dir).as_posix(), folders,
+                        file=task.file, line=task.line), folders, origin=task.where)
+            compiled_all = True
+            continue
+        path = find_template(str(src), folders, file=task.file,
+                             line=line_of(task.args, "src") or task.line)
+        check_template_file(path, folders, origin=task.where)
 
 
 def _load_task_list(path: Path, role: str, known_ops: set[str]) -> list[Task]:
@@ -148,7 +190,10 @@ def load_role(name: str, roles_paths: list[Path], *, file: str = "", line: int |
         defaults = load_yaml(path / "defaults.yaml", default={})
         if not isinstance(defaults, dict):
             raise InputError("defaults must be a mapping", file=str(path / "defaults.yaml"))
-    return Role(name=name, path=path, tasks=tasks, handlers=handlers, defaults=dict(defaults))
+        check_value(defaults, file=str(path / "defaults.yaml"), line=line_of(defaults))
+    role = Role(name=name, path=path, tasks=tasks, handlers=handlers, defaults=dict(defaults))
+    check_role_templates(role)
+    return role
 
 
 def find_playbook(given: str | Path) -> Path:
@@ -200,11 +245,13 @@ def load_playbook(path: str | Path, roles_paths: list[Path] | None = None) -> li
                            line=line_of(raw["roles"], j) if isinstance(raw["roles"], YList)
                            else line)
                  for j, r in enumerate(role_names)]
+        check_value(raw.get("vars"), file=str(path), line=line_of(raw, "vars") or line)
         plays.append(Play(name=str(raw.get("name") or ", ".join(r.name for r in roles)),
                           hosts=str(raw["hosts"]), roles=roles, file=str(path), line=line,
                           vars=dict(raw.get("vars") or {})))
     return plays
 
 
-__all__ = ["Task", "Role", "Play", "load_role", "load_playbook", "find_playbook", "parse_task",
+__all__ = ["Task", "Role", "Play", "load_role", "load_playbook", "check_role_templates",
+           "template_src", "find_playbook", "parse_task",
            "default_roles_paths", "project_root", "YDict"]

@@ -21,8 +21,10 @@ from ..session import ClusterView, Session, cluster_address, failure_reason
 from . import build, mtu, raycheck
 from .results import (HostRecap, Reporter, RunReport, TaskResult,  # noqa: F401 (re-exported)
                       _NullReporter)
-from .roles import Play, Role, Task, project_root
-from .templating import evaluate_condition, render_file, render_value
+from .roles import Play, Role, Task
+from ..ops.base import mask_outcome
+from .templating import (evaluate_condition, find_template, render_file, render_value,
+                         tracking_reveals)
 
 
 @dataclass
@@ -248,20 +250,27 @@ class Runner:
                 raise InputError(f"{task.op}: `src` (a template) is required", file=task.file,
                                  line=task.line)
             args["content"] = render_file(self._find_template(role, str(src), task), variables,
-                                          include_paths=[project_root() / "templates"]) \
+                                          include_paths=role.template_folders,
+                                          origin=task.where) \
                 if content else ""
             if task.op == "template":
                 args["path"] = args.pop("dest", args.get("path"))
         return args
 
     def _find_template(self, role: Role, src: str, task: Task) -> Path:
-        for base in (role.templates_dir, project_root() / "templates"):
-            if (base / src).is_file():
-                return base / src
-        raise InputError(f"template {src!r} not found in {role.templates_dir} or "
-                         f"{project_root() / 'templates'}", file=task.file, line=task.line)
+        """The template file, confined to the role's and the project's templates folders."""
+        return find_template(src, role.template_folders, file=task.file, line=task.line)
 
     def plan_task(self, state: HostState, play: Play, role: Role, task: Task) -> PlannedTask:
+        """Plan one task for one host. A secret its templates reveal reaches the host (the
+        steps) but shows as *** in the diff, summary, reason and any error message."""
+        with tracking_reveals() as masker:
+            planned = self._plan_task(state, play, role, task)
+        if planned.outcome is not None:
+            planned.outcome = mask_outcome(planned.outcome, masker)
+        return planned
+
+    def _plan_task(self, state: HostState, play: Play, role: Role, task: Task) -> PlannedTask:
         variables = host_variables(state, self.view, self.inventory, role, play,
                                    self.options.extra_vars)
         if task.when is not None and not evaluate_condition(task.when, variables,

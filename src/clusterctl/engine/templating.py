@@ -1,36 +1,202 @@
-"""Jinja2 rendering with StrictUndefined; errors name the template and line."""
+"""Jinja2 for roles, playbooks and templates: sandboxed, strict, confined, compiled at load.
+
+- Every template and expression runs in an `ImmutableSandboxedEnvironment` with
+  StrictUndefined: no attribute starting with `_`, no mutating method, no huge ranges or
+  products; an unsafe operation is an InputError naming the file and line.
+- Template files are read only from their allowed folders (a role's templates/ and the
+  project's templates/): `find_template` resolves a `src` and refuses a path that lands
+  outside them (absolute, `..`, or a symlink out); `{% include %}`/`{% import %}` go
+  through a loader confined the same way.
+- `check_*` compile expressions, templated values and template files when roles and
+  playbooks load, so syntax errors, unknown filters/tests and static unsafe attribute
+  access are bad input (exit 2) before any connection.
+- A render error (undefined variable, `1 // 0`, ...) is an InputError naming the task's
+  file:line and the template's file:line, never a bare exception.
+- `{{ secret | reveal }}` yields the real value for the host. Inside `tracking_reveals()`
+  every revealed value is recorded in a `Masker`, and each text that revealed one is
+  rendered a second time with `reveal` giving ***; the Masker then hides those values
+  in whatever is shown (diffs, summaries, error messages).
+"""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import operator
 import posixpath
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 from urllib.parse import urlsplit
 
 import jinja2
+import jinja2.parser
+from jinja2 import nodes
+from jinja2.exceptions import SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from ..errors import InputError
-from ..secret import Secret
+from ..errors import ClusterctlError, InputError
+from ..secret import MASK, Masker, Secret
 
 _SINGLE_EXPR = re.compile(r"^\{\{\s*(.+?)\s*\}\}$", re.S)
 
+#: limits of the sandbox's arithmetic (a template must not exhaust the controller)
+MAX_REPEAT = 1_000_000       # items/characters a `*` may produce
+MAX_POWER_BITS = 4096        # size of an integer `**` may produce
+MAX_TEMPLATE_BYTES = 1 << 20  # size of a template file
+
+
+# ---------------------------------------------------------------- revealing secrets
+
+_MASKER: contextvars.ContextVar[Masker | None] = contextvars.ContextVar("clusterctl_masker",
+                                                                        default=None)
+_MASKED_PASS: contextvars.ContextVar[bool] = contextvars.ContextVar("clusterctl_masked_pass",
+                                                                    default=False)
+
+
+@contextlib.contextmanager
+def tracking_reveals() -> Iterator[Masker]:
+    """Record the secrets revealed by renders in this block (this thread) in a Masker.
+
+    The message of an error leaving the block is masked with it too."""
+    masker = Masker()
+    token = _MASKER.set(masker)
+    try:
+        yield masker
+    except Exception as exc:
+        if masker:
+            exc.args = tuple(masker.mask(a) if isinstance(a, str) else a for a in exc.args)
+        raise
+    finally:
+        _MASKER.reset(token)
+
+
+def _reveal(value):
+    if not isinstance(value, Secret):
+        return value
+    if _MASKED_PASS.get():
+        return MASK
+    masker = _MASKER.get()
+    if masker is not None:
+        masker.add_secret(value)
+    return value.reveal()
+
+
+def _revealed_count() -> int:
+    masker = _MASKER.get()
+    return -1 if masker is None else masker.count
+
+
+@contextlib.contextmanager
+def _masked_pass() -> Iterator[None]:
+    token = _MASKED_PASS.set(True)
+    try:
+        yield
+    finally:
+        _MASKED_PASS.reset(token)
+
+
+def _pair_renderings(real: Any, render_masked) -> None:
+    """After a render that revealed a secret: render again with *** and pair the texts."""
+    masker = _MASKER.get()
+    if masker is None or not isinstance(real, str):
+        return
+    try:
+        with _masked_pass():
+            masked = render_masked()
+    except Exception:  # noqa: BLE001 - the masked pass failed: show nothing of it
+        masker.opaque = True
+        return
+    if isinstance(masked, str):
+        masker.add_rendering(real, masked)
+
+
+def _masked(text: str) -> str:
+    masker = _MASKER.get()
+    return masker.mask(text) if masker else text
+
+
+# ---------------------------------------------------------------- the environment
 
 def _to_yaml(value) -> str:
     import yaml
     return yaml.safe_dump(value, default_flow_style=False, sort_keys=False).rstrip()
 
 
-def _reveal(value):
-    return value.reveal() if isinstance(value, Secret) else value
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox with bounded `*` and `**` (also kept from compile-time folding)."""
+
+    intercepted_binops = frozenset(["*", "**"])
+
+    def call_binop(self, context, op: str, left, right):
+        if op == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and \
+                        len(seq) * n > MAX_REPEAT:
+                    raise SecurityError(f"the product has more than {MAX_REPEAT} items")
+            return operator.mul(left, right)
+        if isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                abs(left) > 1 and abs(left).bit_length() * right > MAX_POWER_BITS:
+            raise SecurityError(f"the power has more than {MAX_POWER_BITS} bits")
+        return operator.pow(left, right)
+
+
+class ConfinedLoader(jinja2.BaseLoader):
+    """Loads templates from `roots` only: names with `..` are refused by Jinja2, and a
+    file whose real path (symlinks resolved) is outside its root is refused here."""
+
+    def __init__(self, roots: list[Path]):
+        self.roots = [Path(r) for r in roots]
+
+    def get_source(self, environment, template: str):
+        pieces = jinja2.loaders.split_template_path(template)
+        for root in self.roots:
+            path = root.joinpath(*pieces)
+            if not path.is_file():
+                continue
+            real = path.resolve()
+            if not _inside(real, root):
+                raise SecurityError(f"template {template!r} resolves outside {root} "
+                                    f"(to {real})")
+            mtime = real.stat().st_mtime
+            if real.stat().st_size > MAX_TEMPLATE_BYTES:
+                raise SecurityError(f"template {template!r} is larger than "
+                                    f"{MAX_TEMPLATE_BYTES // 1024} KiB")
+            text = real.read_text(encoding="utf-8")
+
+            def uptodate(real=real, mtime=mtime) -> bool:
+                try:
+                    return real.stat().st_mtime == mtime
+                except OSError:
+                    return False
+            return text, str(real), uptodate
+        raise jinja2.TemplateNotFound(template, f"template {template!r} not found in "
+                                      + ", ".join(map(str, self.roots)))
+
+    def list_templates(self) -> list[str]:
+        found = set()
+        for root in self.roots:
+            if root.is_dir():
+                found.update(p.relative_to(root).as_posix() for p in root.rglob("*")
+                             if p.is_file())
+        return sorted(found)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.relative_to(root.resolve())
+        return True
+    except (ValueError, OSError):
+        return False
 
 
 def make_environment(search_paths: list[Path] | None = None) -> jinja2.Environment:
-    loader = jinja2.FileSystemLoader([str(p) for p in search_paths]) if search_paths else None
-    env = jinja2.Environment(loader=loader, undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, trim_blocks=True,
-                             lstrip_blocks=True, autoescape=False)
+    """The sandboxed environment; `search_paths`: the folders templates may be loaded from."""
+    loader = ConfinedLoader(list(search_paths)) if search_paths else None
+    env = _Sandbox(loader=loader, undefined=jinja2.StrictUndefined,
+                   keep_trailing_newline=True, trim_blocks=True,
+                   lstrip_blocks=True, autoescape=False)
     env.filters["to_yaml"] = _to_yaml
     env.filters["reveal"] = _reveal
     env.filters["quote"] = lambda v: shlex.quote(str(v))
@@ -45,6 +211,12 @@ def make_environment(search_paths: list[Path] | None = None) -> jinja2.Environme
 _DEFAULT_ENV = make_environment()
 
 
+@functools.lru_cache(maxsize=64)
+def _file_environment(roots: tuple[str, ...]) -> jinja2.Environment:
+    """One environment (and compiled-template cache) per set of allowed folders."""
+    return _DEFAULT_ENV.overlay(loader=ConfinedLoader([Path(r) for r in roots]), cache_size=400)
+
+
 @functools.lru_cache(maxsize=2048)
 def _compiled_expression(text: str):
     return _DEFAULT_ENV.compile_expression(text, undefined_to_none=False)
@@ -55,33 +227,140 @@ def _compiled_template(text: str):
     return _DEFAULT_ENV.from_string(text)
 
 
-def _where(exc: Exception, default_name: str) -> tuple[str, int | None]:
-    name = getattr(exc, "filename", None) or getattr(exc, "name", None) or default_name
-    line = getattr(exc, "lineno", None)
-    return name, line
+# ---------------------------------------------------------------- template files
 
+def find_template(src: str, folders: list[Path], *, file: str | None = None,
+                  line: int | None = None) -> Path:
+    """The template file `src` names, searched in `folders` in order; its real path.
+
+    `src` is relative to those folders: an absolute path, or one that resolves outside
+    the folder it was found in (`..`, a symlink out), is an InputError at file:line."""
+    text = str(src)
+    if not text or "\x00" in text:
+        raise InputError(f"template src {text!r}: not a file name", file=file, line=line,
+                         key="src")
+    if text.startswith(("/", "~")) or Path(text).is_absolute():
+        raise InputError(f"template src {text!r}: must be a path relative to "
+                         + " or ".join(map(str, folders)) + " (absolute paths are refused)",
+                         file=file, line=line, key="src")
+    for base in folders:
+        candidate = base / text
+        if not (candidate.is_file() or candidate.is_symlink()):
+            continue
+        real = candidate.resolve()
+        if not _inside(real, base):
+            raise InputError(f"template src {text!r} resolves outside {base} (to {real}); "
+                             "templates are read only from the role's and the project's "
+                             "templates folders", file=file, line=line, key="src")
+        if real.is_file():
+            return real
+    raise InputError(f"template {text!r} not found in " + " or ".join(map(str, folders)),
+                     file=file, line=line, key="src")
+
+
+def render_file(path: Path, variables: dict[str, Any],
+                env: jinja2.Environment | None = None,
+                include_paths: list[Path] | None = None, *,
+                origin: str | None = None) -> str:
+    """Render a template file; errors name the template file and its line.
+
+    `include_paths` are searched after the template's own folder for {% include %}; no
+    other file can be included. `origin` (e.g. the task's "file:line") is added to error
+    messages."""
+    roots = tuple(dict.fromkeys(str(p) for p in [path.parent, *(include_paths or [])]))
+    file_env = env.overlay(loader=ConfinedLoader([Path(r) for r in roots])) if env \
+        else _file_environment(roots)
+    where = f" (rendering for {origin})" if origin else ""
+    before = _revealed_count()
+    try:
+        template = file_env.get_template(path.name)
+        text = template.render(**variables)
+        if _revealed_count() != before:
+            _pair_renderings(text, lambda: template.render(**variables))
+        return text
+    except jinja2.TemplateSyntaxError as exc:
+        raise InputError(f"template syntax error: {exc.message}{where}",
+                         file=exc.filename or str(path), line=exc.lineno) from None
+    except jinja2.TemplateNotFound as exc:
+        file, line = _template_error_place(exc, path)
+        raise InputError(f"template {exc.name!r} not found in {', '.join(roots)}{where}",
+                         file=file, line=line) from None
+    except ClusterctlError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any render error is the template's fault
+        file, line = _template_error_place(exc, path)
+        raise InputError(_masked(_describe(exc)) + where, file=file, line=line) from None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, jinja2.UndefinedError):
+        return f"undefined variable: {exc.message}"
+    if isinstance(exc, SecurityError):
+        return f"unsafe template operation refused by the sandbox: {exc}"
+    if isinstance(exc, jinja2.TemplateError):
+        return f"template error: {exc}"
+    if isinstance(exc, OSError):
+        return f"cannot read template: {exc}"
+    return f"template error: {type(exc).__name__}: {exc}"
+
+
+def _template_error_place(exc: Exception, path: Path) -> tuple[str, int | None]:
+    """The template file and line a render-time error happened at (an included template's
+    own file when it happened there), from the traceback Jinja2 rewrites to templates."""
+    tb = exc.__traceback__
+    file, line = str(path), None
+    while tb is not None:
+        frame = tb.tb_frame
+        code_file = frame.f_code.co_filename
+        if ("__jinja_exception__" in frame.f_globals or code_file == str(path)) and \
+                not code_file.startswith("<"):
+            file, line = code_file, tb.tb_lineno
+        tb = tb.tb_next
+    return file, line
+
+
+# ---------------------------------------------------------------- strings and conditions
 
 def render_string(text: str, variables: dict[str, Any], *, source: str = "<string>",
                   line: int | None = None, env: jinja2.Environment | None = None) -> Any:
     """Render one value. "{{ expr }}" alone keeps the native type (list, int, bool)."""
     if "{{" not in text and "{%" not in text:
         return text
+    before = _revealed_count()
     try:
         m = _SINGLE_EXPR.match(text)
         if m and "{{" not in m.group(1):
             expr = env.compile_expression(m.group(1), undefined_to_none=False) if env \
                 else _compiled_expression(m.group(1))
-            value = expr(**variables)
-            if isinstance(value, jinja2.Undefined):
-                value._fail_with_undefined_error()
-            return value
-        template = env.from_string(text) if env else _compiled_template(text)
-        return template.render(**variables)
+
+            def run():
+                value = expr(**variables)
+                if isinstance(value, jinja2.Undefined):
+                    value._fail_with_undefined_error()
+                return value
+        else:
+            template = env.from_string(text) if env else _compiled_template(text)
+
+            def run():
+                return template.render(**variables)
+        value = run()
+        if _revealed_count() != before:
+            _pair_renderings(value, run)
+        return value
+    except ClusterctlError:
+        raise
     except jinja2.UndefinedError as exc:
-        raise InputError(f"undefined variable in {text!r}: {exc.message}", file=source,
-                         line=line) from None
+        raise InputError(_masked(f"undefined variable in {text!r}: {exc.message}"),
+                         file=source, line=line) from None
+    except SecurityError as exc:
+        raise InputError(_masked(f"unsafe template operation in {text!r} refused by the "
+                                 f"sandbox: {exc}"), file=source, line=line) from None
     except jinja2.TemplateError as exc:
-        raise InputError(f"template error in {text!r}: {exc}", file=source, line=line) from None
+        raise InputError(_masked(f"template error in {text!r}: {exc}"), file=source,
+                         line=line) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. 1 // 0: the template's fault
+        raise InputError(_masked(f"template error in {text!r}: {type(exc).__name__}: {exc}"),
+                         file=source, line=line) from None
 
 
 def render_value(value: Any, variables: dict[str, Any], *, source: str = "<string>",
@@ -97,40 +376,17 @@ def render_value(value: Any, variables: dict[str, Any], *, source: str = "<strin
     return value
 
 
-def render_file(path: Path, variables: dict[str, Any],
-                env: jinja2.Environment | None = None,
-                include_paths: list[Path] | None = None) -> str:
-    """Render a template file; errors name the template file and its line.
-
-    `include_paths` are searched after the template's own folder for {% include %}."""
-    env = env or _DEFAULT_ENV
-    try:
-        search = [str(path.parent)] + [str(p) for p in include_paths or []]
-        file_env = env.overlay(loader=jinja2.FileSystemLoader(search))
-        return file_env.get_template(path.name).render(**variables)
-    except jinja2.TemplateSyntaxError as exc:
-        raise InputError(f"template syntax error: {exc.message}", file=str(path),
-                         line=exc.lineno) from None
-    except jinja2.UndefinedError as exc:
-        line = _template_error_line(exc, path)
-        raise InputError(f"undefined variable: {exc.message}", file=str(path), line=line) from None
-    except jinja2.TemplateError as exc:
-        line = _template_error_line(exc, path)
-        raise InputError(f"template error: {exc}", file=str(path), line=line) from None
-    except (OSError, jinja2.TemplateNotFound) as exc:
-        raise InputError(f"cannot read template: {exc}", file=str(path)) from None
+def _line_of(container, key, default: int | None) -> int | None:
+    lines = getattr(container, "key_lines", None)
+    if isinstance(lines, dict) and key in lines:
+        return lines[key]
+    return default
 
 
-def _template_error_line(exc: Exception, path: Path) -> int | None:
-    """Find the template line of a render-time error from its traceback."""
-    tb = exc.__traceback__
-    line = None
-    while tb is not None:
-        code = tb.tb_frame.f_code
-        if code.co_filename == str(path):
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return line
+def _condition_text(expr: Any) -> str:
+    text = str(expr).strip()
+    m = _SINGLE_EXPR.match(text)
+    return m.group(1) if m else text
 
 
 def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
@@ -140,17 +396,163 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
         return expr
     if isinstance(expr, list):
         return all(evaluate_condition(e, variables, source=source, line=line) for e in expr)
-    text = str(expr).strip()
-    m = _SINGLE_EXPR.match(text)
-    if m:
-        text = m.group(1)
+    text = _condition_text(expr)
     try:
         value = _compiled_expression(text)(**variables)
         if isinstance(value, jinja2.Undefined):
             value._fail_with_undefined_error()
         return bool(value)
+    except ClusterctlError:
+        raise
     except jinja2.UndefinedError as exc:
-        raise InputError(f"undefined variable in when: {expr!r}: {exc.message}", file=source,
-                         line=line) from None
+        raise InputError(_masked(f"undefined variable in when: {expr!r}: {exc.message}"),
+                         file=source, line=line) from None
+    except SecurityError as exc:
+        raise InputError(_masked(f"unsafe operation in when: {expr!r} refused by the "
+                                 f"sandbox: {exc}"), file=source, line=line) from None
     except jinja2.TemplateError as exc:
-        raise InputError(f"bad when: {expr!r}: {exc}", file=source, line=line) from None
+        raise InputError(_masked(f"bad when: {expr!r}: {exc}"), file=source, line=line) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. 1 // 0 in the expression
+        raise InputError(_masked(f"bad when: {expr!r}: {type(exc).__name__}: {exc}"),
+                         file=source, line=line) from None
+
+
+# ---------------------------------------------------------------- compiling at load time
+
+def _static_checks(ast: nodes.Node, env: jinja2.Environment) -> tuple[str, int] | None:
+    """(problem, line) of the first thing the sandbox would refuse that is visible without
+    running it: an attribute or item starting with `_`, or an unknown test."""
+    kinds = (nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Test)
+    found = ([ast] if isinstance(ast, kinds) else []) + list(ast.find_all(kinds))
+    for node in found:
+        name = None
+        if isinstance(node, nodes.Getattr):
+            name = node.attr
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const):
+            name = node.arg.value
+        elif isinstance(node, nodes.Filter) and node.name == "attr" and node.args and \
+                isinstance(node.args[0], nodes.Const):
+            name = node.args[0].value
+        elif isinstance(node, nodes.Test) and node.name not in env.tests:
+            return f"no test named {node.name!r}", node.lineno
+        if isinstance(name, str) and name.startswith("_"):
+            return (f"access to {name!r} is not allowed in templates (names starting with "
+                    "_ are refused by the sandbox)"), node.lineno
+    return None
+
+
+def _parse_expression(text: str) -> nodes.Node:
+    parser = jinja2.parser.Parser(_DEFAULT_ENV, text, state="variable")
+    return parser.parse_expression()
+
+
+def check_expression(expr: Any, *, file: str | None, line: int | None,
+                     what: str = "when") -> None:
+    """Compile a `when:` value (a bool, a string expression or a list of them)."""
+    if expr is None or isinstance(expr, bool):
+        return
+    if isinstance(expr, list):
+        for e in expr:
+            check_expression(e, file=file, line=line, what=what)
+        return
+    text = _condition_text(expr)
+    try:
+        _compiled_expression(text)
+        problem = _static_checks(_parse_expression(text), _DEFAULT_ENV)
+    except jinja2.TemplateError as exc:
+        raise InputError(f"bad {what}: {expr!r}: {getattr(exc, 'message', None) or exc}",
+                         file=file, line=line) from None
+    if problem:
+        raise InputError(f"bad {what}: {expr!r}: {problem[0]}", file=file, line=line)
+
+
+def check_text(text: str, *, file: str | None, line: int | None) -> None:
+    """Compile one templated string (a task argument, a variable)."""
+    if "{{" not in text and "{%" not in text:
+        return
+    try:
+        m = _SINGLE_EXPR.match(text)
+        if m and "{{" not in m.group(1):
+            _compiled_expression(m.group(1))
+            ast = _parse_expression(m.group(1))
+        else:
+            _compiled_template(text)
+            ast = _DEFAULT_ENV.parse(text)
+        problem = _static_checks(ast, _DEFAULT_ENV)
+    except jinja2.TemplateError as exc:
+        raise InputError(f"template error in {text!r}: {getattr(exc, 'message', None) or exc}",
+                         file=file, line=line) from None
+    if problem:
+        raise InputError(f"template error in {text!r}: {problem[0]}", file=file, line=line)
+
+
+def check_value(value: Any, *, file: str | None, line: int | None) -> None:
+    """Compile every templated string inside a value (lists and mappings recursively);
+    errors name the line of the mapping key when it is known."""
+    if isinstance(value, str):
+        check_text(value, file=file, line=line)
+    elif isinstance(value, list):
+        lines = getattr(value, "lines", None)
+        for i, v in enumerate(value):
+            check_value(v, file=file,
+                        line=lines[i] if isinstance(lines, list) and i < len(lines) else line)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            check_value(v, file=file, line=_line_of(value, k, line))
+
+
+def is_templated(text: Any) -> bool:
+    return isinstance(text, str) and ("{{" in text or "{%" in text)
+
+
+def check_template_file(path: Path, include_paths: list[Path] | None = None, *,
+                        origin: str | None = None) -> None:
+    """Compile a template file and every template it includes/imports by a literal name
+    (each must exist in the allowed folders); errors name the template's file:line."""
+    roots = tuple(dict.fromkeys(str(p) for p in [path.parent, *(include_paths or [])]))
+    env = _file_environment(roots)
+    seen: set[str] = set()
+    where = f" (used by {origin})" if origin else ""
+    pending = [(path.name, str(path), None)]
+    while pending:
+        name, parent, parent_line = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            source, filename, _ = env.loader.get_source(env, name)
+            env.get_template(name)  # compiles (and caches for the render)
+            ast = env.parse(source, name, filename)
+        except jinja2.TemplateSyntaxError as exc:
+            kind = "template error" if isinstance(exc, jinja2.TemplateAssertionError) \
+                else "template syntax error"
+            raise InputError(f"{kind}: {exc.message}{where}",
+                             file=exc.filename or filename, line=exc.lineno) from None
+        except jinja2.TemplateNotFound:
+            raise InputError(f"included template {name!r} not found in "
+                             + ", ".join(roots) + where, file=parent,
+                             line=parent_line) from None
+        except SecurityError as exc:
+            raise InputError(f"{exc}{where}", file=parent, line=parent_line) from None
+        except jinja2.TemplateError as exc:
+            raise InputError(f"template error: {getattr(exc, 'message', None) or exc}{where}",
+                             file=getattr(exc, "filename", None) or filename,
+                             line=getattr(exc, "lineno", None)) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read template: {exc}{where}", file=parent,
+                             line=parent_line) from None
+        problem = _static_checks(ast, env)
+        if problem:
+            raise InputError(f"template error: {problem[0]}{where}", file=filename,
+                             line=problem[1])
+        for node in ast.find_all((nodes.Include, nodes.Import, nodes.FromImport,
+                                  nodes.Extends)):
+            target = node.template
+            if isinstance(target, nodes.Const) and isinstance(target.value, str):
+                pending.append((target.value, filename, node.lineno))
+
+
+__all__ = ["make_environment", "render_string", "render_value", "render_file",
+           "evaluate_condition", "find_template", "tracking_reveals", "check_expression",
+           "check_text", "check_value", "check_template_file", "is_templated",
+           "ConfinedLoader", "MAX_REPEAT", "MAX_POWER_BITS"]

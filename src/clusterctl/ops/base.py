@@ -7,6 +7,7 @@ nothing needs doing.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -52,6 +53,20 @@ class Noop:
     op: str
     target: str
     reason: str
+
+
+def mask_outcome(outcome: Change | Noop, masker) -> Change | Noop:
+    """The outcome as it may be shown: what `masker` (a secret.Masker of the secrets
+    revealed while its args were rendered) knows is *** in the diff, summary and reason.
+    The steps keep the real values: they are what reaches the host."""
+    if not masker:
+        return outcome
+    if isinstance(outcome, Change):
+        return dataclasses.replace(outcome, diff=masker.mask(outcome.diff),
+                                   summary=masker.mask(outcome.summary))
+    if isinstance(outcome, Noop):
+        return dataclasses.replace(outcome, reason=masker.mask(outcome.reason))
+    return outcome
 
 
 class PlanError(ClusterctlError, ValueError):
