@@ -297,3 +297,12 @@ def test_runner_render_error_names_task_and_template(project):
     assert report.failed_hosts == ["alpha"]
     assert TOKEN not in error
     assert f"{tpl.resolve()}:2:" in error and "tasks.yaml:1" in error
+
+
+def test_masked_pass_that_fails_hides_the_whole_text(tmp_path):
+    # 1 // (len - 3) works with the real value and divides by zero with ***: nothing of
+    # this rendering can be paired, so what is shown of it is hidden whole
+    template = "N={{ 100 // ((s | reveal) | length - 3) }}\nT={{ s | reveal }}\n"
+    shown, uploads = plan_template(tmp_path, template, {"s": Secret(TOKEN)}, None)
+    assert uploads[0].content == f"N={100 // (len(TOKEN) - 3)}\nT={TOKEN}\n".encode()
+    assert TOKEN not in shown_fields(shown) and "hidden" in shown.diff
