@@ -21,6 +21,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any, Callable, Iterable
 
 from .errors import ClusterctlError, HostError
@@ -156,6 +157,7 @@ class ClusterView:
         self.head = next((h for h in hosts.values() if h.is_head), None)
         self._entries = {name: h.entry() for name, h in hosts.items()}
         self._all_entries = list(self._entries.values())
+        self._position = {n: i for i, n in enumerate(self._entries)}
 
     @classmethod
     def build(cls, inventory, facts: dict[str, Any]) -> "ClusterView":
@@ -178,13 +180,46 @@ class ClusterView:
         """host -> cluster IP, for the hosts that have one."""
         return {n: h.cluster_ip for n, h in self.hosts.items() if h.cluster_ip}
 
-    def peers(self, name: str) -> list[dict]:
-        """Template entries of every other host (shared dicts: treat as read-only)."""
-        own = self._entries.get(name)
-        return [e for e in self._all_entries if e is not own]
+    def peers(self, name: str) -> "Peers":
+        """Template entries of every other host: a read-only sequence made in O(1)
+        (a list per host would make planning quadratic in the host count)."""
+        return Peers(self._all_entries, self._position.get(name))
 
     def head_entry(self) -> dict | None:
         return self._entries.get(self.head.name) if self.head else None
+
+
+class Peers(Sequence):
+    """Every entry but one, without copying (shared dicts: treat them as read-only)."""
+
+    def __init__(self, entries: list[dict], skip: int | None):
+        self._entries, self._skip = entries, skip
+
+    def __len__(self) -> int:
+        return len(self._entries) - (self._skip is not None)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        if self._skip is not None and index >= self._skip:
+            index += 1
+        return self._entries[index]
+
+    def __iter__(self):
+        skip = self._skip
+        return (e for i, e in enumerate(self._entries) if i != skip)
+
+    def __eq__(self, other) -> bool:
+        return list(self) == (list(other) if isinstance(other, (list, tuple, Peers))
+                              else other)
+
+    def __repr__(self) -> str:
+        return f"Peers({list(self)!r})"
 
 
 def _has(facts, kind: str) -> bool:

@@ -17,7 +17,7 @@ from ..errors import ClusterctlError, HostError, InputError
 from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_output
 from ..ops import OPS, Change, Noop, Upload
 from ..remote import Connection
-from ..session import ClusterView, Session, cluster_address, failure_reason
+from ..session import ClusterView, Session, failure_reason
 from . import build, mtu, raycheck
 from .results import (HostRecap, Reporter, RunReport, TaskResult,  # noqa: F401 (re-exported)
                       _NullReporter)
@@ -47,6 +47,14 @@ class HostState:
     gathered: set = field(default_factory=set)
     failed: str | None = None
     changed_in_play: bool = False
+
+
+class NeedFacts(Exception):
+    """Planning a task needs facts whose request depended on other facts."""
+
+    def __init__(self, requests: set):
+        super().__init__(", ".join(sorted(str(r) for r in requests)))
+        self.requests = requests
 
 
 @dataclass
@@ -109,6 +117,9 @@ class Runner:
             connect_timeout=self.options.connect_timeout)
         self._own_session = session is None
         self.view: ClusterView | None = None
+        self._vars_cache: dict[tuple, tuple] = {}
+        self._play_names: dict[int, set[str]] = {}
+        self._deferred: dict[str, list] = {}
         self.results: list[TaskResult] = []
         self.recap: dict[str, HostRecap] = {}
         self.states: dict[str, HostState] = {}
@@ -140,29 +151,88 @@ class Runner:
         self._record(TaskResult(state.host.name, task, status, message))
 
     # facts ---------------------------------------------------------------
+    def _targets(self, play: Play) -> set[str]:
+        """Names of a play's hosts, resolved once per run."""
+        names = self._play_names.get(id(play))
+        if names is None:
+            names = self._play_names[id(play)] = {
+                h.name for h in play_targets(self.inventory, play.hosts)}
+        return names
+
     def _play_hosts(self, play: Play) -> list[HostState]:
-        names = {h.name for h in play_targets(self.inventory, play.hosts)}
+        names = self._targets(play)
         return [s for n, s in self.states.items() if n in names]
 
     def _task_requests(self, state: HostState, play: Play, role: Role, task: Task,
-                       variables: dict) -> list[FactRequest]:
+                       variables: dict) -> list[FactRequest] | None:
+        """The facts a task asks for on this host; None while they depend on facts not
+        gathered yet (computed again after the first trip)."""
         try:
             args = self._render_args(task, role, variables, content=False)
             op = OPS[_op_name(task)]
             return list(op.requests(op.validate(args)))
         except (InputError, ValueError, KeyError, TypeError):
-            return []  # depends on facts not gathered yet; planned after the first trip
+            return None
 
-    def _requests_for(self, state: HostState) -> set[FactRequest]:
+    def _variables(self, state: HostState, play: Play | None, role: Role | None) -> dict:
+        """host_variables, computed once per host, play and role while its facts and
+        the cluster view stay the same (planning is then linear in tasks x hosts)."""
+        key = (state.host.name, id(play), id(role))
+        stamp = (id(state.facts), id(self.view))
+        hit = self._vars_cache.get(key)
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        variables = host_variables(state, self.view, self.inventory, role, play,
+                                   self.options.extra_vars)
+        self._vars_cache[key] = (stamp, variables)
+        return variables
+
+    def plan_all(self, states: list[HostState], play: Play, role: Role, task: Task
+                 ) -> dict[str, PlannedTask | Exception]:
+        """Plan a task on every host. Planning is pure and runs here, in one thread (no
+        pool: threads only add cost to CPU work); a host whose task asks for facts that
+        depended on other facts gets them in one parallel round trip, then is planned."""
+        out: dict[str, PlannedTask | Exception] = {}
+        need: dict[str, set] = {}
+        for s in states:
+            try:
+                out[s.host.name] = self.plan_task(s, play, role, task)
+            except NeedFacts as more:
+                need[s.host.name] = more.requests
+            except Exception as exc:  # noqa: BLE001 - per-host isolation
+                out[s.host.name] = exc
+        if need:
+            todo = [s for s in states if s.host.name in need]
+            fetched = self.map(todo, lambda s: self._gather(s, need[s.host.name], merge=True),
+                               step="facts")
+            for s in todo:
+                if isinstance(fetched[s.host.name], Exception):
+                    out[s.host.name] = fetched[s.host.name]
+                    continue
+                try:
+                    out[s.host.name] = self.plan_task(s, play, role, task)
+                except Exception as exc:  # noqa: BLE001 - per-host isolation
+                    out[s.host.name] = exc
+        return {s.host.name: out[s.host.name] for s in states}
+
+    def _requests_for(self, state: HostState, only: list | None = None) -> set[FactRequest]:
+        """Requests of every task the host runs (or of the `only` (play, role, task)
+        left over from the first pass); tasks that could not say yet are remembered."""
         reqs = set(BASE_REQUESTS)
-        for play in self.plays:
-            if state.host.name not in {h.name for h in play_targets(self.inventory, play.hosts)}:
-                continue
-            for role in play.roles:
-                variables = host_variables(state, self.view, self.inventory, role, play,
-                                           self.options.extra_vars)
-                for task in list(role.tasks) + list(role.handlers.values()):
-                    reqs.update(self._task_requests(state, play, role, task, variables))
+        deferred = []
+        if only is None:
+            only = [(play, role, task) for play in self.plays
+                    if state.host.name in self._targets(play)
+                    for role in play.roles
+                    for task in list(role.tasks) + list(role.handlers.values())]
+        for play, role, task in only:
+            got = self._task_requests(state, play, role, task,
+                                      self._variables(state, play, role))
+            if got is None:
+                deferred.append((play, role, task))
+            else:
+                reqs.update(got)
+        self._deferred[state.host.name] = deferred
         return reqs
 
     def _gather(self, state: HostState, requests: set[FactRequest], *,
@@ -202,11 +272,10 @@ class Runner:
         whose tasks ask for facts that depend on other facts (a file under the cluster
         NIC's networkd file, say) gets one more trip for just those."""
         live = [s for s in states if not s.failed]
-
-        def one(state: HostState):
-            reqs = self._requests_for(state) if first or not state.gathered else state.gathered
-            self._gather(state, reqs)
-        self._record_failures(self.map(live, one, step="facts"), status="unreachable")
+        wanted = {s.host.name: self._requests_for(s) if first or not s.gathered
+                  else s.gathered for s in live}          # pure: here, not in threads
+        self._record_failures(self.map(live, lambda s: self._gather(s, wanted[s.host.name]),
+                                       step="facts"), status="unreachable")
         self._refresh_view()
         if not first:
             return
@@ -214,7 +283,7 @@ class Runner:
         for s in live:
             if s.failed or s.facts is None:
                 continue
-            more = self._requests_for(s) - s.gathered
+            more = self._requests_for(s, self._deferred.get(s.host.name, [])) - s.gathered
             if more:
                 needs_more[s.host.name] = more
         if needs_more:
@@ -271,8 +340,7 @@ class Runner:
         return planned
 
     def _plan_task(self, state: HostState, play: Play, role: Role, task: Task) -> PlannedTask:
-        variables = host_variables(state, self.view, self.inventory, role, play,
-                                   self.options.extra_vars)
+        variables = self._variables(state, play, role)
         if task.when is not None and not evaluate_condition(task.when, variables,
                                                             source=task.file, line=task.line):
             return PlannedTask(task, None, f"when: {task.when}")
@@ -284,7 +352,7 @@ class Runner:
             raise InputError(f"{task.op}: {exc}", file=task.file, line=task.line) from None
         missing = set(op.requests(args)) - state.gathered
         if missing:  # a request that depended on facts: one more round trip, rare
-            self._gather(state, missing, merge=True)
+            raise NeedFacts(missing)
         try:
             outcome = op.plan(state.facts, args)
         except ValueError as exc:  # ops.PlanError: the host's state cannot be planned
@@ -323,6 +391,18 @@ class Runner:
                           outcome.diff if self.options.diff or self.options.check else None,
                           time.monotonic() - start, handler)
 
+    def results_of(self, states: list[HostState], planned: dict[str, PlannedTask]) -> dict:
+        """Results of planned tasks: the hosts with changes to make (not --check) run
+        them in parallel; skipped, unchanged and --check results need no I/O."""
+        act = [s for s in states if isinstance(planned[s.host.name].outcome, Change)
+               and not self.options.check]
+        results = self.map(act, lambda s: self.outcome_result(s, planned[s.host.name]),
+                           step="execute")
+        for s in states:
+            if s.host.name not in results:
+                results[s.host.name] = self.outcome_result(s, planned[s.host.name])
+        return {s.host.name: results[s.host.name] for s in states}
+
     def run_play(self, play: Play) -> None:
         states = [s for s in self._play_hosts(play) if not s.failed]
         self.reporter.play_start(play, [s.host.name for s in states])
@@ -340,8 +420,7 @@ class Runner:
                 if not live:
                     return
                 planned: dict[str, PlannedTask] = {}
-                for name, res in self.map(
-                        live, lambda s: self.plan_task(s, play, role, task)).items():
+                for name, res in self.plan_all(live, play, role, task).items():
                     if isinstance(res, Exception):
                         self._fail_host(self.states[name], task, _message(res))
                     else:
@@ -357,8 +436,7 @@ class Runner:
                         if isinstance(res, TaskResult) and res.status == "failed":
                             self.states[name].failed = res.message
                 else:
-                    results = self.map(
-                        live, lambda s: self.outcome_result(s, planned[s.host.name]))
+                    results = self.results_of(live, planned)
                 for s in live:
                     res = results[s.host.name]
                     if isinstance(res, Exception):
@@ -384,7 +462,11 @@ class Runner:
                 if s.failed:
                     break
                 try:
-                    planned = self.plan_task(s, play, role, handler)
+                    try:
+                        planned = self.plan_task(s, play, role, handler)
+                    except NeedFacts as more:      # this thread is the host's: fetch here
+                        self._gather(s, more.requests, merge=True)
+                        planned = self.plan_task(s, play, role, handler)
                 except ClusterctlError as exc:
                     s.failed = _message(exc)
                     out.append(TaskResult(s.host.name, handler, "failed", s.failed,
