@@ -94,6 +94,43 @@ class SSHTarget:
         parts.append(f"{self.user}@{self.hostname}")
         return " ".join(parts)
 
+    def openssh_config(self, name: str) -> str:
+        """Host blocks for OpenSSH (`ssh -F FILE NAME`) that log in exactly as this target
+        does, for tools that run ssh themselves (testinfra). Each jump host gets a block
+        of its own (NAME-jump1, ...) so its user, port and keys are kept. Options for all
+        hosts (StrictHostKeyChecking, BatchMode) go in a `Host *` block after these."""
+        blocks = []
+        hops = self.hops
+        for i, hop in enumerate(hops, 1):
+            via = f"{name}-jump{i - 1}" if i > 1 else None
+            blocks.append(hop._block(f"{name}-jump{i}", via, self.known_hosts_file))
+        blocks.append(self._block(name, f"{name}-jump{len(hops)}" if hops else None, None))
+        return "\n".join(blocks)
+
+    def _block(self, name: str, via: str | None, extra_known_hosts: str | None) -> str:
+        lines = [f"Host {name}", f"  HostName {self.hostname}", f"  Port {self.port}",
+                 f"  User {_ssh_value(self.user)}"]
+        lines += [f"  IdentityFile {_ssh_value(k)}" for k in self.key_files]
+        if self.identities_only:
+            lines.append("  IdentitiesOnly yes")
+        known = [k for k in (self.known_hosts_file, extra_known_hosts) if k]
+        if known and not self.known_hosts_file:
+            known.insert(0, "~/.ssh/known_hosts")     # a jump host's own default file
+        if known:
+            lines.append("  UserKnownHostsFile " + " ".join(_ssh_value(k) for k in known))
+        if via:
+            lines.append(f"  ProxyJump {via}")
+        elif self.proxy_command:
+            lines.append(f"  ProxyCommand {self.proxy_command}")
+        return "\n".join(lines) + "\n"
+
+
+def _ssh_value(value: str) -> str:
+    """A value for an ssh_config line: `%` doubled (no token expansion), quoted when it
+    holds spaces."""
+    value = value.replace("%", "%%")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
 
 @dataclass(frozen=True)
 class InventorySSH:

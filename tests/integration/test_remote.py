@@ -354,3 +354,21 @@ def test_secret_env_value_arrives_intact(conn):
                    stdin="caller's own stdin\n")
     digest = hashlib.sha256(value.encode()).hexdigest()
     assert res.stdout == f"{digest}  -\ncaller's own stdin\n"
+
+
+def test_openssh_config_block_logs_in_through_the_same_jump(sshd, tmp_path, monkeypatch):
+    """What a tool running OpenSSH itself (verify's testinfra) gets from the target."""
+    _jump_config(sshd, tmp_path, monkeypatch, sshd.port)
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    with Connection(H("inner", "inner", 22, known_hosts_file=str(kh), vars={})) as c:
+        block = c.target.openssh_config("node")
+    cfg = tmp_path / "openssh_config"
+    cfg.write_text(block + "\nHost *\n  StrictHostKeyChecking yes\n  BatchMode yes\n")
+    proc = subprocess.run(["ssh", "-F", str(cfg), "node", "echo", "via", "openssh"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "via openssh\n"
+    resolved = subprocess.run(["ssh", "-G", "-F", str(cfg), "node"], capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+    assert "proxyjump node-jump1" in resolved

@@ -272,3 +272,28 @@ def test_paramiko_logs_nothing():
     assert clusterctl.remote.Connection      # importing the module silences paramiko
     log = logging.getLogger("paramiko.transport")
     assert not log.isEnabledFor(logging.ERROR)
+
+
+# -- the same login for tools that run OpenSSH themselves ----------------------------------
+@pytest.mark.parametrize("address, config, given", [
+    ("gpu2", CONFIG, {}),
+    ("gpu1", CONFIG, {"user": "root", "key_file": "/keys/with space",
+                      "known_hosts_file": "/inv/known_hosts"}),
+    ("n1", "Host n1\n  ProxyJump a@first:2022,second\n  IdentitiesOnly yes\n", {}),
+    ("lonely", CONFIG, {"port": 2222}),
+])
+def test_openssh_config_logs_in_the_same_way(address, config, given):
+    target = resolve(address, config=config, **given)
+    block = target.openssh_config("node")
+    again = resolve_target(InventorySSH("node"), parse_config_text(block), jump_user="other")
+
+    def shape(t):
+        return (t.hostname, t.user, t.port, t.key_files, t.identities_only, t.proxy_command,
+                [(h.login, h.key_files, h.proxy_command) for h in t.hops])
+    assert shape(again) == shape(target)
+    assert again.known_hosts_file == target.known_hosts_file
+
+
+def test_openssh_config_keeps_percent_signs_literal():
+    block = resolve("x", config=None, key_file="/keys/100%d").openssh_config("x")
+    assert "  IdentityFile /keys/100%%d\n" in block      # OpenSSH reads %% as %
