@@ -285,9 +285,12 @@ class Connection:
             if path.exists():
                 try:
                     client._host_keys.load(str(path))
-                except (OSError, paramiko.SSHException, ValueError) as exc:
-                    raise HostKeyError(self.name, f"cannot read known_hosts {path}: {exc}") \
-                        from None
+                except (OSError, paramiko.SSHException, ValueError,
+                        paramiko.hostkeys.InvalidHostKey) as exc:
+                    if isinstance(exc, paramiko.hostkeys.InvalidHostKey):
+                        exc = f"a key that is not base64: {exc.line.strip()[:80]!r}"
+                    raise HostKeyError(self.name, f"cannot read known_hosts {path}: "
+                                       f"{exc or type(exc).__name__}") from None
         client._host_keys_filename = None
         if self.accept_new_host_keys:
             client.set_missing_host_key_policy(_RecordNewKey(own, hop.port))

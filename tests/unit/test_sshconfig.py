@@ -297,3 +297,17 @@ def test_openssh_config_logs_in_the_same_way(address, config, given):
 def test_openssh_config_keeps_percent_signs_literal():
     block = resolve("x", config=None, key_file="/keys/100%d").openssh_config("x")
     assert "  IdentityFile /keys/100%%d\n" in block      # OpenSSH reads %% as %
+
+
+def test_a_broken_known_hosts_line_is_one_clear_error(tmp_path, monkeypatch):
+    from clusterctl.remote import Connection
+
+    monkeypatch.setenv(SSH_CONFIG_ENV, "none")
+    kh = tmp_path / "known_hosts"
+    kh.write_text("[10.0.0.9]:22 ssh-ed25519 AAAA!!notbase64\n")
+    h = SimpleNamespace(name="n9", address="10.0.0.9", user="root", port=22, key_file=None,
+                        known_hosts_file=str(kh))
+    with pytest.raises(HostKeyError) as err:      # before any connection is tried
+        Connection(h).open()
+    assert str(err.value) == (f"n9: cannot read known_hosts {kh}: a key that is not base64: "
+                              "'[10.0.0.9]:22 ssh-ed25519 AAAA!!notbase64'")
