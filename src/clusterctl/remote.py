@@ -17,8 +17,11 @@ import io
 import logging
 import os
 import re
+import select
 import shlex
 import socket
+import subprocess
+import tempfile
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -183,6 +186,91 @@ def build_command(cmd: list[str] | str, *, env: Mapping[str, str | Secret] | Non
 
 
 # -- opening -----------------------------------------------------------------------------
+class _ProxyProcess(paramiko.ProxyCommand):
+    """ssh_config's ProxyCommand as the socket of a connection.
+
+    paramiko's own class spins when the command exits (an empty read is retried, not
+    taken as the end) and raises from its transport thread when it is closed twice; this
+    one reads EOF as EOF, closes once, reaps the process, and keeps the command's stderr
+    (bounded) for the error message."""
+
+    STDERR_TAIL = 2000
+
+    def __init__(self, command_line: str):   # noqa: D107 - paramiko's init is replaced
+        self.cmd = shlex.split(command_line)
+        self._stderr = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(self.cmd, stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._stderr,
+                                        bufsize=0, start_new_session=True)
+        self.timeout: float | None = None
+        self._close_lock = threading.Lock()
+        self._done = False
+
+    def send(self, content):
+        try:
+            self.process.stdin.write(content)
+        except (OSError, ValueError) as exc:
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd),
+                                               getattr(exc, "strerror", None) or str(exc))
+        return len(content)
+
+    def recv(self, size):
+        try:
+            ready, _, _ = select.select([self.process.stdout], [], [], self.timeout)
+            if not ready:
+                raise socket.timeout()
+            return os.read(self.process.stdout.fileno(), size)   # b"": the command ended
+        except socket.timeout:
+            raise
+        except (OSError, ValueError) as exc:
+            raise paramiko.ProxyCommandFailure(" ".join(self.cmd),
+                                               getattr(exc, "strerror", None) or str(exc))
+
+    def stderr_tail(self) -> str:
+        try:
+            self._stderr.seek(0, os.SEEK_END)
+            size = self._stderr.tell()
+            self._stderr.seek(max(0, size - self.STDERR_TAIL))
+            return self._stderr.read().decode("utf-8", "replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def terminate(self) -> None:
+        try:
+            self.process.terminate()
+        except OSError:
+            pass
+
+    def close(self):
+        with self._close_lock:
+            if self._done:
+                return
+            self._done = True
+        self.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        for f in (self.process.stdin, self.process.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def discard(self) -> None:
+        """Close, and drop the kept stderr (close() keeps it for the error message)."""
+        self.close()
+        try:
+            self._stderr.close()
+        except OSError:
+            pass
+
+    @property
+    def closed(self):
+        return self._done or self.process.poll() is not None
+
+
 def _auth_kwargs(target: SSHTarget) -> dict:
     """paramiko connect() arguments for logging in: agent keys (unless IdentitiesOnly),
     the key files that exist, else the default ~/.ssh/id_* files."""
@@ -223,6 +311,9 @@ def _connect_error(name: str, exc: BaseException, hop: SSHTarget, target: SSHTar
                                 f"{tried}; ssh-agent: {agent})")
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return UnreachableError(name, f"timed out connecting to {where} after {timeout:g}s")
+    if isinstance(exc, paramiko.ProxyCommandFailure):
+        return UnreachableError(name, f"cannot connect to {where}: the ProxyCommand ended "
+                                f"({exc.error})")
     if isinstance(exc, paramiko.ChannelException):
         return UnreachableError(name, f"cannot connect to {where}: the jump host could not "
                                 f"open a connection onward ({exc.text or exc})")
@@ -311,8 +402,8 @@ class Connection:
         if not first.proxy_command:
             return None
         try:
-            self._proxy = paramiko.ProxyCommand(first.proxy_command)
-        except (OSError, paramiko.SSHException) as exc:
+            self._proxy = _ProxyProcess(first.proxy_command)
+        except (OSError, ValueError) as exc:
             raise UnreachableError(self.name, f"ProxyCommand {first.proxy_command!r} for "
                                    f"{first.login} failed: {exc}") from None
         return self._proxy
@@ -336,9 +427,18 @@ class Connection:
                                               ("127.0.0.1", 0), timeout=self.connect_timeout)
             except Exception as exc:  # noqa: BLE001 - every failure becomes one line
                 client.close()
-                raise _connect_error(self.name, exc, hop, target, kh,
-                                     self.connect_timeout) from None
+                raise self._failure(exc, hop, target, kh, first=i == 0) from None
         return sock
+
+    def _failure(self, exc: BaseException, hop: SSHTarget, target: SSHTarget, kh: Path, *,
+                 first: bool) -> ClusterctlError:
+        err = _connect_error(self.name, exc, hop, target, kh, self.connect_timeout)
+        tail = self._proxy.stderr_tail() if first and self._proxy is not None else ""
+        if tail and type(err) is UnreachableError:
+            last = " | ".join(tail.splitlines()[-3:])
+            err = UnreachableError(self.name, f"{str(err)[len(self.name) + 2:]}; "
+                                   f"ProxyCommand said: {last}")
+        return err
 
     def open(self) -> "Connection":
         if self._conn is not None and self._conn.is_connected:
@@ -360,14 +460,18 @@ class Connection:
                                  connect_timeout=self.connect_timeout,
                                  connect_kwargs=self._connect_kwargs(target, sock),
                                  inline_ssh_env=True)
-        kh = self._prepare(conn.client, target)
+        try:
+            kh = self._prepare(conn.client, target)
+        except BaseException:
+            self.close()
+            raise
         try:
             conn.open()
         except Exception as exc:  # noqa: BLE001 - every failure becomes one line
             conn.close()
+            err = self._failure(exc, target, target, kh, first=not target.hops)
             self.close()
-            raise _connect_error(self.name, exc, target, target, kh,
-                                 self.connect_timeout) from None
+            raise err from None
         transport = conn.client.get_transport()
         if transport is not None:
             transport.set_keepalive(15)
@@ -395,7 +499,7 @@ class Connection:
         self._jumps = []
         if self._proxy is not None:
             try:
-                self._proxy.close()
+                self._proxy.discard()
             except Exception:
                 pass
             self._proxy = None
@@ -418,8 +522,10 @@ class Connection:
             try:
                 if isinstance(sock, socket.socket):
                     sock.shutdown(socket.SHUT_RDWR)
-                elif sock is not None and hasattr(sock, "close"):
-                    sock.close()
+                elif isinstance(sock, _ProxyProcess):
+                    sock.terminate()             # its reader then sees the end
+                elif sock is not None:
+                    sock.close()                 # a jump host's channel
             except (OSError, paramiko.SSHException):
                 pass
 

@@ -372,3 +372,46 @@ def test_openssh_config_block_logs_in_through_the_same_jump(sshd, tmp_path, monk
     resolved = subprocess.run(["ssh", "-G", "-F", str(cfg), "node"], capture_output=True,
                               text=True, check=True).stdout.splitlines()
     assert "proxyjump node-jump1" in resolved
+
+
+def test_proxycommand_from_ssh_config(sshd, tmp_path, monkeypatch):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(sshd.known_hosts_line())
+    _ssh_config(tmp_path, monkeypatch, f"""\
+        Host piped
+          HostName 127.0.0.1
+          Port {sshd.port}
+          User root
+          IdentityFile {sshd.client_key}
+          ProxyCommand ssh -F none -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={kh} -i {sshd.client_key} -p %p -W %h:%p root@127.0.0.1
+        """)  # noqa: E501
+    with Connection(H("piped", "piped", 22, known_hosts_file=str(kh), vars={})) as c:
+        assert "via ProxyCommand" in str(c.target)
+        assert isinstance(c._conn.client.get_transport().sock, paramiko.ProxyCommand)
+        assert c.run(["echo", "piped"]).stdout == "piped\n"
+        proxy = c._proxy.process
+    assert proxy.poll() is not None          # closing the connection ended the command
+
+
+def test_failing_proxycommand_is_one_line_with_its_stderr(tmp_path, monkeypatch):
+    _ssh_config(tmp_path, monkeypatch, """\
+        Host piped
+          ProxyCommand sh -c "echo no route to the moon >&2; exit 3"
+        """)
+    script = textwrap.dedent("""\
+        from types import SimpleNamespace
+        from clusterctl.remote import Connection
+        h = SimpleNamespace(name="piped", address="piped", port=22, user="root",
+                            key_file=None, known_hosts_file=None, vars={})
+        try:
+            Connection(h, connect_timeout=5).open()
+        except Exception as exc:
+            print(type(exc).__name__, exc)
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ), timeout=60)
+    assert proc.stderr == ""
+    assert proc.stdout.startswith("UnreachableError piped: cannot connect to root@piped:22 via "
+                                  "ProxyCommand")
+    assert proc.stdout.rstrip().endswith("ProxyCommand said: no route to the moon")
+    assert len(proc.stdout.splitlines()) == 1
