@@ -127,11 +127,13 @@ _IFACE_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,15}$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+!_-]*$")
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?\.?$")
 _LOOKS_LIKE_IPV4 = re.compile(r"^[0-9.]+$")
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4_RE = re.compile(rf"^{_OCTET}(\.{_OCTET}){{3}}$")
 _HOST_NAME_RE = re.compile(r"^[A-Za-z0-9_.:\-]+$")
 _GROUP_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-_PLAIN_INT_RE = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+_PLAIN_INT_RE = re.compile(r"-?(0|[1-9][0-9]*)")
 
 
 def _as_int(value: Any, raw: str | None = None) -> int | None:
@@ -140,13 +142,13 @@ def _as_int(value: Any, raw: str | None = None) -> int | None:
     if isinstance(value, bool):
         return None
     if raw is not None:
-        if not isinstance(value, (int, str)) or not _PLAIN_INT_RE.fullmatch(raw.strip()):
+        if not isinstance(value, (int, str)) or not _PLAIN_INT_RE.fullmatch(raw):
             return None
-        return int(raw.strip())
+        return int(raw)
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and _PLAIN_INT_RE.fullmatch(value.strip()):
-        return int(value.strip())
+    if isinstance(value, str) and _PLAIN_INT_RE.fullmatch(value):
+        return int(value)
     return None
 
 
@@ -269,11 +271,9 @@ def _address_check():
 def _address_problem(s: str) -> str | None:
     """None if `s` is a usable SSH address, else why not."""
     if _LOOKS_LIKE_IPV4.match(s):
-        try:
-            ipaddress.IPv4Address(s)
-        except ValueError:
-            return "not a valid IPv4 address"
-        return None
+        if _IPV4_RE.match(s):
+            return None
+        return "not a valid IPv4 address"
     if ":" in s:
         try:
             ipaddress.IPv6Address(s)
@@ -617,12 +617,13 @@ def load_inventory(path: str | Path, *, extra_vars: dict | None = None) -> Inven
     shown = str(path)
     p = Path(path)
     text = yamlread.read_text(p, what="inventory")
-    root = inventory_root(text, shown)
-    loader = _Loader(shown, p)
-    try:
-        return loader.load(root, extra_vars=extra_vars)
-    except RecursionError:  # pragma: no cover - every reader bounds its depth
-        raise InputError("inventory is nested too deeply", file=shown) from None
+    with yamlread.paused_gc():
+        root = inventory_root(text, shown)
+        loader = _Loader(shown, p)
+        try:
+            return loader.load(root, extra_vars=extra_vars)
+        except RecursionError:  # pragma: no cover - every reader bounds its depth
+            raise InputError("inventory is nested too deeply", file=shown) from None
 
 
 def validate_vars(values: dict, *, label: str = "--extra-vars") -> tuple[dict, list[str]]:
@@ -721,11 +722,19 @@ def _suggest(word: str, choices) -> str:
 
 
 def _deep_copy(value):
+    t = type(value)
+    if t is dict:
+        return {k: (_deep_copy(v) if type(v) in _CONTAINERS else v) for k, v in value.items()}
+    if t is list:
+        return [(_deep_copy(v) if type(v) in _CONTAINERS else v) for v in value]
     if isinstance(value, dict):
         return {k: _deep_copy(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
+
+
+_CONTAINERS = (dict, list)
 
 
 def _count_values(value) -> int:
@@ -945,16 +954,20 @@ class _Loader:
         hosts: dict[str, Host] = {}
         origins: dict[str, dict] = {}
         defaults_size = _count_values(DEFAULTS)
+        host_layers: dict[str, list[_Layer]] = {}
         for name, hdef in self.hosts.items():
-            groups = host_groups[name]
-            layers = self.layers_of(hdef, groups)
+            layers = host_layers[name] = self.layers_of(hdef, host_groups[name])
             if extra is not None:
                 layers.append(extra)
             self.merged_values += defaults_size + sum(layer.size for layer in layers)
-            if self.merged_values > MAX_MERGED_VALUES:
-                raise InputError(f"the hosts' variables expand to more than "
-                                 f"{MAX_MERGED_VALUES:,} values in all ({len(self.hosts)} "
-                                 "hosts); refused", file=self.shown)
+        if self.merged_values > MAX_MERGED_VALUES:
+            raise InputError(f"the hosts' variables expand to {self.merged_values:,} values "
+                             f"in all ({len(self.hosts)} hosts), more than the limit of "
+                             f"{MAX_MERGED_VALUES:,}; refused (share less through aliases "
+                             "and group vars)", file=self.shown)
+        for name, hdef in self.hosts.items():
+            groups = host_groups[name]
+            layers = host_layers[name]
             merged = _deep_copy(DEFAULTS)
             where: dict = {}
             for layer in layers:
@@ -1417,10 +1430,12 @@ _BAD = object()
 
 
 def _canonical_address(address: str) -> str:
-    try:
-        return str(ipaddress.ip_address(address))
-    except ValueError:
-        return address.lower().rstrip(".")
+    if ":" in address:  # IPv6: one address has many spellings
+        try:
+            return str(ipaddress.ip_address(address))
+        except ValueError:
+            pass
+    return address.lower().rstrip(".")
 
 
 # --------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ Every problem is an ``InputError`` naming file:line:column.
 from __future__ import annotations
 
 import codecs
+import functools
+import gc
 import os
 import stat
 from typing import Any, Callable
@@ -27,6 +29,22 @@ from yaml.error import Mark
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import InputError
+
+class paused_gc:
+    """Pause the cyclic garbage collector while a large graph of objects is built: its
+    passes over the growing heap make building n objects take time ~n^2 otherwise. The
+    graphs built here hold no reference cycles, so nothing is left for it to collect."""
+
+    def __enter__(self):
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc):
+        if self.was_enabled:
+            gc.enable()
+        return False
+
 
 __all__ = ["MAX_FILE_BYTES", "MAX_NODES", "MAX_DEPTH", "read_text", "compose",
            "Constructor", "load", "yaml_error"]
@@ -109,8 +127,18 @@ def read_text(path: str | os.PathLike, *, what: str = "file",
                          file=shown) from None
 
 
-def yaml_error(e: yaml.YAMLError, file: str) -> InputError:
+def yaml_error(e: yaml.YAMLError, file: str, text: str | None = None) -> InputError:
     """A YAML error as one InputError at the position YAML reports."""
+    if isinstance(e, yaml.reader.ReaderError):
+        line = None
+        if text is not None and isinstance(e.position, int):
+            line = text.count("\n", 0, e.position) + 1
+        ch = e.character
+        code = ch if isinstance(ch, int) else ord(ch) if isinstance(ch, str) and \
+            len(ch) == 1 else None
+        shown = f"U+{code:04X}" if code is not None else "a character"
+        return InputError(f"YAML error: {shown} is not allowed in YAML (a control "
+                          "character or a byte that is not text)", file=file, line=line)
     if not isinstance(e, yaml.MarkedYAMLError):
         return InputError(f"YAML error: {e}", file=file)
     mark = e.problem_mark or e.context_mark
@@ -128,7 +156,15 @@ def yaml_error(e: yaml.YAMLError, file: str) -> InputError:
 
 
 def _mark(file: str, m) -> Mark:
+    if type(m) is Mark:  # the parser's own mark object: name it, no copy
+        m.name = file
+        return m
     return Mark(file, m.index, m.line, m.column, None, None)
+
+
+@functools.lru_cache(maxsize=8192)
+def _scalar_tag(value: str, implicit: tuple) -> str:
+    return _RESOLVER.resolve(ScalarNode, value, implicit)
 
 
 def compose(text: str, file: str, *, max_nodes: int = MAX_NODES,
@@ -221,8 +257,8 @@ def compose(text: str, file: str, *, max_nodes: int = MAX_NODES,
             tag = event.tag
             if isinstance(event, yaml.ScalarEvent):
                 if tag is None or tag == "!":
-                    tag = _RESOLVER.resolve(ScalarNode, event.value, event.implicit)
-                node = ScalarNode(tag, event.value, start_mark, _mark(file, event.end_mark),
+                    tag = _scalar_tag(event.value, tuple(event.implicit))
+                node = ScalarNode(tag, event.value, start_mark, event.end_mark,
                                   style=event.style)
                 if anchor is not None:
                     anchors[anchor] = (node, 1)
@@ -244,23 +280,38 @@ def compose(text: str, file: str, *, max_nodes: int = MAX_NODES,
                 anchors[anchor] = None
             stack.append([node, count - 1, anchor, _NO_KEY])
     except yaml.YAMLError as e:
-        raise yaml_error(_python_parser_error(text) or e, file) from None
+        mark = getattr(e, "problem_mark", None)
+        if "nesting depth" in str(e):  # libyaml's own limit, met while looking ahead
+            raise InputError(f"YAML is nested too deeply (more than {max_depth} levels)",
+                             file=file, line=mark.line + 1 if mark else None,
+                             column=mark.column + 1 if mark else None) from None
+        raise yaml_error(_python_parser_error(text, e) or e, file, text) from None
     finally:
         parser.dispose()
     return root
 
 
-def _python_parser_error(text: str) -> yaml.YAMLError | None:
+def _python_parser_error(text: str, error: yaml.YAMLError) -> yaml.YAMLError | None:
     """PyYAML's own parser's error for `text` (its messages say more than libyaml's:
-    which character, tabs); None if it finds none. Used only once a parse has failed."""
+    which character, tabs), if it finds one no later than libyaml's; else None. Reads
+    only up to a little past libyaml's error, so its cost stays bounded."""
     if _Parser is yaml.SafeLoader:
         return None
-    parser = yaml.SafeLoader(text)
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return None
+    end = text.find("\n", mark.index + 1)
+    head = text[:end + 1] if end >= 0 else text
+    if len(head) > 1 << 20:
+        return None
+    parser = yaml.SafeLoader(head)
     try:
         while parser.check_event():
             parser.get_event()
     except yaml.YAMLError as e:
-        return e
+        own = getattr(e, "problem_mark", None)
+        if own is not None and own.line <= mark.line:
+            return e
     finally:
         parser.dispose()
     return None
@@ -436,8 +487,9 @@ def load(path: str | os.PathLike, *, what: str = "file", default: Any = None,
          constructor: Callable[[], Constructor] | None = None) -> Any:
     """read_text + compose + construct: the value of a YAML file (`default` if empty)."""
     shown = os.fspath(path)
-    root = compose(read_text(shown, what=what), shown)
-    if root is None:
-        return default
-    value = (constructor or Constructor)().build(root)
+    with paused_gc():
+        root = compose(read_text(shown, what=what), shown)
+        if root is None:
+            return default
+        value = (constructor or Constructor)().build(root)
     return default if value is None else value
