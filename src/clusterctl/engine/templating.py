@@ -420,10 +420,12 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
 # ---------------------------------------------------------------- compiling at load time
 
 def _static_checks(ast: nodes.Node, env: jinja2.Environment) -> tuple[str, int] | None:
-    """(problem, line) of the first thing the sandbox would refuse that is visible without
-    running it: an attribute or item starting with `_`, or an unknown test."""
+    """(problem, line) of what the sandbox would refuse that is visible without running
+    it: attributes or items starting with `_` (all of them on the first line that has
+    one, in source order), or an unknown test."""
     kinds = (nodes.Getattr, nodes.Getitem, nodes.Filter, nodes.Test)
     found = ([ast] if isinstance(ast, kinds) else []) + list(ast.find_all(kinds))
+    unsafe: list[tuple[int, str]] = []
     for node in found:
         name = None
         if isinstance(node, nodes.Getattr):
@@ -436,9 +438,14 @@ def _static_checks(ast: nodes.Node, env: jinja2.Environment) -> tuple[str, int] 
         elif isinstance(node, nodes.Test) and node.name not in env.tests:
             return f"no test named {node.name!r}", node.lineno
         if isinstance(name, str) and name.startswith("_"):
-            return (f"access to {name!r} is not allowed in templates (names starting with "
-                    "_ are refused by the sandbox)"), node.lineno
-    return None
+            unsafe.append((node.lineno, name))
+    if not unsafe:
+        return None
+    line = min(ln for ln, _ in unsafe)
+    # an outer access is found before the inner one it applies to: reverse for source order
+    names = list(dict.fromkeys(n for ln, n in reversed(unsafe) if ln == line))
+    return (f"access to {', '.join(map(repr, names))} is not allowed in templates (names "
+            "starting with _ are refused by the sandbox)"), line
 
 
 def _parse_expression(text: str) -> nodes.Node:
