@@ -173,7 +173,8 @@ def ini_to_nodes(text: str, file: str) -> Node | None:
             continue
         anything = True
         indent = len(raw) - len(raw.lstrip())
-        if line.startswith("["):
+        if line.startswith("[") and not (state == "hosts" and
+                                         re.match(r"^\[[^\]]*\]:[0-9]+(\s|$)", line)):
             m = _SECTION_RE.match(line)
             if not m:
                 raise fail(n, indent, f"bad section header {line!r} (expected [group], "

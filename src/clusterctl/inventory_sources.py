@@ -105,9 +105,9 @@ def vars_files(folder: Path) -> dict[str, list[Path]]:
             is_dir = False
         if is_dir:
             try:
-                inner = sorted(e for e in os.scandir(entry.path)
-                               if not e.name.startswith(".")
-                               and Path(e.name).suffix.lower() in _YAML_SUFFIXES)
+                inner = [e for e in os.scandir(entry.path)
+                         if not e.name.startswith(".")
+                         and Path(e.name).suffix.lower() in _YAML_SUFFIXES]
             except OSError as e:
                 raise InputError(f"cannot read folder: {e.strerror or e}",
                                  file=entry.path) from None
