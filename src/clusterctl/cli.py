@@ -61,7 +61,8 @@ def run_options(fn):
         click.option("--diff", is_flag=True, help="Show unified diffs of files and templates."),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable report on "
                      "stdout."),
-        click.option("-v", "--verbose", count=True, help="-v: every task; -vv: diffs too."),
+        click.option("-v", "--verbose", count=True, help="-v: every task; -vv: diffs too; "
+                     "-vvv: the exact commands of each change."),
         click.option("-f", "--forks", type=click.IntRange(1, 500), default=20, show_default=True,
                      help="Hosts worked on in parallel."),
         click.option("--keep-going/--fail-fast", default=True, show_default=True,
@@ -72,24 +73,57 @@ def run_options(fn):
                      help="Extra folder of roles, searched first; repeatable."),
         click.option("--break-lock", is_flag=True, help="Take the cluster lock even if "
                      "another run holds it (only when that run is gone)."),
+        click.option("-e", "--extra-vars", "extra_vars", multiple=True,
+                     metavar="KEY=VALUE|@FILE",
+                     help="Variables above every other level (as Ansible's -e); "
+                     "repeatable; @FILE reads a YAML mapping."),
+        click.option("-t", "--tags", "tags", multiple=True, metavar="TAGS",
+                     help="Only tasks with one of these tags (comma-separated; "
+                     "repeatable)."),
+        click.option("--skip-tags", multiple=True, metavar="TAGS",
+                     help="Leave out tasks with one of these tags."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def load_inventory_arg(positional: str | None, option: str | None):
+def load_inventory_arg(positional: str | None, option: str | None,
+                       extra_vars: dict | None = None):
     from .inventory import load_inventory, resolve_inventory_path
     from .errors import InputError
     if positional and option and positional != option:
         raise InputError(f"two inventories given: {positional} and -i {option}")
-    inv = load_inventory(resolve_inventory_path(positional or option))
+    inv = load_inventory(resolve_inventory_path(positional or option), extra_vars=extra_vars)
     for warning in inv.warnings:
         click.secho(f"warning: {warning}", fg="yellow", err=True)
     return inv
 
 
+def _tag_set(values) -> set[str]:
+    return {t.strip() for v in values for t in str(v).split(",") if t.strip()}
+
+
+def run_playbook_command(inventory_arg, inventory_opt, playbook: str, *, limit, check, diff,
+                         as_json, verbose, forks, keep_going, accept_new_host_keys,
+                         roles_path, break_lock, extra_vars, tags, skip_tags,
+                         fixed_vars: dict | None = None):
+    """What bootstrap and apply share: -e parsed and validated with the inventory, the
+    playbook run, the exit code."""
+    from .inventory import parse_extra_vars
+    extra = parse_extra_vars(list(extra_vars)) if extra_vars else {}
+    extra = {**(fixed_vars or {}), **extra}
+    inv = load_inventory_arg(inventory_arg, inventory_opt, extra or None)
+    report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
+                      forks=forks, keep_going=keep_going,
+                      accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
+                      limit=limit, extra_vars=extra, break_lock=break_lock,
+                      tags=_tag_set(tags), skip_tags=_tag_set(skip_tags))
+    sys.exit(exit_code_for(report))
+
+
 def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, keep_going,
-             accept_new_host_keys, roles_path, limit, extra_vars=None, break_lock=False):
+             accept_new_host_keys, roles_path, limit, extra_vars=None, break_lock=False,
+             tags=frozenset(), skip_tags=frozenset()):
     """Run a playbook in one session and render it once, at the end (the JSON carries
     the final exit code); returns the RunReport."""
     from .engine.roles import default_roles_paths, load_playbook
@@ -99,7 +133,7 @@ def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, 
     plays = load_playbook(playbook, default_roles_paths(list(roles_path)))
     options = RunOptions(check=check, diff=diff, forks=forks, keep_going=keep_going,
                          accept_new_host_keys=accept_new_host_keys, limit=list(limit) or None,
-                         extra_vars=extra_vars or {})
+                         extra_vars=extra_vars or {}, tags=set(tags), skip_tags=set(skip_tags))
     reporter = LineReporter(console(stderr=as_json), verbosity=verbose, diff=diff)
     with Session(inventory, forks=forks, accept_new_host_keys=accept_new_host_keys) as session:
         if not check:
@@ -138,6 +172,7 @@ def exit_code_for(report) -> int:
 #: fast): name -> (module, attribute)
 LAZY_COMMANDS = {
     "lab": ("clusterctl.lab.cli", "lab_group"),
+    "inventory": ("clusterctl.inventory_cli", "inventory_command"),
     "mirror": ("clusterctl.lab.cli", "mirror_group"),
     "netcheck": ("clusterctl.netcheck.cli", "netcheck_command"),
     "sync-model": ("clusterctl.sync.cli", "sync_model_command"),
@@ -178,17 +213,11 @@ def main():
 @click.option("--skip-verify", is_flag=True, help="Skip the Ray cluster check (the "
               "playbook's ray_cluster task).")
 @handle_errors
-def bootstrap(inventory, inventory_opt, limit, check, diff, as_json, verbose, forks, keep_going,
-              accept_new_host_keys, roles_path, break_lock, playbook, skip_verify):
+def bootstrap(inventory, inventory_opt, playbook, skip_verify, **run):
     """Converge every node: packages, network (MTU), NCCL env, Python env with Ray/vLLM,
     llama.cpp RPC, Ray head and workers; then verify the Ray cluster."""
-    inv = load_inventory_arg(inventory, inventory_opt)
-    report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
-                      forks=forks, keep_going=keep_going,
-                      accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
-                      limit=limit, extra_vars={"ray_verify": False} if skip_verify else None,
-                      break_lock=break_lock)
-    sys.exit(exit_code_for(report))
+    run_playbook_command(inventory, inventory_opt, playbook,
+                         fixed_vars={"ray_verify": False} if skip_verify else None, **run)
 
 
 @main.command(name="apply")
@@ -196,15 +225,9 @@ def bootstrap(inventory, inventory_opt, limit, check, diff, as_json, verbose, fo
 @inventory_options
 @run_options
 @handle_errors
-def apply_cmd(playbook, inventory_opt, limit, check, diff, as_json, verbose, forks, keep_going,
-              accept_new_host_keys, roles_path, break_lock):
+def apply_cmd(playbook, inventory_opt, **run):
     """Run any PLAYBOOK (a name in playbooks/ or a path) against the inventory."""
-    inv = load_inventory_arg(None, inventory_opt)
-    report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
-                      forks=forks, keep_going=keep_going,
-                      accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,
-                      limit=limit, break_lock=break_lock)
-    sys.exit(exit_code_for(report))
+    run_playbook_command(None, inventory_opt, playbook, **run)
 
 
 @main.command()

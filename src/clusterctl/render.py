@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 
@@ -22,7 +23,8 @@ class LineReporter:
     """One line per host and task; rich colours when on a terminal.
 
     verbosity 0 shows changed/failed/unreachable lines and one line per play;
-    1 adds ok/skipped lines; 2 adds diffs even without --diff.
+    1 adds ok/skipped lines; 2 adds diffs even without --diff; 3 adds the exact
+    commands of each change (also under --check; secrets as ***).
     """
 
     def __init__(self, out: Console | None = None, *, verbosity: int = 0, diff: bool = False,
@@ -59,6 +61,9 @@ class LineReporter:
                 text += "\n" + "\n".join("      " + _esc(r) for r in rest)
         with self._lock:
             self.out.print(text)
+            if result.commands and self.verbosity >= 3:
+                for cmd in result.commands:
+                    self.out.print(f"      [cyan]$[/cyan] {_esc(cmd)}")
             if result.diff and (self.diff or self.verbosity >= 2):
                 for line in result.diff.rstrip().splitlines():
                     st = "green" if line.startswith("+") else "red" if line.startswith("-") \
@@ -88,6 +93,27 @@ def print_recap(report, out: Console | None = None) -> None:
     out.print(f"[dim]{report.elapsed:.2f}s[/dim]")
 
 
+JSON_SCHEMA_VERSION = 1
+
+
+def _strict(value):
+    """NaN and +-inf (not JSON) -> null; containers walked without recursion limits
+    mattering for real reports (depth is bounded by the data the program built)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_strict(v) for v in value]
+    return value
+
+
 def print_json(data, file=None) -> None:
-    json.dump(to_jsonable(data), file or sys.stdout, indent=2, default=str)
-    (file or sys.stdout).write("\n")
+    """Strict JSON on stdout: Secrets masked, NaN/inf as null, and a dict payload
+    carries "schema_version" (added first when the report does not set its own)."""
+    data = to_jsonable(data)
+    if isinstance(data, dict) and "schema_version" not in data:
+        data = {"schema_version": JSON_SCHEMA_VERSION, **data}
+    text = json.dumps(_strict(data), indent=2, default=str, allow_nan=False)
+    out = file or sys.stdout
+    out.write(text + "\n")

@@ -61,3 +61,12 @@ def test_exit_codes_from_report():
     assert exit_code_for(pending) == 3
     applied = RunReport([], {"a": HostRecap(changed=2)}, check=False)
     assert exit_code_for(applied) == 0
+
+
+def test_extra_vars_are_checked_before_any_connection(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {ansible_host: 198.18.0.250, role: head}\n")
+    res = invoke("bootstrap", str(inv), "--check", "-e", f"@{tmp_path}/missing.yaml")
+    assert res.exit_code == 2 and "missing.yaml" in res.output
+    res = invoke("apply", "bootstrap", "-i", str(inv), "--check", "-e", "ray={port: 0}")
+    assert res.exit_code == 2 and "Traceback" not in res.output

@@ -64,7 +64,7 @@ def project(tmp_path):
         "  vars: {cluster: {network: lo}}\n"
         "  hosts:\n"
         "    alpha: {ansible_host: 127.0.0.1, role: head}\n"
-        "    beta: {ansible_host: 127.0.0.1}\n")
+        "    beta: {ansible_host: 127.0.0.1, ansible_port: 2202}\n")
     role = tmp_path / "roles" / "r"
     (role / "templates").mkdir(parents=True)
     (role / "templates" / "conf.j2").write_text("name={{ inventory_hostname }}\n"
@@ -210,3 +210,51 @@ def test_units_started_in_the_run_are_not_restarted_by_handlers():
     other = PlannedTask(Task("f", "file", {}, "r", "f", 1),
                         Change("file", "/x", [["systemctl", "start", "y"]], None, ""))
     assert _units_started(other) == set()
+
+
+def test_tags_select_and_skip_tasks(project, local):
+    role = project / "roles" / "r"
+    (role / "tasks.yaml").write_text(
+        "- name: tagged a\n"
+        "  command: {argv: ['touch', '{{ base }}/{{ inventory_hostname }}-a']}\n"
+        "  tags: [a]\n"
+        "- name: tagged b\n"
+        "  command: {argv: ['touch', '{{ base }}/{{ inventory_hostname }}-b']}\n"
+        "  tags: b, shared\n"
+        "- name: always\n"
+        "  command: {argv: ['touch', '{{ base }}/{{ inventory_hostname }}-always']}\n"
+        "  tags: [always]\n"
+        "- name: never unless asked\n"
+        "  command: {argv: ['touch', '{{ base }}/{{ inventory_hostname }}-never']}\n"
+        "  tags: [never, debug]\n")
+    (role / "handlers.yaml").write_text("")
+    names = lambda rep: sorted({r.task.name for r in rep.results if r.task})  # noqa: E731
+    assert names(run(project, check=True)) == ["always", "tagged a", "tagged b"]
+    assert names(run(project, check=True, tags={"a"})) == ["always", "tagged a"]
+    assert names(run(project, check=True, skip_tags={"shared", "always"})) == ["tagged a"]
+    assert names(run(project, check=True, tags={"debug"})) == ["always",
+                                                                "never unless asked"]
+
+
+def test_bad_tags_are_input_errors(project):
+    (project / "roles" / "r" / "tasks.yaml").write_text(
+        "- name: t\n  command: {argv: [true]}\n  tags: {x: 1}\n")
+    with pytest.raises(InputError, match="tags: expected"):
+        load_playbook(project / "pb.yaml", [project / "roles"])
+
+
+def test_exact_commands_of_a_change_are_reported_also_under_check(project, local):
+    report = run(project, check=True)
+    only = [r for r in report.results if r.host == "beta" and r.task.name == "only on beta"][0]
+    assert only.commands == [f"touch {project}/out/beta-only"]
+    folder = [r for r in report.results if r.host == "alpha" and r.task.name == "folder"][0]
+    assert folder.commands and folder.commands[0].startswith("mkdir")
+    assert report.to_dict()["results"][0]["commands"] is not None
+
+
+def test_extra_vars_win_over_role_defaults(project, local, tmp_path):
+    alt = tmp_path / "alt"
+    alt.mkdir()
+    report = run(project, extra_vars={"base": str(alt)})
+    assert not report.failed_hosts
+    assert (alt / "alpha" / "conf").exists()

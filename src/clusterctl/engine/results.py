@@ -20,6 +20,7 @@ class TaskResult:
     diff: str | None = None
     elapsed: float = 0.0
     handler: bool = False
+    commands: list[str] | None = None     # the change's exact steps, secrets *** (-vvv, JSON)
 
     @property
     def title(self) -> str:
@@ -31,7 +32,8 @@ class TaskResult:
         return {"host": self.host, "task": self.title, "status": self.status,
                 "message": self.message, "diff": self.diff, "handler": self.handler,
                 "elapsed": round(self.elapsed, 3),
-                "where": self.task.where if self.task else None}
+                "where": self.task.where if self.task else None,
+                "commands": self.commands}
 
 
 @dataclass

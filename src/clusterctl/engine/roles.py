@@ -52,6 +52,20 @@ class Task:
     line: int
     when: Any = None
     notify: list[str] = field(default_factory=list)
+    tags: tuple[str, ...] = ()
+
+    def selected(self, tags: set[str], skip_tags: set[str]) -> bool:
+        """--tags / --skip-tags as in Ansible: with --tags, a task runs when it has one of
+        them (or `always`); a task tagged `never` runs only when asked by name; a task
+        with a --skip-tags tag never runs."""
+        mine = set(self.tags)
+        if mine & skip_tags:
+            return False
+        if "never" in mine and not (mine & tags):
+            return False
+        if not tags or "all" in tags:
+            return True
+        return bool(mine & tags) or "always" in mine
 
     @property
     def where(self) -> str:
@@ -115,8 +129,15 @@ def parse_task(raw: Any, *, role: str, file: str, line: int, known_ops: set[str]
     # compiled now: a syntax error, unknown filter or unsafe name is bad input (exit 2)
     check_expression(raw.get("when"), file=file, line=line_of(raw, "when") or line)
     check_value(raw[op], file=file, line=line_of(raw, op) or line)
+    tags = raw.get("tags") or []
+    if isinstance(tags, str):
+        tags = [t.strip() for t in tags.split(",") if t.strip()]
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise InputError("tags: expected a tag name or a list of tag names", file=file,
+                         line=line_of(raw, "tags") or line, key="tags")
     return Task(name=str(raw.get("name") or f"{op}"), op=op, args=raw[op], role=role,
-                file=file, line=line, when=raw.get("when"), notify=list(notify))
+                file=file, line=line, when=raw.get("when"), notify=list(notify),
+                tags=tuple(tags))
 
 
 def template_src(task: Task):

@@ -8,6 +8,7 @@ next play is planned. Under --check nothing is executed: the plan is the report.
 """
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ class RunOptions:
     limit: list[str] | None = None
     extra_vars: dict = field(default_factory=dict)
     connect_timeout: float = 10.0
+    tags: set = field(default_factory=set)          # --tags
+    skip_tags: set = field(default_factory=set)     # --skip-tags
 
 
 @dataclass
@@ -63,6 +66,7 @@ class PlannedTask:
     outcome: Change | Noop | None     # None: skipped by `when`
     reason: str = ""                  # skip reason
     args: dict | None = None
+    shown: list[str] | None = None    # the change's steps as shown (secrets ***)
 
 
 # -- derived variables ------------------------------------------------------
@@ -335,6 +339,9 @@ class Runner:
         steps) but shows as *** in the diff, summary, reason and any error message."""
         with tracking_reveals() as masker:
             planned = self._plan_task(state, play, role, task)
+        if isinstance(planned.outcome, Change):     # the exact commands, as shown (-vvv)
+            planned.shown = [masker.mask(_show_step(step)) if masker else _show_step(step)
+                             for step in planned.outcome.steps]
         if planned.outcome is not None:
             planned.outcome = mask_outcome(planned.outcome, masker)
         return planned
@@ -389,7 +396,7 @@ class Runner:
             message = "would " + message if message else "would change"
         return TaskResult(state.host.name, task, "changed", message,
                           outcome.diff if self.options.diff or self.options.check else None,
-                          time.monotonic() - start, handler)
+                          time.monotonic() - start, handler, commands=planned.shown)
 
     def results_of(self, states: list[HostState], planned: dict[str, PlannedTask]) -> dict:
         """Results of planned tasks: the hosts with changes to make (not --check) run
@@ -416,6 +423,8 @@ class Runner:
             for task in role.tasks:
                 if self._stop:
                     return
+                if not task.selected(self.options.tags, self.options.skip_tags):
+                    continue
                 live = [s for s in states if not s.failed]
                 if not live:
                     return
@@ -517,6 +526,14 @@ class Runner:
                          time.monotonic() - start,
                          {n: s.facts for n, s in self.states.items() if s.facts is not None},
                          view=self.view)
+
+
+def _show_step(step) -> str:
+    """A step as a person reads it: the shell command, or what an upload writes."""
+    if isinstance(step, Upload):
+        mode = f", mode {step.mode:o}" if step.mode is not None else ""
+        return f"write {step.path} ({len(step.content)} bytes{mode})"
+    return shlex.join(str(a) for a in step)       # a Secret shows as ***
 
 
 def _units_started(planned: PlannedTask | None) -> set[str]:
