@@ -58,3 +58,143 @@ def test_deploy_model_bad_tensor_split_is_an_input_error(tmp_path, tiny):
                                                     "--tensor-split", "x,y"])
     assert res.exit_code == 2, res.output
     assert "tensor-split" in res.output
+
+
+# ------------------------------------------------------------------ bounded options
+
+
+@pytest.mark.parametrize("args", [
+    ["--gpu-memory-gb", "nan"], ["--gpu-memory-gb", "inf"], ["--gpu-memory-gb", "-1"],
+    ["--gpu-memory-utilization", "nan"], ["--nodes", "100000000"], ["--concurrency", "0"],
+    ["--gpus-per-node", "100000"], ["--max-model-len", "1e9"], ["--ram-gb", "Infinity"],
+    ["--tensor-split", "1,nan", "--backend", "llamacpp"],
+])
+def test_plan_model_refuses_non_finite_and_unbounded_numbers(tiny, args):
+    base = ["--nodes", "2", "--gpus-per-node", "1", "--gpu-memory-gb", "80"]
+    res = CliRunner().invoke(plan_model_command, [str(tiny)] + base + args)
+    assert res.exit_code == 2, res.output
+    assert "Invalid value" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args", [["--name", "../../etc/x"], ["--name", "/etc/x"],
+                                  ["--timeout", "nan"], ["--replicas", "99999999"],
+                                  ["--gpu-memory-utilization", "inf"],
+                                  ["--tensor-split", "inf,1"]])
+def test_deploy_model_bad_options_rejected_before_connecting(tmp_path, tiny, monkeypatch,
+                                                             args):
+    import clusterctl.remote as remote
+
+    def no_ssh(*a, **k):
+        raise AssertionError("connected before checking the options")
+    monkeypatch.setattr(remote, "connect_all", no_ssh)
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {ansible_host: 127.0.0.1, role: head}\n")
+    res = CliRunner().invoke(deploy_model_command, [str(tiny), "-i", str(inv)] + args)
+    assert res.exit_code == 2, res.output
+    assert "Invalid value" in res.output
+
+
+# ------------------------------------------------------------------ JSON, backends, report
+
+
+def _strict_loads(text: str):
+    def refuse(const):
+        raise AssertionError(f"non-standard JSON constant {const}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_plan_model_json_is_strict_and_versioned(tiny):
+    res = CliRunner().invoke(plan_model_command, [str(tiny), "--nodes", "1",
+                                                  "--gpus-per-node", "1",
+                                                  "--gpu-memory-gb", "0.5", "--json"])
+    data = _strict_loads(res.output)
+    assert res.exit_code == 2 and data["fits"] is False
+    assert data["schema_version"] == 1 and data["memory_unit"] == "GiB"
+    assert data["max_concurrency"] is None or data["max_concurrency"] >= 0
+    assert isinstance(data["alternatives"], list)
+    assert all("kind" in a and "text" in a for a in data["alternatives"])
+
+
+@pytest.fixture
+def tiny_gguf(tmp_path):
+    pytest.importorskip("gguf")
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_modelinfo import write_gguf
+    path = tmp_path / "tiny.gguf"
+    write_gguf(path, layers=4)
+    return path
+
+
+def test_plan_model_gguf_plans_llamacpp_split(tiny_gguf, tmp_path):
+    svg = tmp_path / "plan.svg"
+    res = CliRunner().invoke(plan_model_command, [str(tiny_gguf), "--nodes", "3",
+                                                  "--gpus-per-node", "1",
+                                                  "--gpu-memory-gb", "8", "--report",
+                                                  str(svg)])
+    assert res.exit_code == 0, res.output
+    assert "llama-server: --n-gpu-layers 999 --tensor-split" in res.output
+    assert "--tensor-parallel-size" not in res.output
+    assert "Memory per device (GiB" in res.output and "node2 GPU0 (RPC)" in res.output
+    import xml.etree.ElementTree as ET
+    assert ET.parse(svg).getroot().tag.endswith("svg")
+    res = CliRunner().invoke(plan_model_command, [str(tiny_gguf), "--nodes", "1",
+                                                  "--gpus-per-node", "1",
+                                                  "--gpu-memory-gb", "8", "--backend", "vllm",
+                                                  "--json"])
+    data = _strict_loads(res.output)
+    assert data["backend"] == "vllm" and data["vllm_args"]
+
+
+def test_plan_model_report_must_be_svg(tiny):
+    res = CliRunner().invoke(plan_model_command, [str(tiny), "--nodes", "1",
+                                                  "--gpus-per-node", "1",
+                                                  "--gpu-memory-gb", "8", "--report", "x.png"])
+    assert res.exit_code == 2 and ".svg" in res.output
+
+
+def test_plan_model_without_ssh_when_inventory_states_gpus(tmp_path, tiny, monkeypatch):
+    import clusterctl.remote as remote
+
+    def no_ssh(*a, **k):
+        raise AssertionError("plan-model connected although the inventory states the GPUs")
+    monkeypatch.setattr(remote, "connect_all", no_ssh)
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("all:\n  hosts:\n"
+                   "    a: {ansible_host: 10.0.0.1, role: head, gpus: 2, gpu_memory_mib: 24564}\n"
+                   "    b: {ansible_host: 10.0.0.2, gpus: 2, gpu_memory_mib: 24564}\n")
+    res = CliRunner().invoke(plan_model_command, [str(tiny), "-i", str(inv), "--json"])
+    assert res.exit_code == 0, res.output
+    data = _strict_loads(res.output)
+    assert data["fits"] and data["nodes"] == ["a"]
+
+
+def test_plan_model_asks_hosts_when_gpus_not_stated(tmp_path, tiny, monkeypatch):
+    import clusterctl.remote as remote
+    calls = []
+
+    def fake_connect(hosts, **kwargs):
+        calls.append([h.name for h in hosts])
+        return {}, {h.name: "refused" for h in hosts}
+    monkeypatch.setattr(remote, "connect_all", fake_connect)
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {ansible_host: 10.0.0.1, role: head}\n")
+    res = CliRunner().invoke(plan_model_command, [str(tiny), "-i", str(inv)])
+    assert calls == [["a"]] and res.exit_code == 1 and "cannot reach" in res.output
+
+
+def test_print_json_is_strict_and_versioned():
+    import io
+
+    from clusterctl.render import print_json
+    buf = io.StringIO()
+    print_json({"a": float("nan"), "b": [float("inf"), 1.5], "c": (1, 2)}, file=buf)
+    data = _strict_loads(buf.getvalue())
+    assert data == {"schema_version": 1, "a": None, "b": [None, 1.5], "c": [1, 2]}
+    buf = io.StringIO()
+    print_json({"schema_version": 7}, file=buf)
+    assert json.loads(buf.getvalue()) == {"schema_version": 7}
+    buf = io.StringIO()
+    print_json([1, float("-inf")], file=buf)
+    assert json.loads(buf.getvalue()) == [1, None]

@@ -244,10 +244,10 @@ def test_qwen_fp16_on_four_4090_refused_with_suggestions():
         plan_model(QWEN_72B, [gpus(4, RTX4090)])
     msg = str(e.value)
     assert "Qwen2.5-72B does not fit" in msg and "TP=4 PP=1 on gpu1" in msg
-    assert "more GPUs: 8 x 25.8 GB GPUs on one node (TP=8) (you have 4)" in msg
+    assert "more GPUs: 8 x 24.0 GiB GPUs on one node (TP=8) (you have 4)" in msg
     assert "more nodes: 2 nodes like gpu1" in msg and "TP=4 PP=2" in msg
-    assert "AWQ/GPTQ 4-bit ~38 GB would fit on 2 GPUs (TP=2 PP=1)" in msg
-    assert "FP8 8-bit ~73 GB would fit on 4 GPUs" in msg
+    assert "AWQ/GPTQ 4-bit ~36 GiB would fit on 2 GPUs (TP=2 PP=1)" in msg
+    assert "FP8 8-bit ~68 GiB would fit on 4 GPUs" in msg
     assert isinstance(e.value, InputError) and e.value.exit_code == EXIT_BAD_INPUT
     assert e.value.plan is not None and not e.value.plan.fits
 
@@ -255,7 +255,7 @@ def test_qwen_fp16_on_four_4090_refused_with_suggestions():
 def test_405b_on_one_node_suggests_second_node():
     with pytest.raises(PlanError) as e:
         plan_model(LLAMA_405B, [gpus(8, H100, "dgx", name="H100")])
-    assert "2 nodes like dgx (2 x 8 = 16 x H100 GPUs (85.5 GB), TP=8 PP=2)" in str(e.value)
+    assert "2 nodes like dgx (2 x 8 = 16 x H100 GPUs (79.6 GiB), TP=8 PP=2)" in str(e.value)
 
 
 def test_lower_max_model_len_suggestion_is_the_largest_that_fits():
@@ -376,8 +376,182 @@ def test_gguf_model_gets_a_vllm_warning():
 def test_render_plan_shows_layout_math_and_flags():
     text = render_plan(plan_model(LLAMA_70B, [gpus(4, L40S, name="NVIDIA L40S")]))
     assert "Plan: FITS" in text
-    assert "tensor_parallel_size=4 pipeline_parallel_size=1 (4 GPUs, 193.2 GB) on gpu1" in text
-    assert "per GPU: 35.3 GB weights + 0.7 GB KV cache + 1.5 GB overhead" in text
+    assert "tensor_parallel_size=4 pipeline_parallel_size=1 (4 GPUs, 180.0 GiB) on gpu1" in text
+    assert "per GPU: 32.9 GiB weights + 0.6 GiB KV cache + 1.4 GiB overhead" in text
     assert ("vLLM: --tensor-parallel-size 4 --pipeline-parallel-size 1 --max-model-len 8192 "
             "--gpu-memory-utilization 0.90") in text
     assert "Why:" in text and "KV cache: 0.328 MB per token" in text
+
+
+# ------------------------------------------------------------------ llama.cpp plans
+
+import json as _json  # noqa: E402
+import math as _math  # noqa: E402
+import xml.etree.ElementTree as _ET  # noqa: E402
+
+from clusterctl.deploy.planner import (  # noqa: E402
+    LLAMA_MAX_DEVICES,
+    MAX_NODES,
+    plan_llamacpp,
+    plan_to_dict,
+    render_bars,
+    render_svg,
+)
+
+QWEN_7B_Q4 = model("Qwen2.5-7B-Q4_K_M", 7_615_616_512, 28, 28, 4, 3584, 152064, 32768,
+                   dtype="Q4_K_M", quant="Q4_K_M", fmt="gguf")
+
+
+def _layers(plan):
+    return [(d["host"], d["device"], d["layers"], d["output"]) for d in plan.devices]
+
+
+def test_llamacpp_layers_follow_llama_cpp_split_rule():
+    # 3 equal devices, 32 layers + output = 33 units: cumulative split 1/3, 2/3, 1
+    info = model("m32", 8_000_000_000, 32, 32, 8, 4096, 32000, 8192, dtype="Q4_K_M",
+                 quant="Q4_K_M", fmt="gguf")
+    plan = plan_llamacpp(info, [gpus(1, RTX4090, "head"), gpus(1, RTX4090, "w1"),
+                                gpus(1, RTX4090, "w2")])
+    assert _layers(plan) == [("w1", "GPU0 (RPC)", 11, False), ("w2", "GPU0 (RPC)", 11, False),
+                             ("head", "GPU0", 10, True)]
+    assert plan.backend == "llamacpp" and plan.fits
+    assert plan.pipeline_parallel_size == 3 and plan.nodes == ["head", "w1", "w2"]
+
+
+def test_llamacpp_split_follows_memory_and_is_printed():
+    plan = plan_llamacpp(QWEN_7B_Q4, [gpus(1, RTX4090, "head"), gpus(2, 12288, "w1")])
+    w1a, w1b, head = plan.devices
+    assert head["layers"] > w1a["layers"] and abs(w1a["layers"] - w1b["layers"]) <= 1
+    args = plan.llamacpp_args()
+    split = args[args.index("--tensor-split") + 1].split(",")
+    assert len(split) == 3 and float(split[2]) > float(split[0])
+    assert args[:2] == ["--n-gpu-layers", "999"] and "--ctx-size" in args
+    assert plan.serve_args() == args and not any(a.startswith("--tensor-parallel")
+                                                 for a in args)
+
+
+def test_llamacpp_rpc_on_head_and_cpu_hosts():
+    nodes = [NodeGPUs("head", 0, 0, ram_mib=32768), NodeGPUs("w1", 0, 0, ram_mib=16384)]
+    plan = plan_llamacpp(QWEN_7B_Q4, nodes)
+    assert [d["host"] for d in plan.devices] == ["w1"]        # the server keeps embeddings
+    plan = plan_llamacpp(QWEN_7B_Q4, nodes, rpc_on_head=True)
+    assert [d["host"] for d in plan.devices] == ["w1", "head"]
+    assert plan.device == "cpu"
+
+
+def test_llamacpp_given_tensor_split_and_too_many_devices():
+    plan = plan_llamacpp(QWEN_7B_Q4, [gpus(1, RTX4090, "head"), gpus(1, RTX4090, "w1")],
+                         tensor_split=[0, 1])
+    assert plan.devices[0]["layers"] == 0 and plan.devices[1]["layers"] == 28
+    with pytest.raises(PlanError, match="at most 2 finite proportions"):
+        plan_llamacpp(QWEN_7B_Q4, [gpus(1, RTX4090, "head"), gpus(1, RTX4090, "w1")],
+                      tensor_split=[1, 1, 1])
+    with pytest.raises(PlanError, match=f"at most {LLAMA_MAX_DEVICES} devices"):
+        plan_llamacpp(QWEN_7B_Q4, [gpus(8, H100, f"n{i}") for i in range(3)])
+
+
+def test_llamacpp_refusal_gives_alternatives_as_data():
+    plan = plan_llamacpp(LLAMA_70B, [gpus(1, RTX4090, "head"), gpus(1, RTX4090, "w1")],
+                         strict=False)
+    assert not plan.fits
+    kinds = [a["kind"] for a in plan.alternatives]
+    assert "more_memory" in kinds and "quantized" in kinds
+    assert plan.suggestions == [a["text"] for a in plan.alternatives]
+    quant = next(a for a in plan.alternatives if a["kind"] == "quantized")
+    assert quant["quantization"].startswith("q") and quant["weight_bytes"] > 0
+    with pytest.raises(PlanError, match="does not fit with llama.cpp"):
+        plan_llamacpp(LLAMA_70B, [gpus(1, RTX4090, "head")])
+
+
+def test_llamacpp_shorter_context_alternative():
+    plan = plan_llamacpp(QWEN_7B_Q4, [gpus(1, 8192, "head")], max_model_len=131072,
+                         strict=False)
+    assert not plan.fits
+    alt = next(a for a in plan.alternatives if a["kind"] == "max_model_len")
+    assert 256 <= alt["max_model_len"] < 131072
+    assert plan_llamacpp(QWEN_7B_Q4, [gpus(1, 8192, "head")],
+                         max_model_len=alt["max_model_len"]).fits
+
+
+def test_vllm_alternatives_are_data_too():
+    plan = plan_model(QWEN_72B, [gpus(4, RTX4090)], strict=False)
+    kinds = {a["kind"] for a in plan.alternatives}
+    assert {"more_gpus", "quantized"} <= kinds
+    more = next(a for a in plan.alternatives if a["kind"] == "more_gpus")
+    assert more["tensor_parallel_size"] == 8 and more["gpu_memory_mib"] == RTX4090
+
+
+# ------------------------------------------------------------------ bounds and JSON
+
+
+@pytest.mark.parametrize("kwargs,nodes,match", [
+    ({"gpu_memory_utilization": float("nan")}, [gpus(1, H100)], "gpu_memory_utilization"),
+    ({"overhead_gb_per_gpu": float("inf")}, [gpus(1, H100)], "overhead_gb_per_gpu"),
+    ({"concurrency": 10**9}, [gpus(1, H100)], "concurrency"),
+    ({"max_model_len": 2**40}, [gpus(1, H100)], "max_model_len"),
+    ({}, [gpus(10**6, H100)], "GPU count"),
+    ({}, [gpus(1, 2**40)], "GPU memory"),
+    ({}, [gpus(1, H100, f"n{i}") for i in range(MAX_NODES + 1)], "at most"),
+])
+def test_out_of_range_numbers_are_plan_errors(kwargs, nodes, match):
+    for planner in (plan_model, plan_llamacpp):
+        with pytest.raises(PlanError, match=match):
+            planner(QWEN_7B_Q4, nodes, **kwargs)
+
+
+def test_model_with_negative_context_is_refused_not_planned():
+    bad = model("bad", 1_000_000, 4, 4, 2, 64, 100, -5)
+    with pytest.raises(PlanError, match="max_position_embeddings"):
+        plan_model(bad, [gpus(1, H100)])
+
+
+def test_pipeline_never_exceeds_layers_across_many_nodes():
+    info = model("two-layers", 200_000_000_000, 2, 4, 2, 64, 100, 2048)
+    plan = plan_model(info, [gpus(1, RTX4090, f"n{i}") for i in range(50)], strict=False)
+    assert not plan.fits and plan.pipeline_parallel_size <= 2
+
+
+def test_max_nodes_plans_and_concurrency_is_never_negative():
+    plan = plan_model(LLAMA_405B, [gpus(1, 8192, f"n{i}") for i in range(MAX_NODES)],
+                      strict=False)
+    assert plan.max_concurrency is None or plan.max_concurrency >= 0
+    data = plan_to_dict(plan)
+    assert data["max_concurrency"] is None or data["max_concurrency"] >= 0
+
+
+@pytest.mark.parametrize("planner", [plan_model, plan_llamacpp])
+def test_plan_to_dict_is_strict_rounded_json(planner):
+    nodes = [NodeGPUs("cpu1", 0, 0)]                      # RAM unknown: usable is inf
+    plan = planner(QWEN_7B_Q4, nodes, strict=False)
+    data = plan_to_dict(plan, QWEN_7B_Q4)
+    text = _json.dumps(data, allow_nan=False)               # raises on NaN / inf
+    assert data["schema_version"] == 1 and data["memory_unit"] == "GiB"
+    assert data["model_info"]["num_layers"] == 28
+    for d in data["devices"]:
+        for key in ("weights_gib", "kv_cache_gib", "overhead_gib"):
+            assert d[key] == round(d[key], 2)
+    assert "Infinity" not in text and "NaN" not in text
+
+
+def test_bars_and_svg_show_every_device():
+    plan = plan_llamacpp(LLAMA_70B, [gpus(1, RTX4090, "head"), gpus(1, RTX4090, "w1")],
+                         strict=False)
+    bars = render_bars(plan)
+    assert len(bars) == 2 and all("OVER by" in b for b in bars)
+    assert "|" in bars[0]                                   # where usable memory ends
+    svg = _ET.fromstring(render_svg(plan))
+    texts = [t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")]
+    assert any("DOES NOT FIT" in (t or "") for t in texts)
+    assert any("w1 GPU0 (RPC)" == t for t in texts)
+    ok = plan_model(LLAMA_70B, [gpus(8, RTX4090)])
+    assert ok.tensor_parallel_size == 8
+    assert len(render_bars(ok)) == 1 and "GPU0-7" in render_bars(ok)[0]   # 8 alike: one row
+    assert "Memory per device (GiB" in render_plan(ok)
+
+
+def test_render_svg_escapes_names():
+    info = model("<script>&", 1_000_000, 4, 4, 2, 64, 100, 2048)
+    svg = render_svg(plan_model(info, [gpus(1, H100, 'h"1')]))
+    _ET.fromstring(svg)
+    assert "<script>" not in svg
+    assert not _math.isnan(0.0)

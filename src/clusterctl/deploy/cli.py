@@ -8,6 +8,8 @@ import click
 
 from ..cli import handle_errors, inventory_options, load_inventory_arg
 from ..errors import EXIT_BAD_INPUT, EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, InputError
+from ..options import BoundedInt, FiniteFloat, Proportions, SafeName
+from .planner import MAX_NODES
 
 
 def _inventory_options(fn):
@@ -17,15 +19,19 @@ def _inventory_options(fn):
                         help="Trust SSH host keys seen for the first time and record them.")(fn)
 
 
+MAX_CONTEXT = 1 << 31
+
+
 def _plan_options(fn):
     for opt in reversed([
-        click.option("--max-model-len", type=click.IntRange(1), metavar="TOKENS",
+        click.option("--max-model-len", type=BoundedInt(1, MAX_CONTEXT), metavar="TOKENS",
                      help="Context length to plan (and serve) for; default: the model's, "
                           "capped at 8192."),
-        click.option("--gpu-memory-utilization", type=click.FloatRange(0.05, 1.0),
+        click.option("--gpu-memory-utilization", type=FiniteFloat(0.05, 1.0),
                      default=0.90, show_default=True, help="Share of each GPU vLLM may use."),
         click.option("--kv-cache-dtype", default="auto", show_default=True,
-                     help="auto, fp8, ... (vLLM's --kv-cache-dtype)."),
+                     help="auto, fp8, ... (vLLM's --kv-cache-dtype; llama.cpp: f16, q8_0, "
+                          "q4_0, ...)."),
     ]):
         fn = opt(fn)
     return fn
@@ -47,40 +53,60 @@ def _console(stderr: bool = False):
 @click.argument("model")
 @_inventory_options
 @_plan_options
-@click.option("--concurrency", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--backend", type=click.Choice(["vllm", "llamacpp"]),
+              help="Plan for vLLM (TP/PP) or llama.cpp RPC (layers split by memory); "
+                   "default: llamacpp for a GGUF, vllm otherwise (as deploy-model).")
+@click.option("--concurrency", type=BoundedInt(1, 100_000), default=1, show_default=True,
               help="Full-length sequences the KV cache must hold at once.")
-@click.option("--nodes", "n_nodes", type=click.IntRange(1), metavar="N",
-              help="Plan for N hypothetical nodes instead of the inventory's hosts.")
-@click.option("--gpus-per-node", type=click.IntRange(0), metavar="G",
+@click.option("--nodes", "n_nodes", type=BoundedInt(1, MAX_NODES), metavar="N",
+              help=f"Plan for N hypothetical nodes (at most {MAX_NODES}) instead of the "
+                   f"inventory's hosts.")
+@click.option("--gpus-per-node", type=BoundedInt(0, 1024), metavar="G",
               help="With --nodes: GPUs per node (0 = CPU only).")
-@click.option("--gpu-memory-gb", type=click.FloatRange(0.1), metavar="GB",
-              help="With --nodes: memory of each GPU in GB.")
-@click.option("--ram-gb", type=click.FloatRange(0.1), metavar="GB",
-              help="With --nodes: RAM of each node (CPU plans).")
+@click.option("--gpu-memory-gb", "--gpu-memory-gib", "gpu_memory_gb",
+              type=FiniteFloat(0.1, 16384), metavar="GIB",
+              help="With --nodes: memory of each GPU in GiB (nvidia-smi's MiB / 1024; an "
+                   "H100 80GB is 79.6).")
+@click.option("--ram-gb", "--ram-gib", "ram_gb", type=FiniteFloat(0.1, 1_048_576),
+              metavar="GIB", help="With --nodes: RAM of each node in GiB (CPU plans).")
+@click.option("--tensor-split", type=Proportions(), metavar="P1,P2,...",
+              help="llama.cpp: share of the layers per device, in llama.cpp's device order "
+                   "(default: by memory).")
+@click.option("--rpc-on-head", is_flag=True, help="llama.cpp: the serving host's memory "
+              "is an RPC device too (as deploy-model --rpc-on-head).")
+@click.option("--report", "report_path", metavar="FILE.svg",
+              help="Also write the per-device memory bars as an SVG picture.")
 @click.option("--json", "as_json", is_flag=True, help="The plan as one JSON object.")
 @click.option("-v", "--verbose", count=True)
 @handle_errors
 def plan_model_command(model, inventory_opt, limit, accept_new_host_keys, max_model_len,
-                       gpu_memory_utilization, kv_cache_dtype, concurrency, n_nodes,
-                       gpus_per_node, gpu_memory_gb, ram_gb, as_json, verbose):
-    """Show how MODEL would be placed (TP/PP, memory per GPU, vLLM flags) without deploying.
+                       gpu_memory_utilization, kv_cache_dtype, backend, concurrency, n_nodes,
+                       gpus_per_node, gpu_memory_gb, ram_gb, tensor_split, rpc_on_head,
+                       report_path, as_json, verbose):
+    """Show how MODEL would be placed (TP/PP or llama.cpp's layer split, memory per GPU,
+    server flags) without deploying. Memory is in GiB (2^30 bytes) and MiB, as nvidia-smi.
 
     MODEL: a GGUF file or Hugging Face folder here, or a path on the head / in models_dir.
-    GPUs come from the inventory's hosts (nvidia-smi, or `gpus` / `gpu_memory_mib` host
-    variables), or from --nodes/--gpus-per-node/--gpu-memory-gb for a what-if."""
-    from dataclasses import asdict
-    from .planner import NodeGPUs, plan_model, render_plan
-    from .modelinfo import read_model_info
+    GPUs come from the inventory's hosts (`gpus` / `gpu_memory_mib` host variables; when
+    every host states them and MODEL is here, nothing is asked over SSH; otherwise
+    nvidia-smi), or from --nodes/--gpus-per-node/--gpu-memory-gb for a what-if."""
     from pathlib import Path
 
+    from ..options import parse_proportions
+    from .modelinfo import read_model_info
+    from .planner import (NodeGPUs, plan_llamacpp, plan_model, plan_to_dict, render_plan,
+                          render_svg)
+
+    if report_path and not report_path.lower().endswith(".svg"):
+        raise click.BadParameter("give a file ending in .svg", param_hint="--report")
     if n_nodes:
         if gpus_per_node is None:
             raise InputError("--nodes needs --gpus-per-node (0 for CPU nodes)",
                              key="--gpus-per-node")
         if gpus_per_node and not gpu_memory_gb:
             raise InputError("--gpus-per-node needs --gpu-memory-gb", key="--gpu-memory-gb")
-        mib = int(gpu_memory_gb * 1e9 / 2**20) if gpu_memory_gb else 0
-        ram = int(ram_gb * 1e9 / 2**20) if ram_gb else None
+        mib = int(gpu_memory_gb * 1024) if gpu_memory_gb else 0
+        ram = int(ram_gb * 1024) if ram_gb else None
         nodes = [NodeGPUs(f"node{i + 1}", gpus_per_node, mib, ram_mib=ram)
                  for i in range(n_nodes)]
         if not Path(model).expanduser().exists():
@@ -89,32 +115,88 @@ def plan_model_command(model, inventory_opt, limit, accept_new_host_keys, max_mo
         info = read_model_info(Path(model).expanduser())
     else:
         inv = _load_inventory(inventory_opt)
-        info, nodes = _inventory_nodes(inv, model, limit, accept_new_host_keys)
-    plan = plan_model(info, nodes, max_model_len=max_model_len,
-                      gpu_memory_utilization=gpu_memory_utilization,
-                      kv_cache_dtype=kv_cache_dtype, concurrency=concurrency, strict=False)
+        info, nodes = _inventory_nodes(inv, model, limit, accept_new_host_keys,
+                                       backend or "auto")
+    backend = backend or ("llamacpp" if info.format == "gguf" else "vllm")
+    if backend == "llamacpp":
+        plan = plan_llamacpp(info, nodes, max_model_len=max_model_len,
+                             gpu_memory_utilization=gpu_memory_utilization,
+                             kv_cache_dtype=kv_cache_dtype, concurrency=concurrency,
+                             rpc_on_head=rpc_on_head, strict=False,
+                             tensor_split=parse_proportions(tensor_split) if tensor_split
+                             else None)
+    else:
+        if tensor_split or rpc_on_head:
+            raise InputError("--tensor-split and --rpc-on-head plan llama.cpp: add "
+                             "--backend llamacpp", key="--backend")
+        plan = plan_model(info, nodes, max_model_len=max_model_len,
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          kv_cache_dtype=kv_cache_dtype, concurrency=concurrency,
+                          strict=False)
     if as_json:
         from ..render import print_json
-        data = asdict(plan)
-        data["vllm_args"] = plan.vllm_args() if plan.fits else None
-        data["model_info"] = {k: v for k, v in asdict(info).items() if k != "files"}
-        print_json(data)
+        print_json(plan_to_dict(plan, info))
     else:
         click.echo(render_plan(plan))
+    if report_path:
+        try:
+            Path(report_path).write_text(render_svg(plan), encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write the report: {exc.strerror or exc}",
+                             file=report_path, key="--report") from None
+        click.echo(f"report written to {report_path}", err=True)
     sys.exit(0 if plan.fits else EXIT_BAD_INPUT)
 
 
-def _inventory_nodes(inv, model, limit, accept_new_host_keys):
+class _NeedsHead(Exception):
+    """MODEL is not a local path: finding it needs the head."""
+
+
+def _stated_nodes(inv, targets, backend: str):
+    """NodeGPUs from the inventory alone, or None when a host does not state its GPUs
+    (`gpus`, and `gpu_memory_mib` when gpus > 0) or when RAM matters (CPU hosts)."""
+    from .planner import NodeGPUs
+    hosts = sorted(targets, key=lambda h: not h.is_head)
+    nodes = []
+    for h in hosts:
+        count, mem = h.gpus, h.vars.get("gpu_memory_mib")
+        if count is None or (count > 0 and not mem):
+            return None
+        nodes.append(NodeGPUs(h.name, int(count), int(mem or 0)))
+    cpu_hosts = [n for n in nodes if n.count == 0]
+    if cpu_hosts and (backend != "vllm" or len(cpu_hosts) == len(nodes)):
+        return None            # their RAM takes part in the plan: ask the hosts
+    return nodes
+
+
+def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "auto"):
     from pathlib import Path
-    from ..session import Session
-    from .launch import _connect, gather_facts, host_infos, node_gpus
+    from ..remote import close_all, connect_all
+    from .launch import gather_facts, host_infos, node_gpus
     from .modelinfo import read_model_info
     from .models import models_dir_of, remote_model_info, resolve_model
+    from ..errors import ClusterctlError
     targets = inv.select(list(limit) or None)
+    if backend == "auto":
+        p = Path(model).expanduser()
+        backend = "llamacpp" if p.suffix.lower() == ".gguf" else "vllm"
+    stated = _stated_nodes(inv, targets, backend)
+    if stated is not None:
+        def no_head(_p):
+            raise _NeedsHead
+        try:
+            ref = resolve_model(model, models_dir_of(inv), no_head)
+        except _NeedsHead:
+            ref = None
+        if ref is not None and ref.kind == "local":
+            return read_model_info(Path(ref.local_path)), stated
     head = inv.head
     hosts = list(targets) + ([head] if head not in targets else [])
-    with Session(inv, accept_new_host_keys=accept_new_host_keys) as session:
-        conns = _connect(session, hosts)
+    conns, errors = connect_all(hosts, accept_new_host_keys=accept_new_host_keys)
+    try:
+        if errors:
+            raise ClusterctlError("cannot reach " + "; ".join(f"{n}: {e}"
+                                                             for n, e in errors.items()))
         facts = gather_facts(conns)
         infos = host_infos(targets, facts)
 
@@ -130,6 +212,8 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys):
                              f"the head's copy (`clusterctl sync-model {model}` first)",
                              key="MODEL")
         return info, node_gpus(infos)
+    finally:
+        close_all(conns)
 
 
 # --------------------------------------------------------------------------- deploy-model
@@ -140,39 +224,41 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys):
 @_inventory_options
 @click.option("--backend", type=click.Choice(["vllm", "llamacpp"]),
               help="Default: llamacpp for GGUF, vllm otherwise.")
-@click.option("--name", metavar="NAME", help="Deployment name (units, record, default "
-              "served model name); default: from MODEL.")
+@click.option("--name", metavar="NAME", type=SafeName(), help="Deployment name (units, "
+              "record, default served model name): letters, digits, _ . - (at most 63); "
+              "default: from MODEL.")
 @click.option("--port", type=click.IntRange(1, 65535), help="API port on the cluster "
               "network (default: vllm.port of the inventory, 8000; the next free one when "
               "another deployment has it).")
 @click.option("--served-model-name", "served_name", metavar="NAME",
               help="Model name clients ask for (default: the deployment name).")
 @_plan_options
-@click.option("--tensor-parallel-size", "tp", type=click.IntRange(1),
+@click.option("--tensor-parallel-size", "tp", type=BoundedInt(1, 1024),
               help="Override the planner's TP.")
-@click.option("--pipeline-parallel-size", "pp", type=click.IntRange(1),
+@click.option("--pipeline-parallel-size", "pp", type=BoundedInt(1, MAX_NODES),
               help="Override the planner's PP (on CPU: nodes).")
 @click.option("--executor", type=click.Choice(["ray", "mp"]),
               help="vLLM distributed executor (default: ray across GPU nodes, mp on one "
                    "node and on CPU).")
 @click.option("--enforce-eager", is_flag=True, help="vLLM: no CUDA graphs / compilation.")
-@click.option("--cpu-kvcache-gb", type=click.IntRange(1), help="vLLM on CPU: "
+@click.option("--cpu-kvcache-gb", type=BoundedInt(1, 65536), help="vLLM on CPU: "
               "VLLM_CPU_KVCACHE_SPACE (GiB).")
 @click.option("--vllm-arg", "extra_args", multiple=True, metavar="ARG",
               help="Extra argument for vLLM (repeatable), e.g. --vllm-arg=--dtype=float32.")
 @click.option("--rpc-port", type=click.IntRange(1, 65535), help="llama.cpp: RPC server "
               "port (default: llamacpp.rpc_port, 50052).")
-@click.option("--tensor-split", metavar="P1,P2,...", help="llama.cpp: share of the "
+@click.option("--tensor-split", metavar="P1,P2,...", type=Proportions(),
+              help="llama.cpp: share of the "
               "layers per RPC device (default: by free memory).")
 @click.option("--rpc-on-head", is_flag=True, help="llama.cpp: also run an RPC server on "
               "the serving host, so its memory takes layers too.")
 @click.option("--no-rpc-cache", is_flag=True, help="llama.cpp: RPC servers without the "
               "local tensor cache.")
-@click.option("--replicas", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--replicas", type=BoundedInt(1, 1024), default=1, show_default=True,
               help="Serving groups behind an nginx load balancer (least_conn).")
 @click.option("--lb-host", metavar="HOST", help="Host of the load balancer (default: "
               "the head).")
-@click.option("--timeout", type=click.FloatRange(1), default=900, show_default=True,
+@click.option("--timeout", type=FiniteFloat(1, 7 * 86400), default=900, show_default=True,
               help="Seconds to wait for a real completion.")
 @click.option("--restart", is_flag=True, help="Restart the units even when unchanged "
               "(weights reload; llama.cpp RPC servers keep their cache).")
@@ -182,6 +268,8 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys):
 @click.option("--force", is_flag=True, help="Deploy even on GPU hosts that fail the GPU "
               "health check (ECC errors, fatal XIDs, missing GPUs, ...); they are shown as "
               "warnings.")
+@click.option("--break-lock", is_flag=True, help="Take the deployment's lock even if "
+              "another run holds it (only when that run is gone).")
 @click.option("-v", "--verbose", count=True)
 @handle_errors
 def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, backend, name,
@@ -189,7 +277,7 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
                          kv_cache_dtype, tp, pp, executor, enforce_eager, cpu_kvcache_gb,
                          extra_args, rpc_port, tensor_split, rpc_on_head, no_rpc_cache,
                          replicas, lb_host, timeout, restart, check, diff, as_json, verbose,
-                         force=False):
+                         force=False, break_lock=False):
     """Plan, launch and prove MODEL served across the cluster.
 
     MODEL: a GGUF file or Hugging Face folder on this machine (synced to models_dir), a
@@ -215,7 +303,8 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
                          enforce_eager=enforce_eager, cpu_kvcache_gb=cpu_kvcache_gb,
                          extra_args=list(extra_args), timeout=timeout, restart=restart,
                          check=check, diff=diff, limit=list(limit) or None,
-                         accept_new_host_keys=accept_new_host_keys, force=force)
+                         accept_new_host_keys=accept_new_host_keys, force=force,
+                         break_lock=break_lock)
 
     def log(text: str) -> None:
         style = "bold red" if text.startswith("WARNING") else "dim"

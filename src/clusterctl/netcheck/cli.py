@@ -8,6 +8,7 @@ from rich.console import Console
 
 from ..cli import handle_errors, load_inventory_arg
 from ..errors import EXIT_BAD_INPUT
+from ..options import FiniteFloat
 
 
 @click.command(name="netcheck")
@@ -19,7 +20,7 @@ from ..errors import EXIT_BAD_INPUT
               help='One JSON object on stdout: {"nodes", "links", "findings"}.')
 @click.option("--report", "report_path", metavar="FILE.svg|FILE.html",
               help="Also write the heatmap and findings as a picture to share.")
-@click.option("--duration", type=click.FloatRange(1, 120), default=3.0, show_default=True,
+@click.option("--duration", type=FiniteFloat(1, 120), default=3.0, show_default=True,
               metavar="SECONDS", help="Seconds per iperf3 run.")
 @click.option("--parallel/--serial", "parallel", default=True, show_default=True,
               help="Bandwidth in rounds of disjoint pairs (N-1 rounds), or one pair at a time.")

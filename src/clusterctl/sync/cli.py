@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..errors import ClusterctlError
+from ..options import Rate
 from .report import SyncProgress
 
 
@@ -98,7 +99,7 @@ class LiveBar:
               help="Folder (or file) name under models_dir; default: the source's name.")
 @click.option("--verify", is_flag=True,
               help="Hash every file on every node (sha256) instead of the size+mtime check.")
-@click.option("--bwlimit", metavar="RATE",
+@click.option("--bwlimit", metavar="RATE", type=Rate(),
               help="Cap the stream, e.g. 200M (bytes/s), 1G, 800mbit. Default: link speed.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option("--accept-new-host-keys", is_flag=True,
@@ -135,10 +136,11 @@ def sync_model_command(source, inventory_opt, limit, name, verify, bwlimit, as_j
     except ClusterctlError as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.secho("interrupted: partial files are kept; run again to resume", fg="red",
-                    err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        from ..errors import interrupted_exit_code, interrupted_message
+        click.secho(interrupted_message(exc, "partial files are kept; run again to resume"),
+                    fg="red", err=True)
+        sys.exit(interrupted_exit_code(exc))
     if as_json:
         click.echo(to_json(report))
     else:
