@@ -530,6 +530,12 @@ class Connection:
                 pass
 
     @property
+    def fabric(self) -> fabric.Connection:
+        """The underlying Fabric connection (opened), for user tasks (`clusterctl task`)."""
+        self.open()
+        return self._conn
+
+    @property
     def is_open(self) -> bool:
         return self._conn is not None and self._conn.is_connected
 
