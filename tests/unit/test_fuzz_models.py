@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clusterctl.deploy.modelinfo import ModelInfo, read_model_info
-from clusterctl.deploy.planner import NodeGPUs, plan_model
+from clusterctl.deploy.planner import NodeGPUs, plan_llamacpp, plan_model, plan_to_dict
 from clusterctl.errors import EXIT_BAD_INPUT, InputError
 
 pytest.importorskip("gguf")
@@ -46,11 +46,15 @@ def read_or_input_error(path: Path) -> ModelInfo | None:
     assert info.num_layers >= 1 and info.num_attention_heads >= 1 and info.head_dim >= 1
     assert info.max_position_embeddings is None or info.max_position_embeddings >= 1
     assert info.weight_bytes >= 0
-    for nodes in ([NodeGPUs("g", 2, 81559)], [NodeGPUs("c", 0, 0, ram_mib=65536)]):
+    cases = [(planner, nodes) for planner in (plan_model, plan_llamacpp)
+             for nodes in ([NodeGPUs("g", 2, 81559)], [NodeGPUs("c", 0, 0, ram_mib=65536),
+                                                       NodeGPUs("w", 1, 24564)])]
+    for planner, nodes in cases:
         try:
-            plan = plan_model(info, nodes, strict=False)
+            plan = planner(info, nodes, strict=False)
         except InputError:
             continue
+        json.dumps(plan_to_dict(plan, info), allow_nan=False)
         assert plan.max_model_len >= 1
         assert plan.max_concurrency is None or plan.max_concurrency >= 0
         assert all(math.isfinite(x) for x in (plan.weight_gb_per_gpu,
@@ -190,19 +194,20 @@ def gguf_file(draw) -> bytes:
     good = {"llama.block_count": 4, "llama.embedding_length": 64,
             "llama.attention.head_count": 4}
     for key, v in good.items():
-        if draw(st.booleans()):
+        if draw(st.integers(0, 5)):                   # mostly present: reach the planner
             kvs.append(_gstr(key) + struct.pack("<II", 4, v))
-    for _ in range(draw(st.integers(0, 6))):
+    for _ in range(draw(st.integers(0, 4))):
         kvs.append(_gstr(draw(st.sampled_from(_KEYS))) + draw(gguf_value()))
     tensors = []
     for i in range(draw(st.integers(0, 3))):
-        dims = draw(st.lists(st.integers(0, 2**64 - 1) | st.integers(0, 64), max_size=9))
+        dims = draw(st.lists(st.integers(0, 64) | st.integers(0, 2**64 - 1), max_size=9))
         tensors.append(_gstr(f"t{i}") + struct.pack("<I", len(dims))
                        + b"".join(struct.pack("<Q", d) for d in dims)
-                       + struct.pack("<IQ", draw(st.integers(0, 45)), 0))
-    n_tensors = draw(st.sampled_from([len(tensors), len(tensors) + 1, 2**63]))
-    n_kv = draw(st.sampled_from([len(kvs), len(kvs) + 1, 2**40]))
-    body = (b"GGUF" + struct.pack("<I", draw(st.sampled_from([3, 2, 1, 2**31])))
+                       + struct.pack("<IQ", draw(st.sampled_from([0, 1, 8, 12])
+                                                 | st.integers(0, 45)), 0))
+    n_tensors = draw(st.sampled_from([len(tensors)] * 4 + [len(tensors) + 1, 2**63]))
+    n_kv = draw(st.sampled_from([len(kvs)] * 4 + [len(kvs) + 1, 2**40]))
+    body = (b"GGUF" + struct.pack("<I", draw(st.sampled_from([3, 3, 3, 2, 1, 2**31])))
             + struct.pack("<QQ", n_tensors, n_kv) + b"".join(kvs) + b"".join(tensors))
     return body + bytes(draw(st.integers(0, 64)))
 

@@ -182,16 +182,15 @@ def _open_regular(path: Path):
 def _read_capped(path: Path, cap: int, what: str) -> bytes:
     size = _stat_regular(path).st_size
     if size > cap:
-        raise InputError(f"{what} is {size} bytes, over the {cap // 2**20} MiB limit for "
-                         f"a {what} (corrupt or not a {what}?)", file=str(path))
+        raise InputError(f"{what} is {size} bytes, over the {cap // 2**20} MiB limit "
+                         f"(corrupt, or not a {what}?)", file=str(path))
     try:
         with _open_regular(path) as f:
             data = f.read(cap + 1)
     except OSError as e:
         raise InputError(f"cannot read: {e.strerror or e}", file=str(path)) from None
     if len(data) > cap:
-        raise InputError(f"{what} is over the {cap // 2**20} MiB limit for a {what}",
-                         file=str(path))
+        raise InputError(f"{what} is over the {cap // 2**20} MiB limit", file=str(path))
     return data
 
 
