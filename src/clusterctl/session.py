@@ -53,6 +53,7 @@ class GroupResult:
 
     succeeded: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, HostFailure] = field(default_factory=dict)
+    cut: dict[str, str] = field(default_factory=dict)    # name -> "timed out after ..."
 
     @property
     def ok(self) -> bool:
@@ -269,7 +270,8 @@ class Session:
 
     def connect(self, hosts: Iterable) -> GroupResult:
         """Open the connections of `hosts` in parallel; unreachable hosts fail alone."""
-        return self.map(lambda h: self.connection(h), list(hosts), step="connect")
+        return self.map(lambda h: self.connection(h), list(hosts), step="connecting",
+                        deadline=max(30.0, 3 * self.connect_timeout))
 
     def fresh_connection(self, host_or_name, *, connect_timeout: float | None = None
                          ) -> Connection:
@@ -385,6 +387,7 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable, *, forks: int, step:
                         continue
                     if k not in cut_at:
                         cut_at[k] = now
+                        result.cut[k] = timed_out_reason("")
                         if abort is not None:
                             abort(host_of(item))
                     elif now - cut_at[k] > grace:       # abandoned: it did not wake up

@@ -258,3 +258,27 @@ def test_extra_vars_win_over_role_defaults(project, local, tmp_path):
     report = run(project, extra_vars={"base": str(alt)})
     assert not report.failed_hosts
     assert (alt / "alpha" / "conf").exists()
+
+
+def test_a_stalled_change_is_cut_at_the_ops_deadline_and_named(project, local, monkeypatch):
+    """A host whose change stalls (say, a path that drops large packets) is cut when the
+    op's deadline passes and named with what it was doing; the other host converges."""
+    import threading
+    from clusterctl import session as session_mod
+    from clusterctl.errors import UnreachableError
+    from clusterctl.ops import OPS
+    release = threading.Event()
+    original_run = LocalConnection.run
+
+    def stalled_run(self, cmd, **kw):
+        if self.name == "beta" and isinstance(cmd, list) and cmd[:1] == ["touch"]:
+            release.wait(30)          # stalled until the session cuts its connection
+            raise UnreachableError(self.name, "connection lost")
+        return original_run(self, cmd, **kw)
+    monkeypatch.setattr(LocalConnection, "run", stalled_run)
+    monkeypatch.setattr(session_mod.Session, "abort", lambda self, name: release.set())
+    monkeypatch.setattr(OPS["command"], "deadline", 0.5)
+    report = run(project)
+    assert report.recap["beta"].failed == 1
+    assert "timed out after 0.5s during r : only on beta" in report.recap["beta"].error
+    assert report.recap["alpha"].failed == 0

@@ -52,6 +52,11 @@ class HostState:
     changed_in_play: bool = False
 
 
+#: seconds one host may take to answer the fact script: a node whose path stalls larger
+#: packets (a jumbo-frame black hole) is cut and named instead of being waited on
+FACTS_DEADLINE = 90.0
+
+
 class NeedFacts(Exception):
     """Planning a task needs facts whose request depended on other facts."""
 
@@ -265,7 +270,15 @@ class Runner:
         """fn over host states through the session's bounded map: name -> value, or the
         exception that host failed with."""
         group = self.session.map(fn, states, step=step, deadline=deadline)
-        return {s.host.name: group.outcome(s.host.name) for s in states}
+        out = {}
+        for s in states:
+            name = s.host.name
+            failure = group.failed.get(name)
+            if failure is not None and failure.reason.startswith("timed out"):
+                out[name] = HostError(name, failure.reason)   # cut: say what it was doing
+            else:
+                out[name] = group.outcome(name)
+        return out
 
     def _refresh_view(self) -> None:
         self.view = ClusterView.build(
@@ -279,7 +292,8 @@ class Runner:
         wanted = {s.host.name: self._requests_for(s) if first or not s.gathered
                   else s.gathered for s in live}          # pure: here, not in threads
         self._record_failures(self.map(live, lambda s: self._gather(s, wanted[s.host.name]),
-                                       step="facts"), status="unreachable")
+                                       step="gathering facts", deadline=FACTS_DEADLINE),
+                              status="unreachable")
         self._refresh_view()
         if not first:
             return
@@ -403,8 +417,24 @@ class Runner:
         them in parallel; skipped, unchanged and --check results need no I/O."""
         act = [s for s in states if isinstance(planned[s.host.name].outcome, Change)
                and not self.options.check]
-        results = self.map(act, lambda s: self.outcome_result(s, planned[s.host.name]),
-                           step="execute")
+        deadline = None
+        if act:
+            task = planned[act[0].host.name].task
+            deadline = getattr(OPS.get(_op_name(task)), "deadline", None)
+            step = f"{task.role} : {task.name} ({task.where})"
+        group = self.session.map(lambda s: self.outcome_result(s, planned[s.host.name]),
+                                 act, step=step if act else "execute", deadline=deadline)
+        results: dict = {}
+        for s in act:
+            name = s.host.name
+            res = group.outcome(name)
+            cut = group.cut.get(name)
+            if cut and isinstance(res, TaskResult) and res.status == "failed":
+                res.message = f"{cut} ({res.message})"          # say what it was doing
+                s.failed = res.message
+            elif cut and isinstance(res, Exception):
+                res = HostError(name, f"{cut} ({_message(res)})")
+            results[name] = res
         for s in states:
             if s.host.name not in results:
                 results[s.host.name] = self.outcome_result(s, planned[s.host.name])

@@ -17,6 +17,7 @@ def source_path(name: str) -> str:
 
 class AptSourceOp(Op):
     name = "apt_source"
+    deadline = 600.0
     params = {
         "name": Param(str, required=True, help="file name under sources.list.d (without .list)"),
         "line": Param(str, required=True, help='e.g. "deb [trusted=yes] http://10.0.0.1:8080/ ./"'),

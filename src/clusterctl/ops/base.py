@@ -120,6 +120,9 @@ class Op:
 
     name: str = ""
     params: dict[str, Param] = {}
+    #: seconds the engine lets one host's change of this op run before it cuts that
+    #: host's connection and names it (probes and files: short; installs: long)
+    deadline: float = 300.0
 
     def validate(self, args: dict) -> dict:
         """Check types/choices, fill defaults, normalise. Idempotent. Raises ValueError

@@ -21,6 +21,7 @@ def _short(cmd: str, limit: int = 60) -> str:
 
 class CommandOp(Op):
     name = "command"
+    deadline = 1800.0
     params = {
         "argv": Param((list, str), required=True, help="argv list, or a bash command string"),
         "creates": Param(str, help="skip when this path exists"),

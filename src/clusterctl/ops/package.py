@@ -26,6 +26,7 @@ def apt_update(only_source: str | None = None) -> Command:
 
 class PackageOp(Op):
     name = "package"
+    deadline = 3600.0
     params = {
         "names": Param((list, str), required=True, help="package names; name=version pins a version"),
         "state": Param(str, default="present", choices=("present", "absent")),

@@ -105,6 +105,7 @@ def parse_requirement(spec: str) -> tuple[str, list[tuple[str, str]], bool]:
 
 class PipOp(Op):
     name = "pip"
+    deadline = 3600.0
     params = {
         "venv": Param(str, required=True, help="absolute path of the venv"),
         "packages": Param((list, str), required=True, help="requirements: name, name==1.2, name>=1"),

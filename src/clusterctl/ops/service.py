@@ -12,6 +12,7 @@ ENABLED = ("enabled", "enabled-runtime", "static", "generated", "alias", "indire
 
 class ServiceOp(Op):
     name = "service"
+    deadline = 300.0
     params = {
         "name": Param(str, required=True, help="unit name; '.service' is added when no suffix"),
         "state": Param(str, default="started", choices=("started", "stopped", "restarted")),

@@ -11,6 +11,7 @@ _PYTHON_RE = re.compile(r"^[A-Za-z0-9_./+\-]+$")
 
 class VenvOp(Op):
     name = "venv"
+    deadline = 600.0
     params = {
         "path": Param(str, required=True, help="absolute path of the venv"),
         "python": Param(str, default="python3", help="interpreter creating the venv"),
