@@ -427,3 +427,15 @@ def test_per_layer_head_counts_of_many_layers_are_kept(tmp_path):
     w.close()
     info = read_model_info(path)
     assert (info.num_layers, info.num_kv_heads) == (100, 2)
+
+
+def test_hf_per_layer_lists_give_their_largest_value(tmp_path):
+    cfg = dict(LLAMA_CONFIG, num_key_value_heads=[2, 4, 2, 1], moe_num_experts=[8, 8])
+    info = read_model_info(make_hf(tmp_path / "lists", cfg))
+    assert info.num_kv_heads == 4 and info.num_experts == 8
+    bad = dict(LLAMA_CONFIG, num_key_value_heads=[2, float("nan")])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError) as e:
+        read_model_info(tmp_path / "bad")
+    assert e.value.key == "num_key_value_heads"

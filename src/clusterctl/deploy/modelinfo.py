@@ -269,7 +269,13 @@ def _int_field(value: Any, *, file: str, key: str, lo: int = 1, hi: int,
 
 
 def _int_or_none(value: Any, lo: int, hi: int) -> int | None:
-    """Lenient twin of _int_field: None for anything that is not a whole number in range."""
+    """Lenient twin of _int_field: None for anything that is not a whole number in range
+    (a list of them: the largest)."""
+    if isinstance(value, list) and 0 < len(value) <= _MAX_LAYERS:
+        items = [_int_or_none(v, 0, hi) for v in value if not isinstance(v, list)]
+        if len(items) != len(value) or any(v is None for v in items):
+            return None
+        value = max(v for v in items if v is not None)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if isinstance(value, float):
@@ -552,6 +558,13 @@ def _checked_config(raw: dict, config_path: Path) -> dict[str, int | None]:
             return f"{nested}.{alias}"
         return alias
 
+    def checked(value: Any, key: str, lo: int, hi: int, required: bool) -> int | None:
+        # per-layer values (a list of numbers, as some hybrid models give): the largest
+        if isinstance(value, list) and 0 < len(value) <= _MAX_LAYERS:
+            value = max(_int_field(v, file=where, key=key, lo=0, hi=hi, required=True)
+                        for v in value)
+        return _int_field(value, file=where, key=key, lo=lo, hi=hi, required=required)
+
     out: dict[str, int | None] = {}
     required = ("num_layers", "num_attention_heads", "hidden_size")
     for key, (lo, hi) in _CONFIG_INT_BOUNDS.items():
@@ -560,10 +573,9 @@ def _checked_config(raw: dict, config_path: Path) -> dict[str, int | None]:
         if key in required and (value is None or value is False):
             raise InputError(f"missing or invalid {alias} (need a positive integer)",
                              file=where, key=label(alias))
-        out[key] = _int_field(value, file=where, key=label(alias), lo=lo, hi=hi,
-                              required=key in required)
+        out[key] = checked(value, label(alias), lo, hi, key in required)
     for key, (lo, hi) in _CONFIG_PLAIN_INTS.items():
-        out[key] = _int_field(cfg.get(key), file=where, key=label(key), lo=lo, hi=hi)
+        out[key] = checked(cfg.get(key), label(key), lo, hi, False)
     return out
 
 

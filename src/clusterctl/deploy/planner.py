@@ -628,7 +628,7 @@ def _validate(info: ModelInfo, nodes: list[NodeGPUs], max_model_len: int | None,
             raise PlanError(f"{n.host}: {n.count} GPUs but memory_mib={n.memory_mib}")
         if n.count > 0:
             _whole(f"{n.host}: GPU memory (MiB)", n.memory_mib, 1, MAX_GPU_MEMORY_MIB)
-        _whole(f"{n.host}: RAM (MiB)", n.ram_mib, 1, MAX_RAM_MIB, optional=True)
+        _whole(f"{n.host}: RAM (MiB)", n.ram_mib, 0, MAX_RAM_MIB, optional=True)
     if min(info.num_layers, info.num_attention_heads, info.num_kv_heads, info.head_dim) < 1:
         raise PlanError(f"model {info.name}: layers, heads, KV heads and head_dim must be "
                         f">= 1")

@@ -144,7 +144,7 @@ def build() -> dict[str, str]:
     expected["config-hidden-string"] = "hidden_size"
     hf("config-heads-zero", dict(CONFIG, num_attention_heads=0))
     expected["config-heads-zero"] = "num_attention_heads"
-    hf("config-head-dim-list", dict(CONFIG, head_dim=[64]))
+    hf("config-head-dim-list", dict(CONFIG, head_dim=["64"]))
     expected["config-head-dim-list"] = "head_dim"
     hf("config-kv-lora-rank-string", dict(CONFIG, kv_lora_rank="512"))
     expected["config-kv-lora-rank-string"] = "kv_lora_rank"
