@@ -17,9 +17,10 @@ Every problem is an ``InputError`` naming file:line:column.
 from __future__ import annotations
 
 import codecs
-import functools
 import gc
+import io
 import os
+import re
 import stat
 from typing import Any, Callable
 
@@ -60,7 +61,6 @@ SEQ_TAG = "tag:yaml.org,2002:seq"
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
 _Parser = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
-_RESOLVER = yaml.resolver.Resolver()
 
 
 def _file_kind(mode: int) -> str:
@@ -155,140 +155,106 @@ def yaml_error(e: yaml.YAMLError, file: str, text: str | None = None) -> InputEr
                       column=mark.column + 1 if mark else None)
 
 
-def _mark(file: str, m) -> Mark:
-    if type(m) is Mark:  # the parser's own mark object: name it, no copy
-        m.name = file
-        return m
-    return Mark(file, m.index, m.line, m.column, None, None)
-
-
-@functools.lru_cache(maxsize=8192)
-def _scalar_tag(value: str, implicit: tuple) -> str:
-    return _RESOLVER.resolve(ScalarNode, value, implicit)
-
-
 def compose(text: str, file: str, *, max_nodes: int = MAX_NODES,
             max_depth: int = MAX_DEPTH) -> Node | None:
     """The node graph of a single-document YAML text (None when it has no document).
 
     Marks of the nodes carry `file` as their name. Refuses, as an InputError: syntax
-    errors, more than one document, nesting deeper than `max_depth`, an expansion to more
-    than `max_nodes` values (an alias counts the whole expanded size of its anchor),
-    undefined, duplicate and recursive anchors."""
-    parser = _Parser(text)
-    anchors: dict[str, tuple[Node, int] | None] = {}   # None while the node is open
-    # open containers: [node, start count, anchor, pending key or _NO_KEY]
-    stack: list[list] = []
-    count = 0
-    root: Node | None = None
-    documents = 0
+    errors, more than one document, nesting deeper than `max_depth` or an expansion to
+    more than `max_nodes` values (both counted through aliases: an alias counts the whole
+    expanded size of its anchor), undefined, duplicate and recursive anchors.
 
-    def attach(node: Node) -> None:
-        nonlocal root
-        if not stack:
-            root = node
-            return
-        top = stack[-1]
-        parent = top[0]
-        if isinstance(parent, SequenceNode):
-            parent.value.append(node)
-        elif top[3] is _NO_KEY:
-            top[3] = node
-        else:
-            parent.value.append((top[3], node))
-            top[3] = _NO_KEY
-
-    def too_many(where, detail: str) -> InputError:
-        return InputError(f"YAML document expands to more than {max_nodes:,} values{detail}; "
-                          "refused (is this an alias bomb?)", file=file,
-                          line=where.line + 1, column=where.column + 1)
-
+    libyaml's composer builds the graph (aliases are shared nodes, never expanded, and
+    libyaml stops at 1000 levels); then one walk over the distinct nodes, without
+    recursion, computes every node's expanded size and depth once."""
+    stream = io.StringIO(text)
+    stream.name = file
+    parser = _Parser(stream)
     try:
-        while parser.check_event():
-            event = parser.get_event()
-            if isinstance(event, yaml.DocumentStartEvent):
-                documents += 1
-                if documents > 1:
-                    raise InputError("expected a single YAML document, found another one "
-                                     "(remove the '---' line or the second document)",
-                                     file=file, line=event.start_mark.line + 1,
-                                     column=event.start_mark.column + 1)
-                anchors.clear()
-                continue
-            if isinstance(event, (yaml.StreamStartEvent, yaml.StreamEndEvent,
-                                  yaml.DocumentEndEvent)):
-                continue
-            if isinstance(event, yaml.AliasEvent):
-                target = anchors.get(event.anchor, _MISSING)
-                if target is _MISSING:
-                    raise InputError(f"undefined YAML alias *{event.anchor}", file=file,
-                                     line=event.start_mark.line + 1,
-                                     column=event.start_mark.column + 1)
-                if target is None:
-                    raise InputError(f"recursive YAML alias *{event.anchor} (it refers to the "
-                                     "node that contains it)", file=file,
-                                     line=event.start_mark.line + 1,
-                                     column=event.start_mark.column + 1)
-                node, size = target
-                count += size
-                if count > max_nodes:
-                    raise too_many(event.start_mark,
-                                   f" (alias *{event.anchor} here repeats the {size:,} values "
-                                   f"of anchor &{event.anchor} at line "
-                                   f"{node.start_mark.line + 1})")
-                attach(node)
-                continue
-            if isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
-                node, start, anchor, _ = stack.pop()
-                node.end_mark = _mark(file, event.end_mark)
-                if anchor is not None:
-                    anchors[anchor] = (node, count - start)
-                attach(node)
-                continue
-            anchor = event.anchor
-            if anchor is not None and anchor in anchors:
-                raise InputError(f"duplicate YAML anchor &{anchor}", file=file,
-                                 line=event.start_mark.line + 1,
-                                 column=event.start_mark.column + 1)
-            count += 1
-            if count > max_nodes:
-                raise too_many(event.start_mark, "")
-            start_mark = _mark(file, event.start_mark)
-            tag = event.tag
-            if isinstance(event, yaml.ScalarEvent):
-                if tag is None or tag == "!":
-                    tag = _scalar_tag(event.value, tuple(event.implicit))
-                node = ScalarNode(tag, event.value, start_mark, event.end_mark,
-                                  style=event.style)
-                if anchor is not None:
-                    anchors[anchor] = (node, 1)
-                attach(node)
-                continue
-            if len(stack) >= max_depth:
-                raise InputError(f"YAML is nested too deeply (more than {max_depth} levels)",
-                                 file=file, line=event.start_mark.line + 1,
-                                 column=event.start_mark.column + 1)
-            if isinstance(event, yaml.SequenceStartEvent):
-                if tag is None or tag == "!":
-                    tag = SEQ_TAG
-                node = SequenceNode(tag, [], start_mark, None, flow_style=event.flow_style)
-            else:
-                if tag is None or tag == "!":
-                    tag = MAP_TAG
-                node = MappingNode(tag, [], start_mark, None, flow_style=event.flow_style)
-            if anchor is not None:
-                anchors[anchor] = None
-            stack.append([node, count - 1, anchor, _NO_KEY])
+        root = parser.get_single_node()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
+        where = {"file": file, "line": mark.line + 1 if mark else None,
+                 "column": mark.column + 1 if mark else None}
         if "nesting depth" in str(e):  # libyaml's own limit, met while looking ahead
             raise InputError(f"YAML is nested too deeply (more than {max_depth} levels)",
-                             file=file, line=mark.line + 1 if mark else None,
-                             column=mark.column + 1 if mark else None) from None
+                             **where) from None
+        if "undefined alias" in str(e) and mark is not None:
+            name = re.match(r"\*([^\s,\[\]{}]*)", text[mark.index:])
+            raise InputError(f"undefined YAML alias *{name.group(1) if name else ''}",
+                             **where) from None
+        if "expected a single document" in str(e):
+            raise InputError("expected a single YAML document, found another one (remove "
+                             "the '---' line or the second document)", **where) from None
         raise yaml_error(_python_parser_error(text, e) or e, file, text) from None
+    except RecursionError:  # only the pure-Python composer recurses
+        raise InputError(f"YAML is nested too deeply (more than {max_depth} levels)",
+                         file=file) from None
     finally:
         parser.dispose()
+    if root is not None:
+        _check_graph(root, file, max_nodes, max_depth)
     return root
+
+
+def _check_graph(root: Node, file: str, max_nodes: int, max_depth: int) -> None:
+    """Expanded size and depth of every container, each computed once (post-order,
+    explicit stack); scalars count 1 and are never pushed."""
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    on_path: set[int] = set()
+    scalar = ScalarNode
+
+    def fail(node: Node, message: str) -> InputError:
+        m = node.start_mark
+        return InputError(message, file=file, line=m.line + 1, column=m.column + 1)
+
+    def kids(node: Node) -> list:
+        if isinstance(node, MappingNode):
+            return [n for pair in node.value for n in pair]
+        return node.value
+
+    if isinstance(root, scalar):
+        return
+    stack: list[tuple[Node, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        nid = id(node)
+        if done:
+            on_path.discard(nid)
+            total, levels, big = 1, 0, None
+            for k in kids(node):
+                if type(k) is scalar:
+                    total += 1
+                    continue
+                kid = id(k)
+                total += size[kid]
+                if depth[kid] > levels:
+                    levels = depth[kid]
+                if big is None or size[kid] > size[id(big)]:
+                    big = k
+            levels += 1
+            if total > max_nodes:
+                detail = ""
+                if big is not None:
+                    detail = (f": it repeats the {size[id(big)]:,} values of the anchor at line "
+                              f"{big.start_mark.line + 1}")
+                raise fail(node, f"YAML value expands to more than {max_nodes:,} values "
+                                 f"through aliases{detail}; refused (is this an alias bomb?)")
+            if levels > max_depth:
+                raise fail(node, f"YAML is nested too deeply (more than {max_depth} levels)")
+            size[nid], depth[nid] = total, levels
+            continue
+        if nid in size:
+            continue
+        if nid in on_path:
+            raise fail(node, f"recursive YAML alias: the value at line "
+                             f"{node.start_mark.line + 1} contains itself")
+        on_path.add(nid)
+        stack.append((node, True))
+        for k in kids(node):
+            if type(k) is not scalar and id(k) not in size:
+                stack.append((k, False))
 
 
 def _python_parser_error(text: str, error: yaml.YAMLError) -> yaml.YAMLError | None:
@@ -317,7 +283,6 @@ def _python_parser_error(text: str, error: yaml.YAMLError) -> yaml.YAMLError | N
     return None
 
 
-_NO_KEY = object()
 _MISSING = object()
 
 

@@ -109,7 +109,7 @@ def test_missing_file_and_bom(tmp_path):
 def test_alias_bomb_is_refused_naming_the_anchor_line():
     err = fail(HOSTILE / "billion_laughs.yaml")
     assert "expands to more than 1,000,000 values" in str(err)
-    assert "of anchor &a4 at line 7" in str(err)
+    assert "repeats the 111,111 values of the anchor at line 7" in str(err)
     assert err.file == str(HOSTILE / "billion_laughs.yaml") and err.line == 8
 
 
@@ -123,6 +123,13 @@ def test_expansion_counts_each_anchor_once_and_aliases_fully():
                             max_nodes=21) is not None
 
 
+def test_depth_counts_levels_reached_through_aliases():
+    chain = ["a0: &a0 [x]"] + [f"a{i}: &a{i} [*a{i - 1}]" for i in range(1, 300)]
+    with pytest.raises(InputError, match="nested too deeply") as info:
+        yamlread.compose("\n".join(chain) + "\n", "f.yaml")
+    assert info.value.line == 201  # a200: 201 levels once its aliases are followed
+
+
 def test_depth_limit_and_message():
     ok = "x: " + "[" * 199 + "]" * 199 + "\n"   # the mapping is one level
     assert yamlread.compose(ok, "f.yaml") is not None
@@ -133,7 +140,7 @@ def test_depth_limit_and_message():
 
 
 def test_recursive_and_undefined_aliases():
-    with pytest.raises(InputError, match=r"recursive YAML alias \*r"):
+    with pytest.raises(InputError, match=r"recursive YAML alias: the value at line 1"):
         yamlread.compose("x: &r [*r]\n", "f.yaml")
     with pytest.raises(InputError, match=r"undefined YAML alias \*nope"):
         yamlread.compose("x: *nope\n", "f.yaml")
