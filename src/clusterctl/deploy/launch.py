@@ -260,20 +260,24 @@ def check_gpu_health(targets: list, facts: dict[str, Facts], conns: dict[str, Co
 # --------------------------------------------------------------------------- records
 
 
-def read_records(conn: Connection) -> list[Deployment]:
-    """Every deployment recorded on this host (the head)."""
-    script = (f"for f in {shlex.quote(RECORD_DIR)}/*.json; do [ -f \"$f\" ] || continue; "
+def read_record_files(conn: Connection, folder: str) -> list[tuple[str, Deployment]]:
+    """(path, deployment) of every record in `folder` on this host; unreadable ones are
+    left out."""
+    script = (f"for f in {shlex.quote(folder)}/*.json; do [ -f \"$f\" ] || continue; "
               f"printf '%s\\0' \"$f\"; cat \"$f\"; printf '\\0'; done")
-    res = conn.run(script, check=False)
-    parts = res.stdout.split("\0")
+    parts = conn.run(script, check=False).stdout.split("\0")
     out = []
     for i in range(0, len(parts) - 1, 2):
-        path, text = parts[i], parts[i + 1]
         try:
-            out.append(parse_record(text, f"{conn.name}:{path}"))
+            out.append((parts[i], parse_record(parts[i + 1], f"{conn.name}:{parts[i]}")))
         except InputError:
             continue
-    return sorted(out, key=lambda d: d.name)
+    return out
+
+
+def read_records(conn: Connection) -> list[Deployment]:
+    """Every deployment recorded on this host (the head)."""
+    return sorted((d for _p, d in read_record_files(conn, RECORD_DIR)), key=lambda d: d.name)
 
 
 def write_record(conn: Connection, dep: Deployment) -> None:
@@ -563,7 +567,7 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
     others = read_records(conns[head.name])
     previous = next((d for d in others if d.name == name), None)
     if previous is not None:
-        _connect_more(inventory, conns, previous.hosts, session)
+        _connect_more(inventory, conns, previous.hosts, session, log)
     head_ip = host_infos([head], {head.name: facts[head.name]})[0].cluster_ip
     dep = _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others,
                   previous, head_ip)
@@ -583,8 +587,9 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
     else:
         _check_present(conns, need_model, dep.model_path)
 
+    finish_pending_removals(session, inventory, conns[head.name], log)
     if previous is not None:
-        _remove_stale(previous, dep, conns, log)
+        _remove_stale(previous, dep, conns, log, conns[head.name])
     start = time.monotonic()
     dep.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     write_record(conns[head.name], dep)
@@ -605,11 +610,21 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
 
 
 def _connect_more(inventory, conns: dict[str, Connection], names: list[str],
-                  session: Session) -> None:
-    """Also connect to hosts of the previous layout (its stale units must go)."""
+                  session: Session, log: Log = lambda s: None) -> dict[str, str]:
+    """Also connect to hosts of the previous layout (its stale units must go). A host
+    that cannot be reached does not block the new layout: its units are recorded as
+    pending removal (finished by a later deploy-model or undeploy). Returns the
+    unreachable hosts with why."""
     more = [inventory.hosts[n] for n in names if n not in conns and n in inventory.hosts]
-    if more:
-        conns.update(_connect(session, more, "cannot reach hosts of the previous deployment:"))
+    if not more:
+        return {}
+    connected = session.connect(more)
+    conns.update(connected.succeeded)
+    lost = {n: f.reason for n, f in connected.failed.items()}
+    for name, why in lost.items():
+        log(f"WARNING: {name} (a host of the previous deployment) cannot be reached: {why}; "
+            "its units are recorded for removal when it is back")
+    return lost
 
 
 def _exists(conn: Connection, path: str) -> bool:
@@ -729,13 +744,18 @@ def _check_present(conns, hosts: list[str], path: str) -> None:
         raise InputError(f"{path} is not on {', '.join(missing)}", key="MODEL")
 
 
-def _remove_stale(previous: Deployment, dep: Deployment, conns, log: Log) -> None:
+def _remove_stale(previous: Deployment, dep: Deployment, conns, log: Log,
+                  head_conn: Connection | None = None) -> None:
     keep = {(u.host, u.name) for u in dep.units}
     stale = [u for u in previous.units if (u.host, u.name) not in keep]
+    gone = [u for u in stale if u.host not in conns]
+    stale = [u for u in stale if u.host in conns]
     if stale:
         log("removing units of the previous layout: "
             + ", ".join(f"{u.name}@{u.host}" for u in stale))
         _stop_units(stale, conns)
+    if gone and head_conn is not None:
+        record_pending_removal(head_conn, previous, gone)
     if previous.lb and (dep.lb is None or dep.lb.host != previous.lb.host
                         or dep.lb.config_path != previous.lb.config_path):
         _remove_lb(previous, conns)
@@ -753,6 +773,45 @@ def _restart_units(dep: Deployment, conns, log: Log) -> None:
 
 
 # --------------------------------------------------------------------------- undeploy
+
+PENDING_DIR = RECORD_DIR + "/pending-removal"
+
+
+def record_pending_removal(head_conn: Connection, dep: Deployment, units: list) -> None:
+    """Units that could not be removed (their host was unreachable): recorded on the head
+    under pending-removal/, so a later deploy-model or undeploy finishes the job."""
+    from dataclasses import replace as _replace
+    pending = _replace(dep, units=list(units), lb=None, groups=dep.groups[:1])
+    head_conn.run(["mkdir", "-p", PENDING_DIR])
+    path = f"{PENDING_DIR}/{dep.name}-{int(time.time() * 1000)}.json"
+    head_conn.put(record_json(pending), path, mode=0o644)
+
+
+def finish_pending_removals(session: Session, inventory, head_conn: Connection,
+                            log: Log = lambda s: None) -> list[str]:
+    """Remove the recorded leftovers whose hosts answer now; keep the rest recorded.
+    Returns the units removed."""
+    removed = []
+    for path, dep in read_record_files(head_conn, PENDING_DIR):
+        hosts = [inventory.hosts[h] for h in dep.hosts if h in inventory.hosts]
+        connected = session.connect(hosts)
+        conns = dict(connected.succeeded)
+        done = [u for u in dep.units if u.host in conns]
+        left = [u for u in dep.units if u.host not in conns]
+        if done:
+            log("finishing an earlier removal: " + ", ".join(f"{u.name}@{u.host}"
+                                                             for u in done))
+            _stop_units(done, conns)
+            removed += [f"{u.name}@{u.host}" for u in done]
+        if not left:
+            head_conn.run(["rm", "-f", path])
+        elif done:
+            from dataclasses import replace as _replace
+            head_conn.put(record_json(_replace(dep, units=left)), path, mode=0o644)
+    if removed:
+        head_conn.run(["rmdir", "--ignore-fail-on-non-empty", PENDING_DIR], check=False)
+    return removed
+
 
 
 def _stop_units(units, conns) -> None:
@@ -811,17 +870,24 @@ def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20
     if missing:
         raise InputError("the record names hosts this inventory does not have: "
                          + ", ".join(sorted(missing)))
+    head_conn = _connect(session, [head])[head.name]
+    finish_pending_removals(session, inventory, head_conn, log)
     connected = session.connect([inventory.hosts[h] for h in sorted(hosts)])
-    if connected.failed:
-        raise ClusterctlError("cannot reach " + "; ".join(
-            f"{n}: {f.reason}" for n, f in connected.failed.items()) + " (nothing was removed)")
     conns = dict(connected.succeeded)
     for d in chosen:
-        log(f"undeploy {d.name}: stopping {len(d.units)} units on "
-            f"{', '.join(d.hosts)}")
+        reachable = [u for u in d.units if u.host in conns]
+        gone = [u for u in d.units if u.host not in conns]
+        log(f"undeploy {d.name}: stopping {len(reachable)} units on "
+            f"{', '.join(sorted({u.host for u in reachable})) or 'no host'}")
         _remove_lb(d, conns)
-        _stop_units(d.units, conns)
-        conns[head.name].run(["rm", "-f", d.record_path()])
+        _stop_units(reachable, conns)
+        if gone:
+            record_pending_removal(head_conn, d, gone)
+            for h in sorted({u.host for u in gone}):
+                log(f"WARNING: {h} cannot be reached ({connected.failed[h].reason}): "
+                    f"{', '.join(u.name for u in gone if u.host == h)} recorded for "
+                    "removal when it is back (the next deploy-model or undeploy)")
+        head_conn.run(["rm", "-f", d.record_path()])
     return [d.name for d in chosen]
 
 
