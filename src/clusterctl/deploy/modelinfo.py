@@ -709,7 +709,10 @@ def _split_parts(first: Path) -> list[Path]:
     m = _SPLIT_RE.match(first.name)
     if not m:
         return [first]
-    count = int(m.group("count"))
+    count, idx = int(m.group("count")), int(m.group("idx"))
+    if not 1 <= idx <= count:
+        raise InputError(f"split GGUF name says part {idx} of {count}", file=str(first),
+                         key="file name")
     parts = [first.with_name(f"{m.group('stem')}-{i:05d}-of-{count:05d}.gguf")
              for i in range(1, count + 1)]
     missing = [p.name for p in parts if not p.is_file()]
@@ -895,6 +898,9 @@ def _read_gguf_model(first: Path) -> ModelInfo:
     import gguf  # noqa: PLC0415  (read_gguf_header already checked it is importable)
 
     m = _SPLIT_RE.match(first.name)
+    if m and not 1 <= int(m.group("idx")) <= int(m.group("count")):
+        raise InputError(f"split GGUF name says part {int(m.group('idx'))} of "
+                         f"{int(m.group('count'))}", file=str(first), key="file name")
     if m and int(m.group("idx")) != 1:
         first = first.with_name(f"{m.group('stem')}-00001-of-{m.group('count')}.gguf")
         if not first.is_file():

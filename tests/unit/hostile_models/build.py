@@ -109,6 +109,9 @@ def build() -> dict[str, str]:
         gstr("t") + struct.pack("<I", 4) + struct.pack("<QQQQ", *(2**62,) * 4)
         + struct.pack("<IQ", 0, 0)]), "t")
 
+    g("gguf-split-00001-of-00000.gguf", gguf(llama_kvs()), "file name")
+    g("gguf-split-00003-of-00002.gguf", gguf(llama_kvs()), "file name")
+
     # --- safetensors
     hf("st-data-offsets-strings", files={"model.safetensors": safetensors(
         {"x": {"dtype": "BF16", "shape": [8, 8], "data_offsets": ["0", "128"]}}, 128)})
