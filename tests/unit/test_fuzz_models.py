@@ -330,3 +330,31 @@ def test_fuzz_index(tmp_path, weight_map, total):
     if info is not None:                  # what was read stayed inside the folder
         for name in info.files:
             assert ".." not in name.split("/") and not name.startswith("/")
+
+
+_FOLDER_NAMES = ["config.json", "model.safetensors", "a.safetensors", "consolidated.safetensors",
+                 "model.safetensors.index.json", "pytorch_model.bin.index.json",
+                 "pytorch_model.bin", "m.gguf", "m-00001-of-00002.gguf", "m-00002-of-00002.gguf",
+                 "mmproj.gguf", "x-00000-of-00001.gguf", "sub.safetensors"]
+
+
+@FUZZ
+@given(files=st.dictionaries(st.sampled_from(_FOLDER_NAMES), st.one_of(
+    config_json().map(str.encode), safetensors_bytes(), gguf_file(), st.binary(max_size=64),
+    st.just(json.dumps({"weight_map": {"x": "a.safetensors"}}).encode())), max_size=5),
+    pick=st.none() | st.sampled_from(_FOLDER_NAMES))
+def test_fuzz_model_folders(tmp_path, files, pick):
+    """Any mix of model files in a folder (or one of them picked): a ModelInfo or one
+    InputError."""
+    import shutil
+    folder = tmp_path / "m"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for name, data in files.items():
+        if name == "sub.safetensors":
+            (folder / name).mkdir()               # a folder with a weight file's name
+        else:
+            (folder / name).write_bytes(data)
+    target = folder if pick is None else folder / pick
+    if target.exists():
+        read_or_input_error(target)
