@@ -65,8 +65,10 @@ def run_options(fn):
                      "-vvv: the exact commands of each change."),
         click.option("-f", "--forks", type=click.IntRange(1, 500), default=20, show_default=True,
                      help="Hosts worked on in parallel."),
-        click.option("--keep-going/--fail-fast", default=True, show_default=True,
-                     help="On a failing host, let the others converge, or stop everything."),
+        click.option("--keep-going", is_flag=True, help="On a failing host, let the others "
+                     "converge (the default)."),
+        click.option("--fail-fast", is_flag=True, help="On a failing host, stop "
+                     "everything."),
         click.option("--accept-new-host-keys", is_flag=True, help="Trust SSH host keys seen "
                      "for the first time and record them (a changed key is always refused)."),
         click.option("--roles-path", multiple=True, metavar="DIR",
@@ -104,12 +106,17 @@ def _tag_set(values) -> set[str]:
 
 
 def run_playbook_command(inventory_arg, inventory_opt, playbook: str, *, limit, check, diff,
-                         as_json, verbose, forks, keep_going, accept_new_host_keys,
+                         as_json, verbose, forks, keep_going, fail_fast, accept_new_host_keys,
                          roles_path, break_lock, extra_vars, tags, skip_tags,
                          fixed_vars: dict | None = None):
     """What bootstrap and apply share: -e parsed and validated with the inventory, the
     playbook run, the exit code."""
+    from .errors import InputError
     from .inventory import parse_extra_vars
+    if keep_going and fail_fast:
+        raise InputError("--keep-going and --fail-fast contradict each other: give one",
+                         key="--fail-fast")
+    keep_going = not fail_fast
     extra = parse_extra_vars(list(extra_vars)) if extra_vars else {}
     extra = {**(fixed_vars or {}), **extra}
     inv = load_inventory_arg(inventory_arg, inventory_opt, extra or None)

@@ -70,3 +70,10 @@ def test_extra_vars_are_checked_before_any_connection(tmp_path):
     assert res.exit_code == 2 and "missing.yaml" in res.output
     res = invoke("apply", "bootstrap", "-i", str(inv), "--check", "-e", "ray={port: 0}")
     assert res.exit_code == 2 and "Traceback" not in res.output
+
+
+def test_contradictory_flags_are_exit_2(tmp_path):
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {ansible_host: 198.18.0.250, role: head}\n")
+    res = invoke("bootstrap", str(inv), "--keep-going", "--fail-fast")
+    assert res.exit_code == 2 and "contradict" in res.output
