@@ -29,6 +29,7 @@ import difflib
 import fnmatch
 import ipaddress
 import os
+import pickle
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -954,6 +955,7 @@ class _Loader:
         hosts: dict[str, Host] = {}
         origins: dict[str, dict] = {}
         defaults_size = _count_values(DEFAULTS)
+        defaults_blob = pickle.dumps(DEFAULTS, pickle.HIGHEST_PROTOCOL)  # a fast deep copy
         host_layers: dict[str, list[_Layer]] = {}
         for name, hdef in self.hosts.items():
             layers = host_layers[name] = self.layers_of(hdef, host_groups[name])
@@ -968,7 +970,7 @@ class _Loader:
         for name, hdef in self.hosts.items():
             groups = host_groups[name]
             layers = host_layers[name]
-            merged = _deep_copy(DEFAULTS)
+            merged = pickle.loads(defaults_blob)
             where: dict = {}
             for layer in layers:
                 _deep_merge(merged, layer.values, where, layer.origins)

@@ -60,7 +60,26 @@ MAP_TAG = "tag:yaml.org,2002:map"
 SEQ_TAG = "tag:yaml.org,2002:seq"
 MERGE_TAG = "tag:yaml.org,2002:merge"
 
-_Parser = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
+_BaseParser = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) \
+    else yaml.SafeLoader
+_SCALAR_TAGS: dict = {}
+
+
+class _Parser(_BaseParser):  # type: ignore[misc,valid-type]
+    """The safe loader, remembering the implicit tag of each plain scalar text (keys
+    such as `ansible_host` repeat on every host)."""
+
+    def resolve(self, kind, value, implicit):
+        if kind is not ScalarNode:
+            return super().resolve(kind, value, implicit)
+        key = (value, implicit)
+        tag = _SCALAR_TAGS.get(key)
+        if tag is None:
+            tag = super().resolve(kind, value, implicit)
+            if len(_SCALAR_TAGS) > 100_000:
+                _SCALAR_TAGS.clear()
+            _SCALAR_TAGS[key] = tag
+        return tag
 
 
 def _file_kind(mode: int) -> str:
@@ -261,7 +280,7 @@ def _python_parser_error(text: str, error: yaml.YAMLError) -> yaml.YAMLError | N
     """PyYAML's own parser's error for `text` (its messages say more than libyaml's:
     which character, tabs), if it finds one no later than libyaml's; else None. Reads
     only up to a little past libyaml's error, so its cost stays bounded."""
-    if _Parser is yaml.SafeLoader:
+    if _BaseParser is yaml.SafeLoader:
         return None
     mark = getattr(error, "problem_mark", None)
     if mark is None:
