@@ -42,7 +42,7 @@ class FiniteFloat(click.ParamType):
                     max_open=self.max_open)
         return info
 
-    def get_metavar(self, param, *args) -> str:           # click 8.1 and 8.2 signatures
+    def get_metavar(self, param, ctx=None) -> str:        # click >= 8.2 passes ctx too
         return "NUMBER"
 
     def check(self, value: float) -> str | None:
@@ -92,7 +92,7 @@ class BoundedInt(click.ParamType):
         info.update(min=self.min, max=self.max)
         return info
 
-    def get_metavar(self, param, *args) -> str:
+    def get_metavar(self, param, ctx=None) -> str:
         return f"INTEGER {self.min}..{self.max}"
 
     def convert(self, value: Any, param, ctx) -> int:

@@ -154,3 +154,19 @@ def test_fuzz_safe_name_never_a_path(text):
         return
     assert "/" not in name and name not in (".", "..") and not name.startswith(".")
     assert len(name) <= 63 and "\n" not in name
+
+
+@pytest.mark.parametrize("command", ["plan-model", "deploy-model", "netcheck", "sync-model"])
+def test_help_of_commands_using_the_types(command):
+    from clusterctl.cli import main
+    res = CliRunner().invoke(main, [command, "--help"])
+    assert res.exit_code == 0, res.output
+    assert "Usage:" in res.output
+
+
+def test_metavar_and_info_dict():
+    ctx = click.Context(_cmd(BoundedInt(1, 5)))
+    opt = ctx.command.params[0]
+    assert "1..5" in opt.get_help_record(ctx)[0]
+    assert BoundedInt(1, 5).to_info_dict()["max"] == 5
+    assert FiniteFloat(0, 1).to_info_dict()["min"] == 0
