@@ -1208,10 +1208,11 @@ def render_plan(plan: Plan, *, bars: bool = True) -> str:
              + ("  (llama.cpp RPC)" if plan.backend == "llamacpp" else "")]
     if plan.backend == "llamacpp":
         where = ", ".join(plan.nodes)
+        memory = (f"{_gib(plan.total_gpu_mem_gb):.1f} GiB RAM" if plan.device == "cpu" else
+                  f"{_gpu_word(plan.gpus_used)}, {_gib(plan.total_gpu_mem_gb):.1f} GiB")
         lines.append(f"  llama.cpp: {plan.pipeline_parallel_size} device"
                      f"{'s' if plan.pipeline_parallel_size != 1 else ''} with layers "
-                     f"({_gpu_word(plan.gpus_used)}, {_gib(plan.total_gpu_mem_gb):.1f} GiB) "
-                     f"on {where}; serving host {plan.nodes[0]}")
+                     f"({memory}) on {where}; serving host {plan.nodes[0]}")
     elif plan.device == "cpu":
         where = ", ".join(plan.nodes)
         lines.append(f"  CPU: tensor_parallel_size=1 pipeline_parallel_size="
