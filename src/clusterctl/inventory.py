@@ -1,7 +1,10 @@
-"""Inventory: parse and validate an Ansible-style YAML inventory (pure, layer 1).
+"""Inventory: parse and validate an Ansible inventory (pure, layer 1): YAML or INI
+(clusterctl.inventory_ini), with host_vars/ and group_vars/ beside it
+(clusterctl.inventory_sources), every file read bounded (clusterctl.yamlread).
 
-The file is read with yaml's *compose* API, so every node keeps its position and
-every problem can be reported as ``file:line:col: key: what was expected, got what``.
+Files are read as node graphs (YAML's *compose*; INI converted to the same structure), so
+every node keeps its position and every problem can be reported as
+``file:line:col: key: what was expected, got what``.
 All problems in a file are collected and raised together as one ``InputError``
 (the first one in the header line), so a user fixes everything in one go.
 
@@ -17,9 +20,10 @@ Structure (Ansible's)::
           vars: {gpus: 8}
     other_group: {...}            # top-level groups beside `all` are children of all
 
-Variable precedence, lowest first::
+Variable precedence, lowest first (Ansible's)::
 
-    DEFAULTS < all vars < group vars (by depth, then name) < host vars
+    DEFAULTS < all vars < group_vars/all < group vars (by depth, then name)
+      < group_vars/<group> (same order) < host vars < host_vars/<host> < extra vars
 
 with dict values deep-merged. See docs/inventory.md.
 """
@@ -1176,16 +1180,16 @@ class _Loader:
                 out[key] = value
                 origins[path] = _pos(vnode)
 
-    def _secret_value(self, node: Node, dotted: str, depth: int = 0):
+    def _secret_value(self, node: Node, dotted: str):
         if isinstance(node, MappingNode):
             sub: dict = {}
             for key, _, vnode in self.pairs(node, "secret"):
-                value = self._secret_value(vnode, f"{dotted}.{key}", depth + 1)
+                value = self._secret_value(vnode, f"{dotted}.{key}")
                 if value is not _BAD:
                     sub[key] = value
             return sub
         if isinstance(node, SequenceNode):
-            items = [self._secret_value(v, f"{dotted}[{i}]", depth + 1)
+            items = [self._secret_value(v, f"{dotted}[{i}]")
                      for i, v in enumerate(node.value)]
             return [v for v in items if v is not _BAD]
         if _is_null(node):

@@ -251,14 +251,16 @@ def test_known_secret_must_be_one_value_and_is_not_echoed(tmp_path):
 @pytest.mark.parametrize("written", ["0022", "'0022'", "0x16", "22.0", "2_2", "'+22 '", "true",
                                      "0", "65536"])
 def test_ports_are_plain_integers(tmp_path, written):
-    err = fail(write(tmp_path, f"all:\n  hosts:\n    n1: {{role: head, ansible_port: {written}}}\n"))
+    text = f"all:\n  hosts:\n    n1: {{role: head, ansible_port: {written}}}\n"
+    err = fail(write(tmp_path, text))
     assert "ansible_port: expected an integer 1..65535" in str(err)
     assert err.line == 3
 
 
 @pytest.mark.parametrize("written, port", [("22", 22), ("'2222'", 2222), ("65535", 65535)])
 def test_plain_ports_are_accepted(tmp_path, written, port):
-    inv = load_inventory(write(tmp_path, f"all:\n  hosts:\n    n1: {{role: head, port: {written}}}\n"))
+    text = f"all:\n  hosts:\n    n1: {{role: head, port: {written}}}\n"
+    inv = load_inventory(write(tmp_path, text))
     assert inv.head.port == port
 
 
