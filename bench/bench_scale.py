@@ -162,17 +162,22 @@ def run_simulation(sizes: list[int]) -> None:
 # -- lab --------------------------------------------------------------------------------
 
 def _node_memory_mib(state) -> list[float]:
-    """Memory charged to each node's cgroup (systemd-nspawn machine scope), MiB."""
+    """Memory charged to each node's own cgroup (memory.current, cgroup v2; v1's
+    memory.usage_in_bytes), MiB."""
     out = []
     for node in state.nodes:
-        try:
-            text = subprocess.run(["systemctl", "show", "-p", "MemoryCurrent",
-                                   f"machine-{node.name}.scope"], capture_output=True,
-                                  text=True, timeout=10).stdout
-            value = int(text.strip().split("=", 1)[1])
-            out.append(value / 2**20)
-        except (ValueError, IndexError, subprocess.SubprocessError):
-            continue
+        for path in getattr(node, "cgroups", None) or []:
+            for name in ("memory.current", "memory.usage_in_bytes"):
+                f = Path(path) / name
+                if f.is_file():
+                    try:
+                        out.append(int(f.read_text().strip()) / 2**20)
+                    except (OSError, ValueError):
+                        continue
+                    break
+            else:
+                continue
+            break
     return out
 
 

@@ -213,7 +213,8 @@ def check_hosts(tmp_path, monkeypatch):
     inv = tmp_path / "inventory.yaml"
     inv.write_text("all:\n  vars: {cluster: {network: lo}}\n  hosts:\n"
                    "    n1: {ansible_host: 127.0.0.1, role: head}\n"
-                   "    n2: {ansible_host: 127.0.0.1}\n    n3: {ansible_host: 127.0.0.1}\n")
+                   "    n2: {ansible_host: 127.0.0.1, ansible_port: 2202}\n"
+                   "    n3: {ansible_host: 127.0.0.1, ansible_port: 2203}\n")
     from clusterctl.inventory import load_inventory
     return load_inventory(inv)
 
@@ -259,6 +260,34 @@ def test_check_mode_plans_units_without_touching_hosts(check_hosts):
                     if r.task and r.host == "n3" and r.task.name == "unit file")
     assert 'Environment="LLAMA_CACHE=/var/cache/clusterctl/llama.cpp"' in rpc_diff
     assert "--host 10.0.0.3 --port 50052 --cache" in rpc_diff
+    # exact: a unit this run starts is not also reported as restarted by its handler
+    # (the real run does not restart it either)
+    handlers = [r for r in report.results if r.handler and r.status == "changed"]
+    assert handlers == [], [(r.host, r.task.name, r.message) for r in handlers]
+
+
+def test_check_reports_exactly_what_the_run_does_about_handlers(check_hosts, tmp_path):
+    """On a fresh host a unit file that notifies a restart and a service that starts
+    the unit in the same run: the real run does not restart it, and --check must not
+    report that it would (the plan is exact)."""
+    from clusterctl.engine.roles import load_playbook
+    from clusterctl.engine.runner import RunOptions, run_playbook
+    role = tmp_path / "roles" / "svc"
+    role.mkdir(parents=True)
+    (role / "tasks.yaml").write_text(
+        "- name: unit file\n"
+        "  systemd_unit: {name: demo.service, content: \"[Service]\\nExecStart=/bin/true\\n\"}\n"
+        "  notify: restart demo\n"
+        "- name: unit running\n"
+        "  service: {name: demo.service, state: started, enabled: true}\n")
+    (role / "handlers.yaml").write_text(
+        "- name: restart demo\n  service: {name: demo.service, state: restarted}\n")
+    (tmp_path / "pb.yaml").write_text("- {name: p, hosts: n1, roles: [svc]}\n")
+    plays = load_playbook(tmp_path / "pb.yaml", [tmp_path / "roles"])
+    report = run_playbook(check_hosts, plays, RunOptions(check=True))
+    assert not report.failed_hosts, report.to_dict()
+    [handler] = [r for r in report.results if r.handler]
+    assert handler.status == "ok" and "started in this run" in handler.message
 
 
 def test_unit_was_active_reads_the_gathered_fact():

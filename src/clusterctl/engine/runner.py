@@ -483,7 +483,7 @@ class Runner:
                         s.failed = state_msg
                         res = TaskResult(s.host.name, task, "failed", state_msg)
                     self._record(res)
-                    if res.status == "changed" and not self.options.check:
+                    if res.status == "changed":   # also under --check: the plan is exact
                         started[s.host.name] |= _units_started(planned[s.host.name])
                     if res.status == "changed":
                         for h in task.notify:
