@@ -451,8 +451,14 @@ class Constructor:
                     if not isinstance(src, MappingNode):
                         raise self.fail(src, "'<<' merge expects a mapping or a list of "
                                              "mappings")
+                    key_nodes: dict = {}
+                    for kn, _ in src.value:
+                        if kn.tag != MERGE_TAG:
+                            built_key = self._build(kn)
+                            if getattr(built_key, "__hash__", None) is not None:
+                                key_nodes.setdefault(built_key, kn)
                     for k, v in self._build(src).items():
-                        merged.setdefault(k, (v, src))
+                        merged.setdefault(k, (v, key_nodes.get(k, src)))
                 continue
             key = self._key(knode)
             if key in own:

@@ -171,6 +171,7 @@ def test_yamlfile_keeps_lines_and_merge_keys(tmp_path):
     data = load_yaml(path)
     assert isinstance(data, YDict) and data["task"] == {"a": 1, "name": "x"}
     assert data.key_lines["task"] == 2 and data["task"].key_lines["name"] == 4
+    assert data["task"].key_lines["a"] == 1  # a merged key keeps the line it is written on
     assert data["list"].lines == [5, 5] and data.file == str(path)
     dup = write(tmp_path, "a: 1\na: 2\n", "dup.yaml")
     with pytest.raises(InputError, match=r"duplicate key 'a' \(first at line 1\)") as info:
