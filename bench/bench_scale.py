@@ -162,22 +162,35 @@ def run_simulation(sizes: list[int]) -> None:
 # -- lab --------------------------------------------------------------------------------
 
 def _node_memory_mib(state) -> list[float]:
-    """Memory charged to each node's own cgroup (memory.current, cgroup v2; v1's
-    memory.usage_in_bytes), MiB."""
+    """Memory of each node, MiB: memory.current of its cgroup where the memory
+    controller is there (cgroup v2), else the summed RSS of every process in its cgroup
+    tree (shared pages counted per process: an upper bound)."""
+    import os
     out = []
     for node in state.nodes:
-        for path in getattr(node, "cgroups", None) or []:
-            for name in ("memory.current", "memory.usage_in_bytes"):
-                f = Path(path) / name
-                if f.is_file():
+        paths = [Path(p) for p in getattr(node, "cgroups", None) or []]
+        current = [p / "memory.current" for p in paths if (p / "memory.current").is_file()]
+        if current:
+            out.append(int(current[0].read_text().strip()) / 2**20)
+            continue
+        pids: set[str] = set()
+        for root in paths:
+            for dirpath, _dirs, files in os.walk(root):
+                if "cgroup.procs" in files:
                     try:
-                        out.append(int(f.read_text().strip()) / 2**20)
-                    except (OSError, ValueError):
+                        pids |= set(Path(dirpath, "cgroup.procs").read_text().split())
+                    except OSError:
                         continue
-                    break
-            else:
+        rss_kib = 0
+        for pid in pids:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        rss_kib += int(line.split()[1])
+            except (OSError, ValueError):
                 continue
-            break
+        if pids:
+            out.append(rss_kib / 1024)
     return out
 
 
@@ -216,7 +229,7 @@ def run_lab(sizes: list[int], runs: int, name: str) -> None:
         finally:
             labs.down(lab_name)
     if len(rows) > 1:
-        (n0, _u0, w0, c0, _m0), (n1, _u1, w1, c1, _m1) = rows[0], rows[-1]
+        (n0, _, w0, c0, _), (n1, _, w1, c1, _) = rows[0], rows[-1]
         print(f"{n1} vs {n0} nodes: {w1 / w0:.2f}x the time (goal <= 2x); controller CPU "
               f"per added host {1000 * (c1 - c0) / (n1 - n0):.1f} ms (goal <= 25 ms)")
 
