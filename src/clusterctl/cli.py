@@ -112,14 +112,16 @@ def run_playbook_command(inventory_arg, inventory_opt, playbook: str, *, limit, 
     """What bootstrap and apply share: -e parsed and validated with the inventory, the
     playbook run, the exit code."""
     from .errors import InputError
-    from .inventory import parse_extra_vars
+    from .inventory import parse_extra_vars, validate_vars
     if keep_going and fail_fast:
         raise InputError("--keep-going and --fail-fast contradict each other: give one",
                          key="--fail-fast")
     keep_going = not fail_fast
     extra = parse_extra_vars(list(extra_vars)) if extra_vars else {}
-    extra = {**(fixed_vars or {}), **extra}
     inv = load_inventory_arg(inventory_arg, inventory_opt, extra or None)
+    if extra:      # the runner puts them above play vars too: the checked values (typed,
+        extra, _warnings = validate_vars(extra)      # secrets masked), not the raw text
+    extra = {**(fixed_vars or {}), **extra}
     report = converge(inv, playbook, check=check, diff=diff, as_json=as_json, verbose=verbose,
                       forks=forks, keep_going=keep_going,
                       accept_new_host_keys=accept_new_host_keys, roles_path=roles_path,

@@ -282,3 +282,27 @@ def test_a_stalled_change_is_cut_at_the_ops_deadline_and_named(project, local, m
     assert report.recap["beta"].failed == 1
     assert "timed out after 0.5s during r : only on beta" in report.recap["beta"].error
     assert report.recap["alpha"].failed == 0
+
+
+def test_extra_vars_reach_templates_checked_and_masked(tmp_path, monkeypatch):
+    """-e values go through the inventory's checks before the runner sees them: typed,
+    and a secret given with -e stays a Secret (*** in what is shown)."""
+    from clusterctl import cli
+    seen = {}
+
+    def fake_converge(inv, playbook, **kw):
+        seen.update(kw["extra_vars"])
+        raise SystemExit(0)
+    monkeypatch.setattr(cli, "converge", fake_converge)
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {ansible_host: 198.18.0.250, role: head}\n")
+    with pytest.raises(SystemExit):
+        cli.run_playbook_command(
+            str(inv), None, "bootstrap", limit=(), check=True, diff=False, as_json=False,
+            verbose=0, forks=1, keep_going=False, fail_fast=False, accept_new_host_keys=False,
+            roles_path=(), break_lock=False, tags=(), skip_tags=(),
+            extra_vars=("gpus=4", '{"secrets": {"hf_token": "hf_abc"}}'),
+            fixed_vars={"ray_verify": False})
+    assert seen["gpus"] == 4 and seen["ray_verify"] is False
+    assert str(seen["secrets"]["hf_token"]) == "***"
+    assert seen["secrets"]["hf_token"].reveal() == "hf_abc"
