@@ -198,3 +198,14 @@ def test_print_json_is_strict_and_versioned():
     buf = io.StringIO()
     print_json([1, float("-inf")], file=buf)
     assert json.loads(buf.getvalue()) == [1, None]
+
+
+def test_limit_is_checked_by_status_and_refused_by_undeploy(tmp_path):
+    from click.testing import CliRunner
+    from clusterctl.cli import main
+    inv = tmp_path / "inv.yaml"
+    inv.write_text("all:\n  hosts:\n    a: {ansible_host: 198.18.0.250, role: head}\n")
+    res = CliRunner().invoke(main, ["status", "-i", str(inv), "--limit", "nothing*"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(main, ["undeploy", "x", "-i", str(inv), "--limit", "a"])
+    assert res.exit_code == 2 and "whole deployment" in res.output

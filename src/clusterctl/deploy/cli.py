@@ -353,6 +353,10 @@ def undeploy_command(name, inventory_opt, limit, accept_new_host_keys, all_, ver
     caches stay on disk, so a later deploy does not resend the weights."""
     from .launch import undeploy
     inv = _load_inventory(inventory_opt)
+    if limit:
+        raise InputError("undeploy removes a whole deployment; --limit does not apply "
+                         "(a host that cannot be reached is recorded and finished later)",
+                         key="--limit")
     out = _console()
     removed = undeploy(inv, name, all_=all_, accept_new_host_keys=accept_new_host_keys,
                        log=lambda t: out.print(f"[dim]{_esc(t)}[/dim]"))
@@ -376,7 +380,10 @@ def status_command(inventory_opt, limit, accept_new_host_keys, as_json, verbose)
     from ..render import print_json
     from .launch import status
     inv = _load_inventory(inventory_opt)
+    selected = {h.name for h in inv.select(list(limit))} if limit else None   # exit 2 first
     rows = status(inv, accept_new_host_keys=accept_new_host_keys)
+    if selected is not None:       # the deployments that run on any of the selected hosts
+        rows = [r for r in rows if selected & set(r.deployment.hosts)]
     if as_json:
         print_json([r.to_dict() for r in rows])
     else:
