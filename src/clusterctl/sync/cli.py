@@ -7,25 +7,8 @@ import sys
 import click
 
 from ..errors import ClusterctlError
-from ..options import Rate
+from ..options import Rate, parse_rate
 from .report import SyncProgress
-
-
-_RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
-
-
-def parse_rate(text: str) -> int:
-    """Bytes per second from '200M' (MB/s), '1.5G', '800mbit', '1gbit' or a plain number."""
-    import re
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(bit|b|bps)?(?:/s)?\s*", text.lower())
-    if not m:
-        raise ValueError(f"{text!r} is not a rate (e.g. 200M, 1.5G, 800mbit)")
-    value = float(m.group(1)) * _RATE_UNITS[m.group(2)]
-    if m.group(3) == "bit":
-        value /= 8
-    if value < 1:
-        raise ValueError(f"{text!r} is less than one byte per second")
-    return int(value)
 
 
 def short_names(names: list[str]) -> dict[str, str]:
