@@ -31,7 +31,8 @@ def healthy(n=4, gbps=9.4, mtu=9000):
                       "os": "Debian GNU/Linux 12 (bookworm)", "kernel": "6.1.0-40-amd64"}))
     for a, b in permutations(names, 2):
         links.append(Link(a, b, gbps=gbps, rtt_ms=0.05, ping_ok=True, jumbo_ok=True,
-                          jumbo_size=mtu - 28))
+                          jumbo_size=mtu - 28, streams=4, bidir=True,
+                          single_stream_gbps=round(0.9 * gbps, 3)))
     ports = []
     for w in names[1:]:
         ports += [PortCheck(w, "n1", 6379, "Ray GCS", "open"),
@@ -340,3 +341,33 @@ def test_ssh_stalls_behind_a_1500_port():
     (u,) = by_code(f, "unreachable")
     assert u.hosts == ["n3"] and "see mtu-blackhole" in u.message
     assert {h for x in errors(f) for h in x.hosts} == {"n3"}
+
+
+# -- one stream far below several ---------------------------------------------------
+def test_single_stream_far_below_multi_stream_names_the_node():
+    nodes, links, ports = healthy()
+    for ln in links:
+        if "n3" in (ln.src, ln.dst):
+            ln.single_stream_gbps = 2.1            # 9.4 with 4 streams, 2.1 with one
+    f = analyze(nodes, links, ports, SETTINGS)
+    (w,) = by_code(f, "single-stream-slow")
+    assert w.severity == "warning" and w.hosts == ["n3"]
+    assert "n1->n3 2.10 vs 9.40 with 4" in w.message
+    assert "NCCL_SOCKET_NTHREADS" in w.fix and "NCCL_NSOCKS_PERTHREAD" in w.fix
+    assert "ethtool -k" in w.fix and "n3" in w.fix
+    assert not errors(f) and not by_code(f, "slow-link")   # the link itself is fine
+
+
+@pytest.mark.parametrize("change", [
+    dict(single_stream_gbps=4.8),                   # 51%: not far below
+    dict(single_stream_gbps=None),                  # not measured (--no-single-stream)
+    dict(single_stream_gbps=2.0, streams=1),        # -P 1: one figure, nothing to compare
+    dict(single_stream_gbps=2.0, gbps=None),        # the multi-stream run failed
+])
+def test_single_stream_no_finding(change):
+    nodes, links, ports = healthy()
+    for ln in links:
+        for k, v in change.items():
+            setattr(ln, k, v)
+    f = analyze(nodes, links, ports, SETTINGS)
+    assert not by_code(f, "single-stream-slow")

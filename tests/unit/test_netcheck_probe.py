@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -144,6 +145,68 @@ def test_client_command():
     cmd = probe.iperf_client_cmd("198.18.0.11", "198.18.0.12", 5201, 3, bidir=True, streams=4)
     assert cmd[:3] == ["iperf3", "-c", "198.18.0.12"]
     assert {"-B", "198.18.0.11", "-J", "--bidir", "-P", "4", "-t", "3"} <= set(cmd)
+    one = probe.iperf_client_cmd("198.18.0.11", "198.18.0.12", 5201, 1, bidir=False)
+    assert "--bidir" not in one and "-P" not in one
+
+
+@pytest.mark.parametrize("duration, seconds", [(0.4, 1), (1, 1), (1.5, 2), (2.49, 2),
+                                               (3, 3), (120, 120)])
+def test_iperf_seconds_are_whole_and_never_zero(duration, seconds):
+    """iperf3 reads -t with atoi(): "0.5" would be 0, a run without end."""
+    assert probe.iperf_seconds(duration) == seconds
+    cmd = probe.iperf_client_cmd("a", "b", 5201, duration, bidir=True)
+    assert cmd[cmd.index("-t") + 1] == str(seconds)
+
+
+# A real iperf3 --bidir document: see its "_source" key (iperf 3.12, -P 2 --bidir).
+RECORDED = Path(__file__).parent / "fixtures" / "netcheck" / "iperf3-3.12-bidir-P2.json"
+
+
+def test_parse_recorded_bidir_run():
+    text = RECORDED.read_text()
+    end = json.loads(text)["end"]
+    run = probe.parse_iperf_run(text, bidir=True)
+    assert run.error is None
+    # totals: what each receiving side got
+    assert run.fwd == end["sum_received"]["bits_per_second"] / 1e9
+    assert run.rev == end["sum_received_bidir_reverse"]["bits_per_second"] / 1e9
+    # per stream: 2 each way, split by the `sender` flag, adding up to the totals
+    assert len(run.fwd_streams) == len(run.rev_streams) == 2
+    assert sum(run.fwd_streams) == pytest.approx(run.fwd, rel=1e-6)
+    assert sum(run.rev_streams) == pytest.approx(run.rev, rel=1e-6)
+    fwd_sockets = {s["receiver"]["socket"] for s in end["streams"] if s["receiver"]["sender"]}
+    assert len(fwd_sockets) == 2
+    # the tuple form used before
+    assert probe.parse_iperf_json(text, bidir=True) == (run.fwd, run.rev, None)
+    # read without --bidir: only the forward direction
+    one = probe.parse_iperf_run(text, bidir=False)
+    assert one.fwd == run.fwd and one.rev is None and one.rev_streams == []
+
+
+def test_parse_bidir_without_reverse_sum_adds_the_reverse_streams():
+    doc = json.loads(RECORDED.read_text())
+    del doc["end"]["sum_received_bidir_reverse"]
+    run = probe.parse_iperf_run(json.dumps(doc), bidir=True)
+    assert run.error is None
+    assert run.rev == pytest.approx(sum(s["receiver"]["bits_per_second"]
+                                        for s in doc["end"]["streams"]
+                                        if not s["receiver"]["sender"]) / 1e9)
+    doc["end"]["streams"] = [s for s in doc["end"]["streams"] if s["receiver"]["sender"]]
+    run = probe.parse_iperf_run(json.dumps(doc), bidir=True)
+    assert run.fwd is not None and run.rev is None and "reverse direction" in run.error
+
+
+@pytest.mark.parametrize("text, why", [
+    ("", "no JSON"), ("[1, 2]", "not an object"), ('{"end": []}', "no end.sum_received"),
+    ('{"end": {"sum_received": {"bits_per_second": "fast"}}}', "no end.sum_received"),
+    ('{"end": {"sum_received": {"bits_per_second": -1}}}', "no end.sum_received"),
+    ('{"start": {}, "intervals": [], "end": {}, "error": "error - the server is busy running '
+     'a test. try again later"}', "busy"),
+])
+def test_parse_iperf_run_bad_documents(text, why):
+    run = probe.parse_iperf_run(text, bidir=True)
+    assert run.fwd is None and run.rev is None and why in run.error
+    assert probe.iperf_server_busy(run.error) is (why == "busy")
 
 
 def test_sample_ports():
@@ -228,10 +291,11 @@ def test_iperf3_server_and_bidir_client_on_loopback():
         again = sh(probe.iperf_server_cmd("127.0.0.1", port, 30))
         assert again.returncode == 3 and "already in use" in again.stdout
         res = subprocess.run(probe.iperf_client_cmd("127.0.0.1", "127.0.0.1", port, 1,
-                                                    bidir=True), capture_output=True,
-                             text=True, timeout=30)
-        fwd, rev, err = probe.parse_iperf_json(res.stdout, bidir=True)
-        assert err is None and fwd > 0.1 and rev > 0.1
+                                                    bidir=True, streams=2),
+                             capture_output=True, text=True, timeout=30)
+        run = probe.parse_iperf_run(res.stdout, bidir=True)
+        assert run.error is None and run.fwd > 0.1 and run.rev > 0.1
+        assert len(run.fwd_streams) == len(run.rev_streams) == 2
     finally:
         sh(probe.stop_cmd(pid, "iperf3"))
     _gone(pid)

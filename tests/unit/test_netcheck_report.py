@@ -29,7 +29,8 @@ def result_with_faults():
             ln.jumbo_ok = False
     findings = analyze(nodes, links, ports, SETTINGS)
     return NetcheckResult(nodes, links, ports, findings, SETTINGS, rounds=3,
-                          timings={"total": 12.5})
+                          timings={"total": 12.5}, bidir=True, phases=3, streams=4,
+                          single_stream=True)
 
 
 def test_json_schema():
@@ -37,8 +38,11 @@ def test_json_schema():
     assert set(data) == {"nodes", "links", "findings"}
     assert len(data["links"]) == 12
     for ln in data["links"]:
-        assert set(ln) == {"src", "dst", "gbps", "rtt_ms", "jumbo_ok"}
+        assert set(ln) == {"src", "dst", "gbps", "streams", "single_stream_gbps", "bidir",
+                           "rtt_ms", "jumbo_ok"}
         assert isinstance(ln["gbps"], float) and isinstance(ln["jumbo_ok"], bool)
+        assert isinstance(ln["single_stream_gbps"], float) and ln["streams"] == 4
+        assert ln["bidir"] is True
     for f in data["findings"]:
         assert set(f) == {"code", "severity", "hosts", "message", "fix"}
         assert f["severity"] in ("error", "warning", "info")
@@ -63,6 +67,9 @@ def test_terminal_render():
     text = con.export_text()
     assert "Gbit/s, row" in text and "0.09" in text and "9.40" in text
     assert "NOT FIT" in text and "mtu-blackhole" in text
+    # the one-stream matrix beside the multi-stream one, and how both were measured
+    assert "Gbit/s with 1 stream" in text and "8.46" in text
+    assert "4 streams, both directions at once" in text and "3 phases" in text
     styled = con.export_html(inline_styles=True)
     assert "#" in styled                        # coloured cells
 
@@ -74,6 +81,8 @@ def test_svg_is_valid_xml_with_heatmap_and_findings():
     texts = "".join(root.itertext())
     assert "0.09" in texts and "n4" in texts and "2.59.0 <&>" not in svg
     assert "mtu-blackhole" in texts and "fix:" in texts
+    assert "n1 -&gt; n3: 9.40 Gbit/s (10GbE), 1 stream 8.46 Gbit/s" in svg
+    assert "4 streams, both directions at once" in texts
     rects = [e for e in root.iter() if e.tag.endswith("rect")]
     fills = {r.get("fill") for r in rects}
     assert "#c62828" in fills and "#d4c21a" in fills       # below 1GbE red, 10GbE yellow

@@ -8,7 +8,7 @@ from rich.console import Console
 
 from ..cli import handle_errors, load_inventory_arg
 from ..errors import EXIT_BAD_INPUT
-from ..options import FiniteFloat
+from ..options import BoundedInt, FiniteFloat
 
 
 @click.command(name="netcheck")
@@ -25,15 +25,22 @@ from ..options import FiniteFloat
 @click.option("--parallel/--serial", "parallel", default=True, show_default=True,
               help="Bandwidth in rounds of disjoint pairs (N-1 rounds), or one pair at a time.")
 @click.option("--no-bandwidth", is_flag=True, help="Skip iperf3 (RTT, MTU, ports, versions only).")
-@click.option("--bidir", is_flag=True,
-              help="Measure both directions of a pair at once (iperf3 --bidir): half the time; "
-                   "hosts short of CPU then measure less.")
+@click.option("--bidir/--no-bidir", "bidir", default=True, show_default=True,
+              help="Both directions of a pair at once (iperf3 --bidir, full duplex: N-1 "
+                   "rounds), or one direction at a time (twice the rounds; for links where "
+                   "full duplex is not wanted, or hosts short of CPU).")
+@click.option("--streams", type=BoundedInt(1, 128), default=4, show_default=True,
+              help="Parallel TCP streams per iperf3 run (the main Gbit/s figure).")
+@click.option("--single-stream/--no-single-stream", "single_stream", default=True,
+              show_default=True,
+              help="After each multi-stream run, a 1 s run with one stream (what NCCL/Gloo "
+                   "get per flow).")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust SSH host keys seen for the first time and record them.")
 @click.option("-v", "--verbose", count=True, help="Show progress; -vv: tracebacks of bugs.")
 @handle_errors
 def netcheck_command(inventory_opt, limit, as_json, report_path, duration, parallel,
-                     no_bandwidth, bidir, accept_new_host_keys, verbose):
+                     no_bandwidth, bidir, streams, single_stream, accept_new_host_keys, verbose):
     """Prove the network is fit for distributed inference: bandwidth matrix (iperf3),
     jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
     skew, InfiniBand. Exit 1 when any finding is an error."""
@@ -47,7 +54,9 @@ def netcheck_command(inventory_opt, limit, as_json, report_path, duration, paral
     hosts = inv.select(list(limit)) if limit else list(inv.hosts.values())
     options = NetcheckOptions(
         duration=duration, schedule="tournament" if parallel else "serial",
-        bandwidth=not no_bandwidth, bidir=bidir, accept_new_host_keys=accept_new_host_keys,
+        bandwidth=not no_bandwidth, bidir=bidir, streams=streams,
+        single_stream_seconds=1.0 if single_stream else 0.0,
+        accept_new_host_keys=accept_new_host_keys,
         progress=(lambda m: err.print(f"[dim]{m}[/dim]")) if verbose or not as_json
         else None)
     result = run_netcheck(inv, hosts, options)

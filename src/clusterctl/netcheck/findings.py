@@ -19,6 +19,7 @@ from .model import (ERROR, INFO, SEVERITY_ORDER, WARNING, Finding, Link, NodeInf
 
 ASYMMETRY_RATIO = 0.5     # slower direction below this share of the faster one
 OUTLIER_RATIO = 0.5       # a link below this share of the median link is slow for its cluster
+SINGLE_STREAM_RATIO = 0.5  # one TCP stream below this share of the multi-stream figure
 PLAIN_PING_PAYLOAD = 1472  # 1500 - 20 (IP) - 8 (ICMP)
 
 # component -> (label, severity when it differs across nodes)
@@ -364,6 +365,7 @@ def _bandwidth(nodes, links, order) -> list[Finding]:
             f"look for shaping or policing in one direction (`tc qdisc show` on "
             f"{_names(hosts)} and its switch port), a duplex mismatch (`ethtool IFACE`), "
             f"or errors on one side (`ip -s link show IFACE`)"))
+    out += _single_stream(measured, order)
     failed = [ln for ln in links if ln.gbps is None and ln.error]
     if failed:
         hosts = _ordered(culprits((ln.src, ln.dst) for ln in failed), order)
@@ -374,6 +376,37 @@ def _bandwidth(nodes, links, order) -> list[Finding]:
             f"check that iperf3 is installed on {_names(hosts)} and that the iperf3 port is "
             f"open between cluster addresses"))
     return out
+
+
+def _single_stream(measured: Sequence[Link], order) -> list[Finding]:
+    """One TCP stream far below what several parallel streams reach on the same link.
+
+    NCCL over sockets and Gloo move each peer-to-peer transfer over few TCP flows, so a
+    per-flow limit (one CPU core busy with a NIC queue, missing offloads, small TCP
+    buffers, per-flow policing) paces them even when the link itself is fast.
+    """
+    slow = [ln for ln in measured
+            if (ln.streams or 1) > 1 and ln.single_stream_gbps is not None and ln.gbps
+            and ln.single_stream_gbps < SINGLE_STREAM_RATIO * ln.gbps]
+    if not slow:
+        return []
+    ids = {id(ln) for ln in slow}
+    good = [(ln.src, ln.dst) for ln in measured
+            if id(ln) not in ids and ln.single_stream_gbps is not None]
+    hosts = _ordered(culprits(((ln.src, ln.dst) for ln in slow), good), order)
+    detail = _names(f"{ln.src}->{ln.dst} {_fmt_gbps(ln.single_stream_gbps)} vs "
+                    f"{_fmt_gbps(ln.gbps)} with {ln.streams}" for ln in slow)
+    return [Finding(
+        "single-stream-slow", WARNING, hosts,
+        f"one TCP stream gets less than {SINGLE_STREAM_RATIO:.0%} of what parallel streams "
+        f"get (Gbit/s, one stream vs streams): {detail}. NCCL over sockets and Gloo use few "
+        f"flows per peer, so they see the single-stream figure",
+        f"for NCCL over sockets spread each connection over more flows: "
+        f"NCCL_SOCKET_NTHREADS=4 and NCCL_NSOCKS_PERTHREAD=2 (their product at most 64) in "
+        f"/etc/clusterctl/nccl.env; and look for the per-flow limit on {_names(hosts)}: one "
+        f"core saturated by the NIC's interrupts (`mpstat -P ALL 1` during a transfer, IRQ "
+        f"affinity), offloads off (`ethtool -k IFACE`: tso/gso/gro), small TCP buffers "
+        f"(`sysctl net.ipv4.tcp_rmem net.ipv4.tcp_wmem`), per-flow policing on the switch")]
 
 
 # -- ports ------------------------------------------------------------------------

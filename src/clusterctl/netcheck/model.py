@@ -42,6 +42,7 @@ class NodeInfo:
     sm_running: bool | None = None     # a subnet manager process/unit on this node
     gpus: int | None = None
     iperf3: bool | None = None         # iperf3 installed
+    iperf3_version: str | None = None  # `iperf3 --version`, first line
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -60,12 +61,17 @@ class Link:
     jumbo_ok: bool | None = None       # don't-fragment ping at MTU-28
     jumbo_size: int | None = None      # the payload size tried (MTU-28)
     error: str | None = None           # why the bandwidth run failed
+    streams: int | None = None         # parallel TCP streams behind `gbps` (iperf3 -P)
+    bidir: bool | None = None          # measured while the reverse direction also ran
+    single_stream_gbps: float | None = None   # one TCP stream (iperf3 -P 1), what a
+    #                                           single-flow collective (NCCL/Gloo) can get
+    stream_gbps: list[float] = field(default_factory=list)  # each stream of the `gbps` run
 
     def to_json(self) -> dict:
-        return {"src": self.src, "dst": self.dst,
-                "gbps": None if self.gbps is None else round(self.gbps, 3),
-                "rtt_ms": None if self.rtt_ms is None else round(self.rtt_ms, 3),
-                "jumbo_ok": self.jumbo_ok}
+        r3 = lambda v: None if v is None else round(v, 3)  # noqa: E731
+        return {"src": self.src, "dst": self.dst, "gbps": r3(self.gbps),
+                "streams": self.streams, "single_stream_gbps": r3(self.single_stream_gbps),
+                "bidir": self.bidir, "rtt_ms": r3(self.rtt_ms), "jumbo_ok": self.jumbo_ok}
 
 
 @dataclass
@@ -130,6 +136,10 @@ class NetcheckResult:
     schedule: str = "tournament"
     rounds: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    bidir: bool = False                # the bandwidth runs measured both directions at once
+    phases: int = 0                    # iperf3 time slots (rounds, or 2x rounds one-way)
+    streams: int = 1                   # iperf3 -P of the main figure
+    single_stream: bool = False        # a one-stream run followed each multi-stream run
 
     @property
     def exit_code(self) -> int:

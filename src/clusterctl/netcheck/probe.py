@@ -244,6 +244,7 @@ def node_info(host, facts: Facts, extra: Extra, settings: Settings) -> NodeInfo:
     gpus = facts.gpus or []
     n.gpus = len(gpus) or None
     n.iperf3 = "iperf3" in extra.tools
+    n.iperf3_version = extra.iperf3_version
     return n
 
 
@@ -468,10 +469,24 @@ def parse_pid(text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def iperf_seconds(duration: float) -> int:
+    """What `iperf3 -t` gets: whole seconds, at least 1.
+
+    iperf3 reads -t with atoi(): "0.5" becomes 0, which iperf3 takes as "no time
+    limit" (a run that never ends), and "2.5" becomes 2.
+    """
+    return max(1, int(round(duration)))
+
+
 def iperf_client_cmd(src_ip: str, dst_ip: str, port: int, duration: float, *, bidir: bool,
                      streams: int = 1) -> list[str]:
-    cmd = ["iperf3", "-c", dst_ip, "-B", src_ip, "-p", str(int(port)), "-t", f"{duration:g}",
-           "-J", "-i", "0", "--connect-timeout", "3000"]
+    """One iperf3 client run: JSON out, no interval reports, bound to the cluster address.
+
+    `streams` > 1 runs that many parallel TCP streams (-P); with `bidir` (iperf3 >= 3.7)
+    the server sends the same number of streams back at the same time (full duplex).
+    """
+    cmd = ["iperf3", "-c", dst_ip, "-B", src_ip, "-p", str(int(port)),
+           "-t", str(iperf_seconds(duration)), "-J", "-i", "0", "--connect-timeout", "3000"]
     if streams > 1:
         cmd += ["-P", str(int(streams))]
     if bidir:
@@ -479,33 +494,90 @@ def iperf_client_cmd(src_ip: str, dst_ip: str, port: int, duration: float, *, bi
     return cmd
 
 
-def parse_iperf_json(text: str, *, bidir: bool) -> tuple[float | None, float | None, str | None]:
-    """(client->server Gbit/s, server->client Gbit/s or None, error).
+@dataclass
+class IperfRun:
+    """What one iperf3 client run measured, Gbit/s as the receiving side counted it."""
+    fwd: float | None = None            # client -> server
+    rev: float | None = None            # server -> client (--bidir only)
+    fwd_streams: list[float] = field(default_factory=list)   # per stream, client -> server
+    rev_streams: list[float] = field(default_factory=list)   # per stream, server -> client
+    error: str | None = None
 
-    Rates are what the receiving side got (`sum_received`), the honest figure. With
-    --bidir (iperf3 >= 3.7) the reverse direction is `sum_received_bidir_reverse`.
+
+def _stream_rates(end: dict, client_sends: bool) -> list[float]:
+    """Per-stream Gbit/s of one direction from `end.streams[]`.
+
+    Each entry is {"sender": {...}, "receiver": {...}}; both halves carry a boolean
+    `sender` that is true when the client is the sending side (the forward direction),
+    false for the streams of the reverse direction of --bidir. The receiver half is
+    what arrived.
+    """
+    out = []
+    for st in end.get("streams") or []:
+        if not isinstance(st, dict):
+            continue
+        half = st.get("receiver") or {}
+        if not isinstance(half, dict) or half.get("sender", True) is not client_sends:
+            continue
+        bps = half.get("bits_per_second")
+        if isinstance(bps, (int, float)) and bps >= 0:
+            out.append(bps / 1e9)
+    return out
+
+
+def parse_iperf_run(text: str, *, bidir: bool) -> IperfRun:
+    """An iperf3 `-J` document -> IperfRun.
+
+    Totals are what the receiving side got (`end.sum_received`, with --bidir also
+    `end.sum_received_bidir_reverse`), the honest figure. An iperf3 that has --bidir but
+    no reverse sum (some 3.7-era builds) has its reverse total summed from the
+    per-stream entries whose `sender` flag is false.
     """
     try:
         data = json.loads(text)
     except ValueError:
         tail = text.strip().splitlines()[-1:] or ["no output"]
-        return None, None, f"iperf3 printed no JSON: {tail[0][:200]}"
+        return IperfRun(error=f"iperf3 printed no JSON: {tail[0][:200]}")
+    if not isinstance(data, dict):
+        return IperfRun(error="iperf3 printed JSON that is not an object")
     if data.get("error"):
-        return None, None, f"iperf3: {data['error']}"
-    end = data.get("end") or {}
+        return IperfRun(error=f"iperf3: {str(data['error'])[:200]}")
+    end = data.get("end")
+    end = end if isinstance(end, dict) else {}
 
     def rate(key: str) -> float | None:
-        s = end.get(key) or {}
-        bps = s.get("bits_per_second")
-        return None if bps is None else bps / 1e9
+        s = end.get(key)
+        bps = s.get("bits_per_second") if isinstance(s, dict) else None
+        return bps / 1e9 if isinstance(bps, (int, float)) and bps >= 0 else None
 
-    fwd = rate("sum_received") or rate("sum")
-    rev = rate("sum_received_bidir_reverse") if bidir else None
-    if fwd is None:
-        return None, None, "iperf3 JSON has no end.sum_received"
-    if bidir and rev is None:
-        return fwd, None, "this iperf3 does not report the reverse direction of --bidir"
-    return fwd, rev, None
+    run = IperfRun(fwd_streams=_stream_rates(end, True))
+    run.fwd = rate("sum_received")
+    if run.fwd is None:
+        run.fwd = rate("sum")
+    if bidir:
+        run.rev_streams = _stream_rates(end, False)
+        run.rev = rate("sum_received_bidir_reverse")
+        if run.rev is None and run.rev_streams:
+            run.rev = sum(run.rev_streams)
+    if run.fwd is None:
+        run.error = "iperf3 JSON has no end.sum_received"
+    elif bidir and run.rev is None:
+        run.error = "this iperf3 does not report the reverse direction of --bidir"
+    return run
+
+
+def parse_iperf_json(text: str, *, bidir: bool) -> tuple[float | None, float | None, str | None]:
+    """(client->server Gbit/s, server->client Gbit/s or None, error): parse_iperf_run's
+    totals."""
+    run = parse_iperf_run(text, bidir=bidir)
+    if run.fwd is None:
+        return None, None, run.error
+    return run.fwd, run.rev if bidir else None, run.error
+
+
+def iperf_server_busy(error: str | None) -> bool:
+    """iperf3's answer when a client comes before the server finished the last test."""
+    return bool(error) and "busy" in error
 
 
 def iperf_supports_bidir(version_text: str) -> bool:

@@ -51,10 +51,25 @@ def to_json(result: NetcheckResult) -> str:
 
 
 # -- terminal ---------------------------------------------------------------------
-def bandwidth_table(result: NetcheckResult) -> Table:
+def _mode(result: NetcheckResult) -> str:
+    """How the bandwidth was measured, in words."""
+    how = "both directions at once" if result.bidir else "one direction at a time"
+    return f"{result.streams} stream{'s' if result.streams != 1 else ''}, {how}"
+
+
+def _has_single(result: NetcheckResult) -> bool:
+    return any((ln.streams or 1) > 1 and ln.single_stream_gbps is not None
+               for ln in result.links)
+
+
+def bandwidth_table(result: NetcheckResult, *, single: bool = False) -> Table:
+    """The Gbit/s matrix, coloured by class: the multi-stream figure, or with
+    `single` the one-stream figure."""
     names, cell = _matrix(result)
-    table = Table(title="Gbit/s, row → column", show_lines=False,
-                  title_justify="left")
+    title = ("Gbit/s with 1 stream, row → column" if single
+             else f"Gbit/s, row → column ({_mode(result)})" if result.phases
+             else "Gbit/s, row → column")
+    table = Table(title=title, show_lines=False, title_justify="left")
     table.add_column("src \\ dst", style="bold")
     for n in names:
         table.add_column(n, justify="center")
@@ -65,7 +80,7 @@ def bandwidth_table(result: NetcheckResult) -> Table:
                 row.append(Text("·", style="dim"))
                 continue
             ln = cell.get((a, b))
-            gbps = ln.gbps if ln else None
+            gbps = (ln.single_stream_gbps if single else ln.gbps) if ln else None
             cls = classify(gbps)
             style = CLASS_COLOURS.get(cls.name, MISSING)[0] if cls else MISSING[0]
             row.append(Text(f" {_gbps_text(gbps)} ", style=style))
@@ -144,6 +159,8 @@ def render(result: NetcheckResult, console: Console) -> None:
     console.print(nodes_table(result))
     if result.links:
         console.print(bandwidth_table(result))
+        if _has_single(result):
+            console.print(bandwidth_table(result, single=True))
         console.print(latency_table(result))
     if result.findings:
         console.print(Text("Findings", style="italic"))
@@ -158,8 +175,10 @@ def render(result: NetcheckResult, console: Console) -> None:
     if warnings:
         verdict.append(f", {warnings} warning(s)", style="yellow")
     if result.timings.get("total"):
-        verdict.append(f"  ({result.timings['total']:.1f}s, {result.schedule} schedule, "
-                       f"{result.rounds} bandwidth rounds)", style="dim")
+        bw = (f", {result.rounds} bandwidth rounds in {result.phases} phases "
+              f"({_mode(result)})" if result.phases else f", {result.rounds} bandwidth rounds")
+        verdict.append(f"  ({result.timings['total']:.1f}s, {result.schedule} schedule{bw})",
+                       style="dim")
     console.print(verdict)
 
 
@@ -191,8 +210,10 @@ def to_svg(result: NetcheckResult) -> str:
     parts: list[str] = []
     y = top
     parts.append('<text x="20" y="32" class="title">clusterctl netcheck</text>')
+    mode = f" ({_mode(result)})" if result.phases else ""
     parts.append(f'<text x="20" y="54" class="sub">bandwidth Gbit/s, row sends to column; '
-                 f'{_esc(result.schedule)} schedule, {result.rounds} rounds</text>')
+                 f'{_esc(result.schedule)} schedule, {result.rounds} rounds{_esc(mode)}'
+                 f'</text>')
     for j, b in enumerate(names):
         x = left + j * cw + cw / 2
         parts.append(f'<text x="{x}" y="{y - 8}" class="head" text-anchor="middle">'
@@ -212,6 +233,8 @@ def to_svg(result: NetcheckResult) -> str:
                 _, fill, fg = CLASS_COLOURS.get(cls.name, MISSING) if cls else MISSING
                 label = _gbps_text(gbps)
                 tip = f"{a} -> {b}: {label} Gbit/s" + (f" ({cls.name})" if cls else "")
+                if ln and (ln.streams or 1) > 1 and ln.single_stream_gbps is not None:
+                    tip += f", 1 stream {_gbps_text(ln.single_stream_gbps)} Gbit/s"
                 if ln and ln.rtt_ms is not None:
                     tip += f", rtt {ln.rtt_ms:.2f} ms"
                 if ln and ln.jumbo_ok is False:

@@ -8,7 +8,9 @@ Steps, each in parallel over the nodes (threads, one command per node at a time)
  3. from every node to every peer: route, RTT, don't-fragment ping at MTU-28
  4. ports: temporary listeners where nothing listens yet, connects from the peers
  5. bandwidth: iperf3 servers on every node, then the tournament's rounds of
-    disjoint pairs (each pair both directions), then the servers are killed by PID
+    disjoint pairs, each pair both directions at once (iperf3 --bidir; one direction
+    at a time with an iperf3 older than 3.7 or bidir=False), a multi-stream run then a
+    short single-stream run in the same slot; then the servers are killed by PID
 Everything netcheck starts on a node is also bounded by `timeout`.
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ..session import Session, parallel_map
 from ..sshconfig import login_hint
 from . import probe
 from .findings import analyze, in_network
-from .model import SEVERITY_ORDER, WARNING, Finding, Link, NetcheckResult, NodeInfo, PortCheck, Settings
+from .model import INFO, SEVERITY_ORDER, WARNING, Finding, Link, NetcheckResult, NodeInfo, PortCheck, Settings
 from .schedule import phases, serial, tournament
 
 GCS, WORKER_RANGE, RPC, VLLM_API = ("Ray GCS", "Ray worker port range", "llama.cpp RPC",
@@ -38,9 +40,12 @@ class NetcheckOptions:
     duration: float = 3.0               # seconds per iperf3 run
     schedule: str = "tournament"        # "tournament" (rounds of disjoint pairs) | "serial"
     bandwidth: bool = True
-    bidir: bool = False                 # iperf3 --bidir: both directions at once (2x faster;
-    #                                     CPU-bound hosts then under-measure), if all have it
-    streams: int = 1                    # iperf3 -P
+    bidir: bool = True                  # iperf3 --bidir: both directions of a pair at once
+    #                                     (N-1 phases, not 2(N-1)) when every node's iperf3
+    #                                     has it (3.7+); False: one direction at a time
+    streams: int = 4                    # iperf3 -P of the main figure (Link.gbps)
+    single_stream_seconds: float = 1.0  # then a one-stream run of this long in the same
+    #                                     slot (Link.single_stream_gbps); 0: none
     port_timeout: float = 2.0
     connect_timeout: float = 10.0
     facts_timeout: float = 30.0         # a node whose facts take longer counts as unreachable
@@ -181,7 +186,8 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
     timings["connect"] = time.monotonic() - t0
     links: dict[tuple[str, str], Link] = {}
     ports: list[PortCheck] = []
-    rounds = 0
+    rounds = n_phases = 0
+    bidir = False
     try:
         t = time.monotonic()
         _gather(run, {h.name: h for h in hosts})
@@ -194,7 +200,7 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
         timings["ports"] = time.monotonic() - t
         if options.bandwidth:
             t = time.monotonic()
-            rounds = _bandwidth(run, links)
+            rounds, n_phases, bidir = _bandwidth(run, links)
             timings["bandwidth"] = time.monotonic() - t
     finally:
         if own_session:
@@ -207,7 +213,10 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
     timings["total"] = time.monotonic() - t0
     return NetcheckResult(nodes=node_list, links=link_list, ports=ports, findings=findings,
                           settings=settings, schedule=options.schedule, rounds=rounds,
-                          timings=timings)
+                          timings=timings, bidir=bidir, phases=n_phases,
+                          streams=max(1, int(options.streams)),
+                          single_stream=options.single_stream_seconds > 0
+                          and options.streams > 1)
 
 
 def _idx(hosts, name):
@@ -398,19 +407,50 @@ def _collapse_ranges(checks: list[PortCheck]) -> list[PortCheck]:
 
 
 # -- 5. bandwidth ---------------------------------------------------------------------
-def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
+BUSY_RETRY_S = 0.5        # iperf3 server still closing the previous test: wait, then once more
+
+
+def bandwidth_plan(nodes: list[str], options: NetcheckOptions,
+                   versions: dict[str, str | None]) -> tuple[list[list[tuple[str, str]]],
+                                                             list[list[tuple[str, str]]],
+                                                             bool, list[str]]:
+    """(rounds, phases, bidir, nodes whose iperf3 lacks --bidir) for these nodes (pure).
+
+    --bidir is used when asked for and every node's iperf3 has it (3.7 and later): then a
+    phase is a round, N-1 of them for even N. Otherwise each round is split in two
+    one-direction halves.
+    """
+    old = [n for n in nodes if not probe.iperf_supports_bidir(versions.get(n) or "")]
+    bidir = options.bidir and not old
+    rounds = tournament(nodes) if options.schedule == "tournament" else serial(nodes)
+    return rounds, phases(rounds, bidir=bidir), bidir, (old if options.bidir else [])
+
+
+def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> tuple[int, int, bool]:
+    """iperf3 over every pair; returns (rounds, phases, bidir)."""
     o, s = run.options, run.settings
     up = [n for n in run.up() if run.nodes[n].cluster_ip and run.nodes[n].iperf3
           and any(links.get((n, p)) and links[(n, p)].ping_ok for p in run.up())]
     if len(up) < 2:
-        return 0
-    bidir = o.bidir and all(probe.iperf_supports_bidir(run.extras[n].iperf3_version or "")
-                            for n in up)
-    rounds = tournament(up) if o.schedule == "tournament" else serial(up)
-    plan = phases(rounds, bidir=bidir)
-    lifetime = len(plan) * (o.duration + 15) + 60
-    run.say(f"bandwidth: {len(plan)} {o.schedule} phases of {o.duration:g}s "
-            f"({'bidirectional' if bidir else 'one direction at a time'})")
+        return 0, 0, False
+    rounds, plan, bidir, old = bandwidth_plan(
+        up, o, {n: run.extras[n].iperf3_version if n in run.extras else None for n in up})
+    if old:
+        run.problems.append(Finding(
+            "iperf3-old", INFO, old,
+            f"iperf3 on {', '.join(old)} has no --bidir (it needs iperf3 3.7 or later): "
+            f"bandwidth was measured one direction at a time, {len(plan)} phases instead of "
+            f"{len(rounds)}",
+            f"install iperf3 3.7 or later on {', '.join(old)} (Debian 11 ships 3.9, Debian 12 "
+            f"3.12), or run with --no-bidir to ask for one direction at a time"))
+    streams = max(1, int(o.streams))
+    single = o.single_stream_seconds > 0 and streams > 1
+    slot = probe.iperf_seconds(o.duration) + (probe.iperf_seconds(o.single_stream_seconds)
+                                              if single else 0)
+    lifetime = len(plan) * (slot + 15) + 60
+    how = "both directions at once" if bidir else "one direction at a time"
+    what = f"{streams} streams" + (" then 1 stream" if single else "")
+    run.say(f"bandwidth: {len(plan)} {o.schedule} phases of {slot}s ({how}, {what})")
     servers: dict[str, int] = {}
 
     def start(name: str) -> str | None:
@@ -431,6 +471,19 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
             client, server = server, client          # use whichever side has a server
         return client, server
 
+    def iperf(conn, client: str, server: str, seconds: float, n: int) -> probe.IperfRun:
+        cmd = probe.iperf_client_cmd(run.nodes[client].cluster_ip,
+                                     run.nodes[server].cluster_ip, s.iperf_port, seconds,
+                                     bidir=bidir, streams=n)
+        for attempt in (1, 2):
+            res = conn.run(cmd, timeout=probe.iperf_seconds(seconds) + 30, check=False)
+            got = probe.parse_iperf_run(res.stdout, bidir=bidir)
+            if attempt == 1 and probe.iperf_server_busy(got.error):
+                time.sleep(BUSY_RETRY_S)
+                continue
+            return got
+        return got
+
     def measure(pair: tuple[str, str]) -> None:
         client, server = roles(pair)
         fwd_link = links.setdefault((client, server), Link(client, server))
@@ -442,18 +495,17 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
         if conn is None:
             fwd_link.error = rev_link.error = f"{client} unreachable"
             return
-        cmd = probe.iperf_client_cmd(run.nodes[client].cluster_ip,
-                                     run.nodes[server].cluster_ip, s.iperf_port, o.duration,
-                                     bidir=bidir, streams=o.streams)
-        res = conn.run(cmd, timeout=o.duration + 30, check=False)
-        fwd, rev, err = probe.parse_iperf_json(res.stdout, bidir=bidir)
-        fwd_link.gbps = fwd
-        if fwd is None:
-            fwd_link.error = err
+        main = iperf(conn, client, server, o.duration, streams)
+        one = (iperf(conn, client, server, o.single_stream_seconds, 1)
+               if single and main.error is None else None)
+        sides = [(fwd_link, main.fwd, main.fwd_streams, one.fwd if one else None)]
         if bidir:
-            rev_link.gbps = rev
-            if rev is None:
-                rev_link.error = err
+            sides.append((rev_link, main.rev, main.rev_streams, one.rev if one else None))
+        for ln, gbps, per_stream, one_gbps in sides:
+            ln.gbps, ln.stream_gbps, ln.streams, ln.bidir = gbps, per_stream, streams, bidir
+            ln.single_stream_gbps = gbps if streams == 1 else one_gbps
+            if gbps is None:
+                ln.error = main.error
 
     try:
         started = run.parallel(start, up, timeout=35)
@@ -464,13 +516,13 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> int:
                     f"start: {msg}", f"free port {s.iperf_port} on {n} or set "
                     f"netcheck.iperf_port in the inventory"))
         for i, ph in enumerate(plan, 1):
-            run.say(f"  phase {i}/{len(plan)}: " + ", ".join(f"{a}->{b}" for a, b in ph))
-            run.parallel(measure, ph, timeout=o.duration + 35,
+            run.say(f"  phase {i}/{len(plan)}: " + ", ".join(
+                f"{a}<->{b}" if bidir else f"{a}->{b}" for a, b in ph))
+            run.parallel(measure, ph, timeout=slot + 2 * BUSY_RETRY_S + 45,
                          node_of=lambda pair: roles(pair)[0])
     finally:
         def stop(name: str) -> None:
             run.conns[name].run(probe.stop_cmd(servers[name], "iperf3"), timeout=30,
                                 check=False)
         run.parallel(stop, [n for n in servers if n in run.conns], timeout=35)
-    return len(rounds)
-
+    return len(rounds), len(plan), bidir

@@ -8,7 +8,10 @@ nodes a "bye" seat is added and whoever sits opposite it rests that round.
     even N: N-1 rounds of N/2 pairs       odd N: N rounds of (N-1)/2 pairs
 
 A node runs at most one iperf3 client and serves at most one iperf3 client per
-phase, so the measurements of one phase never share a NIC.
+phase, so the measurements of one phase never share a NIC. By default a phase is a
+round and each pair runs full duplex (iperf3 --bidir: both directions at once), so
+all pairs of N nodes take N-1 phases (N for odd N); one direction at a time splits
+every round in two halves, 2(N-1) phases.
 """
 from __future__ import annotations
 
