@@ -14,6 +14,7 @@ after the other in this process:
   one-way   the previous default: tournament rounds split into a->b and b->a halves,
             one stream per run
   serial    (with --serial) one pair at a time, one direction at a time
+  bidir-P   (with --modes) bidir without the single-stream run: the schedule alone
 
 It prints wall times (whole run and bandwidth step), iperf3 phases, the Gbit/s of every
 link against the shaped rate (how many within 10%), the single-stream figures, the
@@ -53,15 +54,23 @@ def install_iperf3(host, apt_url: str | None) -> None:
               "apt-get install -y -qq --no-install-recommends iperf3 >/dev/null", timeout=300)
 
 
+MODES = {
+    # name: (schedule, bidir, streams (None: --streams), single-stream seconds)
+    "bidir": ("tournament", True, None, 1.0),
+    "bidir-P": ("tournament", True, None, 0.0),       # without the single-stream run
+    "one-way": ("tournament", False, 1, 0.0),
+    "serial": ("serial", False, 1, 0.0),
+}
+
+
 def modes(args) -> list[tuple[str, NetcheckOptions]]:
-    out = [("bidir", NetcheckOptions(duration=args.duration, bidir=True,
-                                     streams=args.streams, single_stream_seconds=1.0)),
-           ("one-way", NetcheckOptions(duration=args.duration, bidir=False, streams=1,
-                                       single_stream_seconds=0.0))]
-    if args.serial:
-        out.append(("serial", NetcheckOptions(duration=args.duration, schedule="serial",
-                                              bidir=False, streams=1,
-                                              single_stream_seconds=0.0)))
+    names = args.modes + (["serial"] if args.serial and "serial" not in args.modes else [])
+    out = []
+    for name in names:
+        schedule, bidir, streams, single = MODES[name]
+        out.append((name, NetcheckOptions(duration=args.duration, schedule=schedule,
+                                          bidir=bidir, streams=streams or args.streams,
+                                          single_stream_seconds=single)))
     return out
 
 
@@ -119,6 +128,8 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per iperf3 run")
     ap.add_argument("--streams", type=int, default=4, help="iperf3 -P of the bidir mode")
     ap.add_argument("--serial", action="store_true", help="also one pair at a time")
+    ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["bidir", "one-way"],
+                    help="what to run on each lab (bidir-P: bidir without the 1-stream run)")
     ap.add_argument("--lab", default=os.environ.get("CLUSTERCTL_TEST_LAB", "ncbench"),
                     help="lab name prefix (the node count is appended)")
     ap.add_argument("--keep", action="store_true", help="leave the labs up")
