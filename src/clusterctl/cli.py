@@ -252,6 +252,26 @@ def verify(inventory, inventory_opt, limit, pytest_args):
     sys.exit(run_verify(inv, inv.select(list(limit) or None), extra_args=list(pytest_args)))
 
 
+@main.command(name="example-inventory")
+@click.argument("dest", required=False, metavar="[DEST]")
+@handle_errors
+def example_inventory_cmd(dest):
+    """Print the example inventory (every cluster variable with its default and a line
+    of doc), or write it to DEST (never over an existing file)."""
+    from .errors import InputError
+    from .resources import example_inventory
+    text = example_inventory().read_text()
+    if not dest:
+        click.echo(text, nl=False)
+        return
+    path = Path(dest)
+    if path.exists():
+        raise InputError(f"{path} exists; choose another name or remove it first",
+                         key="DEST")
+    path.write_text(text)
+    click.echo(f"wrote {path}: list your hosts, mark one `role: head`, set cluster.network")
+
+
 def _adhoc_session(inventory_opt, limit, forks, accept_new_host_keys):
     from .session import Session
     inv = load_inventory_arg(None, inventory_opt)

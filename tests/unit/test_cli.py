@@ -77,3 +77,13 @@ def test_contradictory_flags_are_exit_2(tmp_path):
     inv.write_text("all:\n  hosts:\n    a: {ansible_host: 198.18.0.250, role: head}\n")
     res = invoke("bootstrap", str(inv), "--keep-going", "--fail-fast")
     assert res.exit_code == 2 and "contradict" in res.output
+
+
+def test_example_inventory_prints_and_writes_but_never_overwrites(tmp_path):
+    printed = invoke("example-inventory").output
+    assert "all:" in printed and "ray:" in printed
+    dest = tmp_path / "inventory.yaml"
+    assert invoke("example-inventory", str(dest)).exit_code == 0
+    assert dest.read_text() == printed
+    again = invoke("example-inventory", str(dest))
+    assert again.exit_code == 2 and "exists" in again.output
