@@ -68,7 +68,8 @@ def test_terminal_render():
     assert "Gbit/s, row" in text and "0.09" in text and "9.40" in text
     assert "NOT FIT" in text and "mtu-blackhole" in text
     # the one-stream matrix beside the multi-stream one, and how both were measured
-    assert "Gbit/s with 1 stream" in text and "8.46" in text
+    assert "row → column, 1 stream" in text and "row → column, 4 streams, bidir" in text
+    assert "8.46" in text
     assert "4 streams, both directions at once" in text and "3 phases" in text
     styled = con.export_html(inline_styles=True)
     assert "#" in styled                        # coloured cells

@@ -66,9 +66,9 @@ def bandwidth_table(result: NetcheckResult, *, single: bool = False) -> Table:
     """The Gbit/s matrix, coloured by class: the multi-stream figure, or with
     `single` the one-stream figure."""
     names, cell = _matrix(result)
-    title = ("Gbit/s with 1 stream, row → column" if single
-             else f"Gbit/s, row → column ({_mode(result)})" if result.phases
-             else "Gbit/s, row → column")
+    short = (f", {result.streams} stream{'s' if result.streams != 1 else ''}, "
+             f"{'bidir' if result.bidir else 'one way'}") if result.phases else ""
+    title = "Gbit/s, row → column, 1 stream" if single else f"Gbit/s, row → column{short}"
     table = Table(title=title, show_lines=False, title_justify="left")
     table.add_column("src \\ dst", style="bold")
     for n in names:
