@@ -12,6 +12,8 @@ optionally shapes the workers' links (`lab fault slow-link`), then measures, eac
 tool reports it (from starting the units to a real chat completion):
 
 1. first deploy: RPC caches emptied, units new;
+   then the same deploy again with nothing changed (units kept running; the old lab
+   test asserted its time to ready stays within 5 s of the first);
 2. redeploy with `--restart`: llama-server and RPC servers restart, caches warm;
 3. undeploy + deploy: units new, caches warm;
 4. `--restart --no-rpc-cache`: the same restart without the cache, for comparison.
@@ -105,6 +107,7 @@ def main() -> None:
         clear_caches(inv)
         first = cli(*deploy)
         rows.append(("first deploy (cold RPC cache)", first, cache_bytes(inv)))
+        rows.append(("redeploy, nothing changed", cli(*deploy), cache_bytes(inv)))
         rows.append(("redeploy --restart (warm cache)", cli(*deploy, "--restart"),
                      cache_bytes(inv)))
         cli("undeploy", "bench", "-i", inv_path)

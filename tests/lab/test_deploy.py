@@ -135,11 +135,26 @@ def test_status_reads_the_records_on_the_head(tiny_deployed, inventory_path, inv
     assert record["name"] == "tiny" and record["ready_seconds"] > 0
 
 
-def test_redeploy_changes_nothing_and_check_agrees(tiny_deployed, inventory_path, tiny_gguf):
+def _running_since(inv, units) -> dict[str, list[str]]:
+    """host/unit -> [main PID, monotonic time it became active]: equal before and after
+    only when the unit kept running."""
+    out = {}
+    for u in units:
+        shown = run_on(inv.hosts[u["host"]], ["systemctl", "show", "--value", "-p", "MainPID",
+                                              "-p", "ActiveEnterTimestampMonotonic", u["name"]])
+        out[f"{u['host']}/{u['name']}"] = shown.split()
+    return out
+
+
+def test_redeploy_changes_nothing_and_check_agrees(tiny_deployed, inventory_path, tiny_gguf,
+                                                   inv):
+    before = _running_since(inv, tiny_deployed["units"])
+    assert all(len(v) == 2 and v[0] != "0" for v in before.values()), before
     again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
                         "--json"))
     assert again["changed"] == 0
-    assert again["ready_seconds"] < tiny_deployed["ready_seconds"] + 5
+    assert again["reply"]                                # still answers
+    assert _running_since(inv, again["units"]) == before   # nothing was restarted
     check = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny", "--check")
     assert check.returncode == 0, check.stdout + check.stderr
     changed = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
