@@ -173,4 +173,6 @@ def stop(node: NodeState, timeout: float = 5.0) -> None:
     procs.signal_if_ours(node.pid, node.pid_start, signal.SIGKILL)
     procs.signal_if_ours(node.nspawn_pid, node.nspawn_start, signal.SIGKILL,
                          *nspawn_markers(node))
-    procs.wait_gone([p for p in (node.nspawn_pid, node.pid) if p], 5.0)
+    # a killed PID 1 takes its whole namespace down with it (Ray, servers): on a loaded
+    # machine that can take a while
+    procs.wait_gone([p for p in (node.nspawn_pid, node.pid) if p], 30.0)
