@@ -21,7 +21,8 @@ from ..options import BoundedInt, FiniteFloat
 @click.option("--report", "report_path", metavar="FILE.svg|FILE.html",
               help="Also write the heatmap and findings as a picture to share.")
 @click.option("--duration", type=FiniteFloat(1, 120), default=3.0, show_default=True,
-              metavar="SECONDS", help="Seconds per iperf3 run.")
+              metavar="SECONDS", help="Seconds per pair and round (the multi-stream run, "
+              "and the 1 s single-stream run out of it).")
 @click.option("--parallel/--serial", "parallel", default=True, show_default=True,
               help="Bandwidth in rounds of disjoint pairs (N-1 rounds), or one pair at a time.")
 @click.option("--no-bandwidth", is_flag=True, help="Skip iperf3 (RTT, MTU, ports, versions only).")

@@ -445,8 +445,10 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> tuple[int, int,
             f"3.12), or run with --no-bidir to ask for one direction at a time"))
     streams = max(1, int(o.streams))
     single = o.single_stream_seconds > 0 and streams > 1
-    slot = probe.iperf_seconds(o.duration) + (probe.iperf_seconds(o.single_stream_seconds)
-                                              if single else 0)
+    # --duration is the whole slot of a pair: the single-stream second comes out of it
+    main_seconds = max(1.0, o.duration - o.single_stream_seconds) if single else o.duration
+    slot = probe.iperf_seconds(main_seconds) + (probe.iperf_seconds(o.single_stream_seconds)
+                                                if single else 0)
     lifetime = len(plan) * (slot + 15) + 60
     how = "both directions at once" if bidir else "one direction at a time"
     what = f"{streams} streams" + (" then 1 stream" if single else "")
@@ -495,7 +497,7 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> tuple[int, int,
         if conn is None:
             fwd_link.error = rev_link.error = f"{client} unreachable"
             return
-        main = iperf(conn, client, server, o.duration, streams)
+        main = iperf(conn, client, server, main_seconds, streams)
         one = (iperf(conn, client, server, o.single_stream_seconds, 1)
                if single and main.error is None else None)
         sides = [(fwd_link, main.fwd, main.fwd_streams, one.fwd if one else None)]
