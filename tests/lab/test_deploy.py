@@ -162,6 +162,44 @@ def test_redeploy_changes_nothing_and_check_agrees(tiny_deployed, inventory_path
     assert changed.returncode == 3, changed.stdout + changed.stderr
 
 
+def _ssh_logins_since(host, since: str) -> list[str]:
+    log = run_on(host, ["journalctl", "_COMM=sshd", "--since", since, "-o", "short-precise",
+                        "--no-pager"])
+    return [ln for ln in log.splitlines() if "Accepted publickey" in ln]
+
+
+def test_deploy_opens_one_ssh_connection_per_host(tiny_deployed, inventory_path, tiny_gguf,
+                                                  inv):
+    """One session per command: facts, records, the runner, readiness and the lock all
+    share one connection per host (counted in each node's sshd journal)."""
+    import time
+    # from the next whole second on (--since has a one-second resolution; the login
+    # that reads the clock is in this second)
+    since = {h.name: "@" + str(int(run_on(h, ["date", "+%s"]).strip()) + 1)
+             for h in inv.hosts.values()}
+    time.sleep(2.1)
+    as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny", "--json"))
+    for host in inv.hosts.values():
+        # the deploy's own login, plus the one reading the journal now
+        logins = _ssh_logins_since(host, since[host.name])
+        assert len(logins) == 2, (host.name, logins)
+
+
+def test_a_second_change_of_a_deployment_is_refused_naming_the_first(tiny_deployed,
+                                                                     inventory_path,
+                                                                     tiny_gguf, inv):
+    from clusterctl.session import Session
+    with Session(inv) as holder:
+        holder.lock("deploy-tiny", "deploy-model held-by-the-test")
+        refused = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "locked by another clusterctl run" in refused.stderr
+        assert "held-by-the-test" in refused.stderr and "Traceback" not in refused.stderr
+    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                        "--json"))
+    assert again["reply"]
+
+
 def test_restart_reloads_and_answers(tiny_deployed, inventory_path, tiny_gguf):
     again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
                         "--json", "--restart", "--timeout", "300"))
@@ -202,6 +240,33 @@ def test_replicas_behind_nginx(lab, inventory_path, tiny_gguf, inv):
     finally:
         ok(cli("undeploy", "tiny3", "-i", inventory_path))
     assert "clusterctl-tiny3" not in run_on(inv.head, ["ls", "/etc/nginx/conf.d"])
+
+
+def test_a_dead_rpc_worker_is_placed_around_and_cleaned_up_later(lab, tiny_deployed,
+                                                                  inventory_path, tiny_gguf,
+                                                                  inv):
+    """A worker of a running llama.cpp RPC deployment goes down: deploy-model --limit
+    without it re-places the model on the others (a real completion), its units are
+    recorded for removal, and after the node is back the next run removes them."""
+    from clusterctl import lab as labs
+    victim = list(inv.hosts.values())[2]
+    labs.fault(lab.name, victim.name, "down", "")
+    try:
+        placed = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                     "--limit", f"!{victim.name}", "--json", "--timeout", "600")
+        result = as_json(placed)
+        assert victim.name not in {u["host"] for u in result["units"]}
+        assert result["reply"] and chat(result["endpoint"], "tiny")["choices"]
+        assert victim.name in placed.stderr and "recorded for removal" in placed.stderr
+        pending = run_on(inv.head, "ls /etc/clusterctl/deployments/pending-removal")
+        assert pending.strip(), "no pending removal recorded"
+    finally:
+        labs.heal(lab.name, victim.name)
+    # back: the next deploy-model finishes the removal and places on all three again
+    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                        "--json", "--timeout", "600"))
+    assert victim.name in {u["host"] for u in again["units"]} and again["reply"]
+    assert run_on(inv.head, "ls /etc/clusterctl/deployments").split() == ["tiny.json"]
 
 
 def test_undeploy_removes_units_and_record(tiny_deployed, inventory_path, inv):
