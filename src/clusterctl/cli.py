@@ -146,7 +146,8 @@ def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, 
     reporter = LineReporter(console(stderr=as_json), verbosity=verbose, diff=diff)
     with Session(inventory, forks=forks, accept_new_host_keys=accept_new_host_keys) as session:
         if not check:
-            take_cluster_lock(session, f"{Path(sys.argv[0]).name} " + " ".join(sys.argv[1:]),
+            # what runs, not its whole argv: -e values may hold secrets
+            take_cluster_lock(session, f"clusterctl playbook {Path(str(playbook)).name}",
                               break_lock, console(stderr=True))
         report = run_playbook(inventory, plays, options, reporter, session)
     for result in report.results:       # the Ray check's summary, also without -v

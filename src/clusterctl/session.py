@@ -402,12 +402,13 @@ def parallel_map(fn: Callable[[Any], Any], items: Iterable, *, forks: int, step:
 
 
 def _item_name(item) -> str:
+    """A map item's key: a host name, a host's (or connection's) `.name`, or the name of
+    the host a state object holds (`.host.name`)."""
     if isinstance(item, str):
         return item
-    for attr in ("name",):
-        value = getattr(item, attr, None)
-        if isinstance(value, str):
-            return value
+    value = getattr(item, "name", None)
+    if isinstance(value, str):
+        return value
     host = getattr(item, "host", None)
     if host is not None and isinstance(getattr(host, "name", None), str):
         return host.name
