@@ -24,10 +24,9 @@ import subprocess
 import tempfile
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Mapping
 
 import fabric
 import paramiko
@@ -656,41 +655,3 @@ def _finish_steps(tmp: str, path: str, mode: int | None, owner: str | None,
         steps.append(shlex.join(["chown", spec, tmp]))
     steps.append(shlex.join(["mv", "-f", tmp, path]))
     return steps
-
-
-def connect_all(hosts: Iterable, *, accept_new_host_keys: bool = False, forks: int = 20,
-                connect_timeout: float = 10.0,
-                on_error: Callable[[object, Exception], None] | None = None
-                ) -> tuple[dict[str, Connection], dict[str, Exception]]:
-    """Open connections to all hosts in parallel. Returns (connections, errors by host name)."""
-    hosts = list(hosts)
-    conns: dict[str, Connection] = {}
-    errors: dict[str, Exception] = {}
-
-    def _one(h):
-        c = Connection(h, accept_new_host_keys=accept_new_host_keys,
-                       connect_timeout=connect_timeout)
-        c.open()
-        return c
-
-    if not hosts:
-        return conns, errors
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
-        futures = {h.name: pool.submit(_one, h) for h in hosts}
-        for name, fut in futures.items():
-            try:
-                conns[name] = fut.result()
-            except Exception as exc:  # noqa: BLE001 - isolated per host
-                errors[name] = exc
-                if on_error:
-                    on_error(name, exc)
-    return conns, errors
-
-
-def close_all(conns: Mapping[str, Connection]) -> None:
-    for c in conns.values():
-        try:
-            c.close()
-        except Exception:
-            pass
-

@@ -15,7 +15,8 @@ import paramiko
 import pytest
 
 from clusterctl.errors import CommandFailed, HostKeyError, UnreachableError
-from clusterctl.remote import Connection, connect_all
+from clusterctl.remote import Connection
+from clusterctl.session import Session
 from clusterctl.secret import Secret
 
 
@@ -120,19 +121,17 @@ def test_put_is_atomic_with_mode_and_get(conn, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if "clusterctl-" in p.name] == []
 
 
-def test_connect_all_isolates_unreachable(sshd, tmp_path):
+def test_session_connect_isolates_unreachable(sshd, tmp_path):
     kh = tmp_path / "known_hosts"
     kh.write_text(sshd.known_hosts_line())
     good = host(sshd, kh, "good")
     bad = H("bad", "127.0.0.1", 1, key_file=str(sshd.client_key), known_hosts_file=str(kh))
-    conns, errors = connect_all([good, bad], connect_timeout=3)
-    try:
-        assert list(conns) == ["good"]
-        assert isinstance(errors["bad"], UnreachableError)
-        assert "127.0.0.1:1" in str(errors["bad"])
-    finally:
-        for c in conns.values():
-            c.close()
+    with Session(None, connect_timeout=3) as session:
+        group = session.connect([good, bad])
+        assert list(group.succeeded) == ["good"]
+        assert isinstance(group.failed["bad"].exception, UnreachableError)
+        assert "127.0.0.1:1" in group.failed["bad"].reason
+        assert session.connection(good) is group.succeeded["good"]     # one per host
 
 
 def test_timeout_cuts_a_stuck_command(conn):
@@ -303,13 +302,13 @@ def not_ssh_port():
 def test_port_that_does_not_speak_ssh_gives_one_clean_error(not_ssh_port, tmp_path):
     script = textwrap.dedent(f"""\
         from types import SimpleNamespace
-        from clusterctl.remote import connect_all
+        from clusterctl.session import Session
         hosts = [SimpleNamespace(name=f"web{{i}}", address="127.0.0.1", port={not_ssh_port},
                                  user="root", key_file=None,
                                  known_hosts_file={str(tmp_path / "kh")!r}) for i in range(3)]
-        conns, errors = connect_all(hosts, connect_timeout=5)
-        for name, exc in errors.items():
-            print(exc)
+        with Session(None, connect_timeout=5) as session:
+            for name, failure in sorted(session.connect(hosts).failed.items()):
+                print(failure.exception)
         """)
     env = dict(os.environ, CLUSTERCTL_SSH_CONFIG="none")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

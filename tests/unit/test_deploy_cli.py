@@ -82,11 +82,11 @@ def test_plan_model_refuses_non_finite_and_unbounded_numbers(tiny, args):
                                   ["--tensor-split", "inf,1"]])
 def test_deploy_model_bad_options_rejected_before_connecting(tmp_path, tiny, monkeypatch,
                                                              args):
-    import clusterctl.remote as remote
+    import clusterctl.session as session
 
     def no_ssh(*a, **k):
         raise AssertionError("connected before checking the options")
-    monkeypatch.setattr(remote, "connect_all", no_ssh)
+    monkeypatch.setattr(session, "Connection", no_ssh)
     inv = tmp_path / "inventory.yaml"
     inv.write_text("all:\n  hosts:\n    a: {ansible_host: 127.0.0.1, role: head}\n")
     res = CliRunner().invoke(deploy_model_command, [str(tiny), "-i", str(inv)] + args)
@@ -155,11 +155,11 @@ def test_plan_model_report_must_be_svg(tiny):
 
 
 def test_plan_model_without_ssh_when_inventory_states_gpus(tmp_path, tiny, monkeypatch):
-    import clusterctl.remote as remote
+    import clusterctl.session as session
 
     def no_ssh(*a, **k):
         raise AssertionError("plan-model connected although the inventory states the GPUs")
-    monkeypatch.setattr(remote, "connect_all", no_ssh)
+    monkeypatch.setattr(session, "Connection", no_ssh)
     inv = tmp_path / "inventory.yaml"
     inv.write_text("all:\n  hosts:\n"
                    "    a: {ansible_host: 10.0.0.1, role: head, gpus: 2, gpu_memory_mib: 24564}\n"
@@ -171,13 +171,20 @@ def test_plan_model_without_ssh_when_inventory_states_gpus(tmp_path, tiny, monke
 
 
 def test_plan_model_asks_hosts_when_gpus_not_stated(tmp_path, tiny, monkeypatch):
-    import clusterctl.remote as remote
+    import clusterctl.session as session
+    from clusterctl.errors import UnreachableError
     calls = []
 
-    def fake_connect(hosts, **kwargs):
-        calls.append([h.name for h in hosts])
-        return {}, {h.name: "refused" for h in hosts}
-    monkeypatch.setattr(remote, "connect_all", fake_connect)
+    class Refused:
+        is_open = False
+
+        def __init__(self, host, **kwargs):
+            calls.append([host.name])
+            self.name = host.name
+
+        def open(self):
+            raise UnreachableError(self.name, "refused")
+    monkeypatch.setattr(session, "Connection", Refused)
     inv = tmp_path / "inventory.yaml"
     inv.write_text("all:\n  hosts:\n    a: {ansible_host: 10.0.0.1, role: head}\n")
     res = CliRunner().invoke(plan_model_command, [str(tiny), "-i", str(inv)])

@@ -171,11 +171,10 @@ def _stated_nodes(inv, targets, backend: str):
 
 def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "auto"):
     from pathlib import Path
-    from ..remote import close_all, connect_all
-    from .launch import gather_facts, host_infos, node_gpus
+    from ..session import Session
+    from .launch import _connect, gather_facts, host_infos, node_gpus
     from .modelinfo import read_model_info
     from .models import models_dir_of, remote_model_info, resolve_model
-    from ..errors import ClusterctlError
     targets = inv.select(list(limit) or None)
     if backend == "auto":
         p = Path(model).expanduser()
@@ -192,11 +191,8 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "au
             return read_model_info(Path(ref.local_path)), stated
     head = inv.head
     hosts = list(targets) + ([head] if head not in targets else [])
-    conns, errors = connect_all(hosts, accept_new_host_keys=accept_new_host_keys)
-    try:
-        if errors:
-            raise ClusterctlError("cannot reach " + "; ".join(f"{n}: {e}"
-                                                             for n, e in errors.items()))
+    with Session(inv, accept_new_host_keys=accept_new_host_keys) as session:
+        conns = _connect(session, hosts)
         facts = gather_facts(conns)
         infos = host_infos(targets, facts)
 
@@ -212,8 +208,6 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "au
                              f"the head's copy (`clusterctl sync-model {model}` first)",
                              key="MODEL")
         return info, node_gpus(infos)
-    finally:
-        close_all(conns)
 
 
 # --------------------------------------------------------------------------- deploy-model

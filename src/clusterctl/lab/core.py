@@ -15,7 +15,6 @@ import os
 import shutil
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -59,11 +58,16 @@ def _labs_lock():
 
 
 def _parallel(fn, items, workers: int = 16) -> list:
+    """fn over the lab's items through the session's parallel map; results in order, the
+    first failure (in order) raised once all have finished."""
+    from ..session import parallel_map
     items = list(items)
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
-        return list(pool.map(fn, items))
+    group = parallel_map(lambda pair: fn(pair[1]), list(enumerate(items)), forks=workers,
+                         name=lambda pair: str(pair[0]))
+    for i in range(len(items)):
+        if str(i) in group.failed:
+            raise group.outcome(str(i))
+    return [group.succeeded[str(i)] for i in range(len(items))]
 
 
 # ----------------------------------------------------------------------------- up
