@@ -417,13 +417,11 @@ class Runner:
         them in parallel; skipped, unchanged and --check results need no I/O."""
         act = [s for s in states if isinstance(planned[s.host.name].outcome, Change)
                and not self.options.check]
-        deadline = None
-        if act:
-            task = planned[act[0].host.name].task
-            deadline = getattr(OPS.get(_op_name(task)), "deadline", None)
-            step = f"{task.role} : {task.name} ({task.where})"
-        group = self.session.map(lambda s: self.outcome_result(s, planned[s.host.name]),
-                                 act, step=step if act else "execute", deadline=deadline)
+        task = planned[act[0].host.name].task if act else None     # one task for all
+        group = self.session.map(
+            lambda s: self.outcome_result(s, planned[s.host.name]), act,
+            step=f"{task.role} : {task.name} ({task.where})" if task else "",
+            deadline=getattr(OPS.get(_op_name(task)), "deadline", None) if task else None)
         results: dict = {}
         for s in act:
             name = s.host.name
