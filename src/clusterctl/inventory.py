@@ -698,13 +698,16 @@ def _is_null(node: Node) -> bool:
     return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
 
 
-def _kind(node: Node) -> str:
+def _kind(node: Node, *, secret: bool = False) -> str:
+    """What a node is, for a message: its shape, or a scalar's value (never a secret's)."""
     if isinstance(node, MappingNode):
         return "a mapping"
     if isinstance(node, SequenceNode):
         return "a list"
     if _is_null(node):
         return "null"
+    if secret:
+        return "a value (*** not shown)"
     if node.tag == "tag:yaml.org,2002:str":
         return repr(node.value)
     return node.value
@@ -712,13 +715,7 @@ def _kind(node: Node) -> str:
 
 def _secret_kind(node: Node) -> str:
     """What a node under secrets: is, never its value."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if _is_null(node):
-        return "null"
-    return "a value (*** not shown)"
+    return _kind(node, secret=True)
 
 
 def _suggest(word: str, choices) -> str:
