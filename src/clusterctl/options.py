@@ -137,19 +137,26 @@ def parse_rate(text: str) -> int:
     return int(value)
 
 
-class Rate(click.ParamType):
-    """A transfer rate ('200M', '800mbit'), checked when the option is parsed. The value
-    stays the text given (commands parse it with parse_rate)."""
+class _CheckedText(click.ParamType):
+    """Text checked by `parse` when the option is parsed; the value stays the text given
+    (the command parses it again where it uses it)."""
 
-    name = "rate"
+    parse = staticmethod(lambda text: text)
 
     def convert(self, value: Any, param, ctx) -> str:
         text = str(value)
         try:
-            parse_rate(text)
+            self.parse(text)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
         return text
+
+
+class Rate(_CheckedText):
+    """A transfer rate ('200M', '800mbit'); commands parse it with parse_rate."""
+
+    name = "rate"
+    parse = staticmethod(parse_rate)
 
 
 MAX_PROPORTIONS = 1024
@@ -175,19 +182,11 @@ def parse_proportions(text: str) -> list[float]:
     return values
 
 
-class Proportions(click.ParamType):
-    """A list of proportions like '3,1,1' (llama.cpp's --tensor-split), checked when the
-    option is parsed; the value stays the text given."""
+class Proportions(_CheckedText):
+    """A list of proportions like '3,1,1' (llama.cpp's --tensor-split)."""
 
     name = "proportions"
-
-    def convert(self, value: Any, param, ctx) -> str:
-        text = str(value)
-        try:
-            parse_proportions(text)
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        return text
+    parse = staticmethod(parse_proportions)
 
 
 # A name that becomes part of unit file names, record paths and URLs: no '/', no '..'.
