@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import textwrap
 
 import pytest
@@ -17,6 +16,7 @@ from clusterctl.deploy.layout import HostInfo, layout_llamacpp
 from clusterctl.errors import InputError
 from clusterctl.facts import FactRequest, Facts
 from clusterctl.remote import RunResult
+from localconn import CheckOnlyConnection
 
 
 def three_hosts():
@@ -179,27 +179,6 @@ SYSTEMCTL_SHIM = textwrap.dedent("""\
     """)
 
 
-class LocalConnection:
-    is_open = True
-
-    def __init__(self, host):
-        self.host, self.name = host, host.name
-
-    def open(self):
-        return self
-
-    def run(self, cmd, *, check=True, env=None, stdin=None, timeout=None):
-        argv = cmd if isinstance(cmd, list) else ["bash", "-c", cmd]
-        p = subprocess.run(argv, capture_output=True, text=True, input=stdin)
-        return RunResult(" ".join(argv), p.returncode, p.stdout, p.stderr)
-
-    def put(self, *a, **k):
-        raise AssertionError("check mode must not write")
-
-    def close(self):
-        pass
-
-
 @pytest.fixture
 def check_hosts(tmp_path, monkeypatch):
     """An inventory of three hosts on this machine (lo), systemd answered by a shim."""
@@ -209,7 +188,7 @@ def check_hosts(tmp_path, monkeypatch):
     (shim / "systemctl").write_text(SYSTEMCTL_SHIM)
     (shim / "systemctl").chmod(0o755)
     monkeypatch.setenv("PATH", f"{shim}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(session_mod, "Connection", lambda host, **kw: LocalConnection(host))
+    monkeypatch.setattr(session_mod, "Connection", lambda host, **kw: CheckOnlyConnection(host))
     inv = tmp_path / "inventory.yaml"
     inv.write_text("all:\n  vars: {cluster: {network: lo}}\n  hosts:\n"
                    "    n1: {ansible_host: 127.0.0.1, role: head}\n"

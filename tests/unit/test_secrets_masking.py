@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -20,14 +18,14 @@ from clusterctl import session as session_mod
 from clusterctl.engine.roles import load_playbook
 from clusterctl.engine.runner import RunOptions, run_playbook
 from clusterctl.engine.templating import render_file, render_string, tracking_reveals
-from clusterctl.errors import CommandFailed, InputError
+from clusterctl.errors import InputError
 from clusterctl.facts import FactRequest, Facts
 from clusterctl.inventory import load_inventory
 from clusterctl.ops import OPS, Change, Upload
 from clusterctl.ops.base import mask_outcome
-from clusterctl.remote import RunResult
 from clusterctl.secret import MASK, Masker, Secret, mask_text
 from clusterctl.secret import to_jsonable
+from localconn import LocalConnection
 
 TOKEN = "hf_s3cr3tT0kenValue"
 OLD = "hf_0ldT0kenFromLastMonth"
@@ -213,33 +211,6 @@ def test_property_no_secret_in_shown_diff(tmp_path_factory, secret, old, before,
 
 
 # ------------------------------------------------------------------ through the runner
-
-class LocalConnection:
-    """Runs commands with the local bash and writes files locally (no SSH)."""
-
-    is_open = True
-
-    def __init__(self, host):
-        self.host, self.name = host, host.name
-
-    def open(self):
-        return self
-
-    def run(self, cmd, *, check=True, env=None, stdin=None, timeout=None):
-        argv = cmd if isinstance(cmd, list) else ["bash", "-c", cmd]
-        proc = subprocess.run(argv, capture_output=True, text=True, input=stdin)
-        if check and proc.returncode:
-            raise CommandFailed(self.name, " ".join(argv), proc.returncode, proc.stderr)
-        return RunResult(" ".join(argv), proc.returncode, proc.stdout, proc.stderr)
-
-    def put(self, data, path, *, mode=None, owner=None, group=None):
-        Path(path).write_bytes(data if isinstance(data, bytes) else data.encode())
-        if mode is not None:
-            Path(path).chmod(mode)
-
-    def close(self):
-        pass
-
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
