@@ -33,6 +33,13 @@ def node_run(host, cmd):
         return c.run(cmd, check=False)
 
 
+def assert_others_fine(recap: dict, victim: str) -> None:
+    """Every host but the victim converged: none failed, none unreachable."""
+    for name, r in recap.items():
+        if name != victim:
+            assert r["failed"] == 0 and not r["unreachable"], (name, r)
+
+
 @pytest.fixture(scope="module")
 def converged(lab):
     code, report, err = bootstrap_json(lab.inventory_path)
@@ -119,9 +126,7 @@ def test_ray_check_names_a_worker_that_cannot_join(converged, lab):
         assert recap[victim.name]["failed"] == 1
         assert "has not joined the Ray cluster" in recap[victim.name]["error"]
         assert "ray-worker.service" in recap[victim.name]["error"]
-        for name, r in recap.items():
-            if name != victim.name:
-                assert r["failed"] == 0 and not r["unreachable"], (name, r)
+        assert_others_fine(recap, victim.name)
     finally:
         labs.heal(lab.name, victim.name)
     code, report, err = bootstrap_json(lab.inventory_path)
@@ -172,9 +177,7 @@ def test_mtu_fault_rolls_back_that_node_only(converged, lab):
         assert recap[victim.name]["failed"] == 1
         assert "jumbo frames (9000) do not pass" in recap[victim.name]["error"]
         assert "rolled back to mtu 1500" in recap[victim.name]["error"]
-        for name, r in recap.items():
-            if name != victim.name:
-                assert r["failed"] == 0 and not r["unreachable"], (name, r)
+        assert_others_fine(recap, victim.name)
         mtu = node_run(victim, f"cat /sys/class/net/{iface}/mtu").stdout.strip()
         assert mtu == "1500"
         assert node_run(victim, "true").ok      # still reachable
@@ -195,9 +198,7 @@ def test_down_node_fails_alone_and_converges_later(converged, lab):
         assert code == 1
         recap = report["recap"]
         assert recap[victim.name]["unreachable"]
-        for name, r in recap.items():
-            if name != victim.name:
-                assert r["failed"] == 0 and not r["unreachable"], (name, r)
+        assert_others_fine(recap, victim.name)
     finally:
         labs.heal(lab.name, victim.name)
     code, report, err = bootstrap_json(lab.inventory_path)
