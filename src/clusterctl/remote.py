@@ -654,4 +654,16 @@ def _finish_steps(tmp: str, path: str, mode: int | None, owner: str | None,
         spec = (owner or "") + (f":{group}" if group else "")
         steps.append(shlex.join(["chown", spec, tmp]))
     steps.append(shlex.join(["mv", "-f", tmp, path]))
+    steps.append(stale_temp_cleanup(path))
     return steps
+
+
+def stale_temp_cleanup(path: str) -> str:
+    """Shell that removes what interrupted writes of `path` left beside it (a run killed
+    mid-copy leaves `PATH.clusterctl-XXXXXXXX`): every such sibling that no process has
+    open (a write in progress holds it open in its sftp-server or shell). Costs one glob
+    when there is nothing to clean; never fails."""
+    pattern = shlex.quote(path + ".clusterctl-") + "*"
+    return (f"for f in {pattern}; do [ -e \"$f\" ] || continue; "
+            f"ls -l /proc/[0-9]*/fd 2>/dev/null | grep -qF -- \" $f\" "
+            f"|| rm -f -- \"$f\"; done; true")
