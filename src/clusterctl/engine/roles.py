@@ -3,6 +3,7 @@
 roles/<role>/tasks.yaml     list of tasks: {name, <op>: args, when, notify}
 roles/<role>/handlers.yaml  list of tasks, addressed by name from `notify`
 roles/<role>/defaults.yaml  role variables, lowest precedence
+roles/<role>/argument_specs.yaml  what the role's variables must be (engine/specs.py)
 roles/<role>/templates/     Jinja2 templates for `template:` and `systemd_unit: {src: ...}`
 playbooks/<name>.yaml       list of plays: {name, hosts, roles: [...]}
 """
@@ -79,6 +80,7 @@ class Role:
     tasks: list[Task]
     handlers: dict[str, Task]
     defaults: dict
+    specs: Any = None          # engine.specs.RoleSpec, from argument_specs.yaml (optional)
 
     @property
     def templates_dir(self) -> Path:
@@ -212,7 +214,10 @@ def load_role(name: str, roles_paths: list[Path], *, file: str = "", line: int |
         if not isinstance(defaults, dict):
             raise InputError("defaults must be a mapping", file=str(path / "defaults.yaml"))
         check_value(defaults, file=str(path / "defaults.yaml"), line=line_of(defaults))
-    role = Role(name=name, path=path, tasks=tasks, handlers=handlers, defaults=dict(defaults))
+    from .specs import load_role_spec, spec_defaults
+    specs = load_role_spec(path, defaults, role=name)
+    role = Role(name=name, path=path, tasks=tasks, handlers=handlers,
+                defaults={**spec_defaults(specs), **defaults}, specs=specs)
     check_role_templates(role)
     return role
 
