@@ -8,6 +8,7 @@ from rich.console import Console
 from clusterctl.errors import InputError
 from clusterctl.netcheck.findings import analyze
 from clusterctl.netcheck.model import NetcheckResult
+from clusterctl.render import JSON_SCHEMA_VERSION
 from clusterctl.netcheck.report import render, to_html, to_json, to_svg, write_report
 
 try:
@@ -35,7 +36,8 @@ def result_with_faults():
 
 def test_json_schema():
     data = json.loads(to_json(result_with_faults()))
-    assert set(data) == {"nodes", "links", "findings"}
+    assert set(data) == {"schema_version", "nodes", "links", "findings"}
+    assert data["schema_version"] == JSON_SCHEMA_VERSION
     assert len(data["links"]) == 12
     for ln in data["links"]:
         assert set(ln) == {"src", "dst", "gbps", "streams", "single_stream_gbps", "bidir",
@@ -104,6 +106,7 @@ def test_html_report(tmp_path):
 def test_empty_result_renders():
     res = NetcheckResult([], [], [], [])
     ET.fromstring(to_svg(res))
-    assert json.loads(to_json(res)) == {"nodes": [], "links": [], "findings": []}
+    assert json.loads(to_json(res)) == {"schema_version": JSON_SCHEMA_VERSION, "nodes": [],
+                                        "links": [], "findings": []}
     to_html(res)
     render(res, Console(record=True, width=100))

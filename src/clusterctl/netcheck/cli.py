@@ -17,7 +17,8 @@ from ..options import BoundedInt, FiniteFloat
 @click.option("-l", "--limit", multiple=True, metavar="PATTERN",
               help="Only hosts matching PATTERN (host, group, glob, !exclude); repeatable.")
 @click.option("--json", "as_json", is_flag=True,
-              help='One JSON object on stdout: {"nodes", "links", "findings"}.')
+              help='One JSON object on stdout: {"schema_version", "nodes", "links", "findings"} '
+                   '(and "collective" with --collective).')
 @click.option("--report", "report_path", metavar="FILE.svg|FILE.html",
               help="Also write the heatmap and findings as a picture to share.")
 @click.option("--duration", type=FiniteFloat(1, 120), default=3.0, show_default=True,
@@ -36,33 +37,46 @@ from ..options import BoundedInt, FiniteFloat
               show_default=True,
               help="After each multi-stream run, a 1 s run with one stream (what NCCL/Gloo "
                    "get per flow).")
+@click.option("--collective", is_flag=True,
+              help="Also run all_reduce and all_gather across the nodes with "
+                   "torch.distributed from the cluster venv (Gloo on CPU nodes, NCCL when "
+                   "every node has a GPU) over the NIC the env file names: bus bandwidth "
+                   "per message size beside the slowest link's iperf3 figure, and who "
+                   "failed to join. Needs torch in the venv (python.vllm brings it).")
+@click.option("--collective-sizes", metavar="SIZES", default="8K,1M,32M", show_default=True,
+              help="Message sizes of --collective, comma separated (binary units).")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust SSH host keys seen for the first time and record them.")
 @click.option("-v", "--verbose", count=True, help="Show progress; -vv: tracebacks of bugs.")
 @handle_errors
 def netcheck_command(inventory_opt, limit, as_json, report_path, duration, parallel,
-                     no_bandwidth, bidir, streams, single_stream, accept_new_host_keys, verbose):
+                     no_bandwidth, bidir, streams, single_stream, collective, collective_sizes,
+                     accept_new_host_keys, verbose):
     """Prove the network is fit for distributed inference: bandwidth matrix (iperf3),
     jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
     skew, InfiniBand. Exit 1 when any finding is an error."""
-    from .report import render, to_json, write_report
+    from ..render import print_json
+    from .collective import parse_sizes
+    from .report import render, write_report
     from .run import NetcheckOptions, run_netcheck
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if report_path and not report_path.lower().endswith((".svg", ".html", ".htm")):
         raise click.BadParameter("give a file ending in .svg or .html", param_hint="--report")
+    sizes = tuple(parse_sizes(collective_sizes)) if collective else None
     inv = load_inventory_arg(None, inventory_opt)
     hosts = inv.select(list(limit)) if limit else list(inv.hosts.values())
     options = NetcheckOptions(
         duration=duration, schedule="tournament" if parallel else "serial",
         bandwidth=not no_bandwidth, bidir=bidir, streams=streams,
         single_stream_seconds=1.0 if single_stream else 0.0,
-        accept_new_host_keys=accept_new_host_keys,
+        accept_new_host_keys=accept_new_host_keys, collective=collective,
+        collective_sizes=sizes,
         progress=(lambda m: err.print(f"[dim]{m}[/dim]")) if verbose or not as_json
         else None)
     result = run_netcheck(inv, hosts, options)
     if as_json:
-        click.echo(to_json(result))
+        print_json(result.to_json())
     else:
         render(result, Console(highlight=False))
     if report_path:

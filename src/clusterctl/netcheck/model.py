@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -140,12 +141,16 @@ class NetcheckResult:
     phases: int = 0                    # iperf3 time slots (rounds, or 2x rounds one-way)
     streams: int = 1                   # iperf3 -P of the main figure
     single_stream: bool = False        # a one-stream run followed each multi-stream run
+    collective: Any = None             # collective.CollectiveResult with --collective
 
     @property
     def exit_code(self) -> int:
         return 1 if any(f.severity == ERROR for f in self.findings) else 0
 
     def to_json(self) -> dict:
-        return {"nodes": [n.to_json() for n in self.nodes],
-                "links": [ln.to_json() for ln in self.links],
-                "findings": [f.to_json() for f in self.findings]}
+        out = {"nodes": [n.to_json() for n in self.nodes],
+               "links": [ln.to_json() for ln in self.links],
+               "findings": [f.to_json() for f in self.findings]}
+        if self.collective is not None:
+            out["collective"] = self.collective.to_json()
+        return out

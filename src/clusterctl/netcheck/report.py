@@ -6,7 +6,6 @@ report is one self-contained file to attach to a ticket.
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -47,7 +46,12 @@ def _matrix(result: NetcheckResult):
 
 
 def to_json(result: NetcheckResult) -> str:
-    return json.dumps(result.to_json(), indent=2)
+    """The --json text: what render.print_json writes (with schema_version)."""
+    import io
+    from ..render import print_json
+    buf = io.StringIO()
+    print_json(result.to_json(), file=buf)
+    return buf.getvalue()
 
 
 # -- terminal ---------------------------------------------------------------------
@@ -162,6 +166,9 @@ def render(result: NetcheckResult, console: Console) -> None:
         if _has_single(result):
             console.print(bandwidth_table(result, single=True))
         console.print(latency_table(result))
+    if result.collective is not None:
+        from .collective import render_collective
+        render_collective(result.collective, console)
     if result.findings:
         console.print(Text("Findings", style="italic"))
         console.print(findings_text(result))

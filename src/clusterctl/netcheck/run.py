@@ -52,6 +52,10 @@ class NetcheckOptions:
     accept_new_host_keys: bool = False
     forks: int = 64
     progress: Callable[[str], None] | None = None
+    collective: bool = False            # then an all_reduce/all_gather across the nodes
+    #                                     (torch.distributed from the cluster venv)
+    collective_sizes: tuple[int, ...] | None = None   # bytes; None: collective.DEFAULT_SIZES
+    collective_join_timeout: float = 60.0
 
 
 @dataclass
@@ -188,10 +192,17 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
     ports: list[PortCheck] = []
     rounds = n_phases = 0
     bidir = False
+    collective = None
     try:
         t = time.monotonic()
         _gather(run, {h.name: h for h in hosts})
         timings["facts"] = time.monotonic() - t
+        if options.collective:              # no torch: say so now, before the long steps
+            from .collective import no_torch_error, torch_missing
+            missing = torch_missing([run.nodes[n] for n in run.up()
+                                     if run.nodes[n].cluster_ip])
+            if missing:
+                raise no_torch_error(missing, settings.venv or "/opt/clusterctl/venv")
         t = time.monotonic()
         _pings(run, links, {h.name: h for h in hosts})
         timings["ping"] = time.monotonic() - t
@@ -202,6 +213,13 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
             t = time.monotonic()
             rounds, n_phases, bidir = _bandwidth(run, links)
             timings["bandwidth"] = time.monotonic() - t
+        if options.collective:
+            from .collective import run_collective
+            t = time.monotonic()
+            collective = run_collective(run, list(links.values()),
+                                        options.collective_sizes,
+                                        options.collective_join_timeout)
+            timings["collective"] = time.monotonic() - t
     finally:
         if own_session:
             session.close()
@@ -209,6 +227,8 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
     link_list = [links[k] for k in sorted(links, key=lambda k: (_idx(hosts, k[0]),
                                                                 _idx(hosts, k[1])))]
     findings = analyze(node_list, link_list, ports, settings) + run.problems
+    if collective is not None:
+        findings += collective.findings
     findings.sort(key=lambda f: SEVERITY_ORDER.get(f.severity, 9))
     timings["total"] = time.monotonic() - t0
     return NetcheckResult(nodes=node_list, links=link_list, ports=ports, findings=findings,
@@ -216,7 +236,7 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
                           timings=timings, bidir=bidir, phases=n_phases,
                           streams=max(1, int(options.streams)),
                           single_stream=options.single_stream_seconds > 0
-                          and options.streams > 1)
+                          and options.streams > 1, collective=collective)
 
 
 def _idx(hosts, name):
