@@ -26,6 +26,7 @@ import operator
 import posixpath
 import re
 import shlex
+from collections import ChainMap
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlsplit
@@ -227,6 +228,33 @@ def _compiled_template(text: str):
     return _DEFAULT_ENV.from_string(text)
 
 
+def _render(template: jinja2.Template, variables) -> str:
+    """`template.render(**variables)` without copying the variables twice per call (the
+    keyword unpacking and Jinja's own merge with its globals): the context looks them up
+    through a ChainMap instead. Same precedence (variables before globals), same error
+    rewriting. Planning renders every task's arguments for every host, so this is on the
+    hot path."""
+    ctx = template.new_context(ChainMap(variables, template.globals), shared=True)
+    try:
+        return template.environment.concat(template.root_render_func(ctx))
+    except Exception:  # noqa: BLE001 - re-raised with the template's own lines
+        return template.environment.handle_exception()
+
+
+def _evaluate(expr, variables) -> Any:
+    """`expr(**variables)` for a compiled expression, without the copies (see _render)."""
+    template = getattr(expr, "_template", None)
+    if template is None:                       # another Jinja2 layout: the public call
+        return expr(**variables)
+    ctx = template.new_context(ChainMap(variables, template.globals), shared=True)
+    for _ in template.root_render_func(ctx):
+        pass
+    value = ctx.vars["result"]
+    if getattr(expr, "_undefined_to_none", False) and isinstance(value, jinja2.Undefined):
+        return None
+    return value
+
+
 # ---------------------------------------------------------------- template files
 
 def find_template(src: str, folders: list[Path], *, file: str | None = None,
@@ -274,9 +302,9 @@ def render_file(path: Path, variables: dict[str, Any],
     before = _revealed_count()
     try:
         template = file_env.get_template(path.name)
-        text = template.render(**variables)
+        text = _render(template, variables)
         if _revealed_count() != before:
-            _pair_renderings(text, lambda: template.render(**variables))
+            _pair_renderings(text, lambda: _render(template, variables))
         return text
     except jinja2.TemplateSyntaxError as exc:
         raise InputError(f"template syntax error: {exc.message}{where}",
@@ -334,7 +362,7 @@ def render_string(text: str, variables: dict[str, Any], *, source: str = "<strin
                 else _compiled_expression(m.group(1))
 
             def run():
-                value = expr(**variables)
+                value = _evaluate(expr, variables)
                 if isinstance(value, jinja2.Undefined):
                     value._fail_with_undefined_error()
                 return value
@@ -342,7 +370,7 @@ def render_string(text: str, variables: dict[str, Any], *, source: str = "<strin
             template = env.from_string(text) if env else _compiled_template(text)
 
             def run():
-                return template.render(**variables)
+                return _render(template, variables)
         value = run()
         if _revealed_count() != before:
             _pair_renderings(value, run)
@@ -398,7 +426,7 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
         return all(evaluate_condition(e, variables, source=source, line=line) for e in expr)
     text = _condition_text(expr)
     try:
-        value = _compiled_expression(text)(**variables)
+        value = _evaluate(_compiled_expression(text), variables)
         if isinstance(value, jinja2.Undefined):
             value._fail_with_undefined_error()
         return bool(value)
