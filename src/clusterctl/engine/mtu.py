@@ -15,13 +15,27 @@ after an MTU raise: ping works, SSH hangs. So a `link_mtu` task with `safe: true
 
 Persisting the MTU is the role's next task, so a rolled-back host is never
 persisted at a bad MTU (it fails this task and stops).
+
+Hosts already at the target MTU are checked too (the step runs every time, also under
+--check): each pings its peers at the target with don't-fragment, all peers at once, so
+a node at 9000 behind a switch port that carries only 1500 is named, not trusted. Such a
+host fails the task; its MTU is left alone (the old value is not known).
+
+A jumbo-frame black hole on the CONTROLLER's path stalls SSH itself on the first large
+packet (the fact script going out, its output coming back), so before facts are
+gathered `check_paths` pulls a few KB from every host with a short timeout; a host that
+stalls is diagnosed on a new connection with small packets only (pings to the
+controller and some peers: small, 1500 and the interface's MTU, don't-fragment) and
+fails by name with what passes and what does not, instead of being waited on.
 """
 from __future__ import annotations
 
+import ipaddress
 import shlex
+import socket
 from collections import Counter
 
-from ..errors import ClusterctlError
+from ..errors import ClusterctlError, HostError
 from ..session import failure_reason as _message
 from .results import TaskResult
 
@@ -30,6 +44,89 @@ TIMER_UNIT = "clusterctl-mtu-rollback"
 
 def jumbo_ping_argv(ip: str, mtu: int) -> list[str]:
     return ["ping", "-M", "do", "-s", str(mtu - 28), "-c", "2", "-i", "0.2", "-W", "1", ip]
+
+
+#: one ping round (every peer at once) ends within this; the command's own timeout
+PING_ROUND_TIMEOUT = 20.0
+
+
+def jumbo_ping_script(ips: list[str], mtu: int) -> str:
+    """Don't-fragment pings at MTU-28 to every IP at once (one round trip, bounded by
+    ping's own -W); prints the IPs that did not answer, one per line. One reply of
+    three is enough (a loaded host may drop one)."""
+    q = shlex.quote
+    jobs = [f"(ping -M do -s {int(mtu) - 28} -c 3 -i 0.2 -W 2 {q(ip)} >/dev/null 2>&1 "
+            f"|| echo {q(ip)}) &" for ip in ips]
+    return "\n".join(jobs + ["wait"])
+
+
+# -- the controller's path, before facts ---------------------------------------------
+
+#: bytes pulled from every host before its facts: more than one 1500-byte frame
+PATH_PROBE_BYTES = 16384
+#: seconds the pull may take before the host is diagnosed (a slow host then carries on)
+PATH_PROBE_TIMEOUT = 20.0
+#: seconds the diagnosis (small pings, all targets at once) may take
+DIAGNOSE_TIMEOUT = 25.0
+#: peers pinged by the diagnosis besides the controller
+DIAGNOSE_PEERS = 3
+
+
+def path_probe_command(size: int = PATH_PROBE_BYTES) -> str:
+    """A short command whose output is `size` bytes: it passes only where large
+    packets do."""
+    return f"head -c {int(size)} /dev/zero | tr '\\0' x"
+
+
+def diagnose_script(ips: list[str]) -> str:
+    """Kept short (the command itself must fit one small packet). Prints
+    `dev IFACE MTU` (the interface toward the first IP) and per IP
+    `to IP SMALL AT1500 ATMTU` (1 = answered): a small ping, a don't-fragment ping of
+    a 1500-byte packet and one of the interface's MTU."""
+    q = " ".join(shlex.quote(ip) for ip in ips)
+    return (f"set -- {q}\n"
+            "d=$(ip -o route get \"$1\" 2>/dev/null | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p')\n"
+            "m=$(cat /sys/class/net/$d/mtu 2>/dev/null || echo 0)\n"
+            "echo dev $d $m\n"
+            "p() { ping -c 2 -i 0.2 -W 2 \"$@\" >/dev/null 2>&1 && echo 1 || echo 0; }\n"
+            "for ip; do (echo to $ip $(p -s 16 $ip) $(p -M do -s 1472 $ip) "
+            "$(p -M do -s $((m-28)) $ip)) & done\n"
+            "wait")
+
+
+def parse_diagnosis(text: str) -> tuple[str | None, int | None, dict[str, tuple[bool, ...]]]:
+    """(interface, its MTU, {ip: (small, at 1500, at the MTU)}) from diagnose_script."""
+    iface, mtu_now, paths = None, None, {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "dev":
+            iface = parts[1] or None
+            mtu_now = int(parts[2]) if parts[2].isdigit() and int(parts[2]) > 0 else None
+        elif len(parts) == 5 and parts[0] == "to" and all(p in "01" for p in parts[2:]):
+            paths[parts[1]] = tuple(p == "1" for p in parts[2:])
+    return iface, mtu_now, paths
+
+
+def black_hole_message(name: str, iface: str | None, mtu_now: int | None,
+                       paths: dict[str, tuple[bool, ...]], controller: str | None
+                       ) -> str | None:
+    """The failure of a host whose small packets pass where its large ones do not (a
+    jumbo-frame black hole), or None when the diagnosis does not show one."""
+    if not mtu_now or mtu_now <= 1500:
+        return None
+    holes = sorted(ip for ip, (small, _, big) in paths.items() if small and not big)
+    if not holes:
+        return None
+
+    def who(ip):
+        return f"{ip} (the controller)" if ip == controller else ip
+    fits = [ip for ip in holes if paths[ip][1]]
+    passes = "small and 1500-byte packets pass" if len(fits) == len(holes) else \
+        "small packets pass"
+    return (f"jumbo-frame black hole: {name}'s {iface or 'interface'} is at mtu {mtu_now} "
+            f"but {mtu_now}-byte packets do not reach " + ", ".join(who(ip) for ip in holes)
+            + f" ({passes}), so SSH stalls on large packets. Check the MTU of the switch "
+            "port(s) on that path, or set cluster.mtu to what the switch carries.")
 
 
 def arm_rollback_script(iface: str, old_mtu: int, seconds: int) -> str:
@@ -73,22 +170,83 @@ def _current_mtu(facts, iface: str) -> int | None:
     return None
 
 
+def _ipv4(address: str) -> str | None:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return str(ip) if ip.version == 4 else None
+
+
+def controller_ip(address: str) -> str | None:
+    """This machine's own IPv4 address toward `address` (the kernel's choice of source;
+    no packet is sent), or None."""
+    try:
+        infos = socket.getaddrinfo(address, 22, socket.AF_INET, socket.SOCK_DGRAM)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(infos[0][4])
+            return s.getsockname()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def diagnose(runner, state) -> str | None:
+    """Small pings from a host whose large packets stalled: to the controller (when it
+    is reached directly) and a few peers. The failure message of a black hole, else
+    None (the host was only slow)."""
+    conn = state.conn
+    target = getattr(conn, "target", None)
+    direct = target is not None and not target.hops and not target.proxy_command
+    ctrl = controller_ip(target.hostname) if direct else None
+    peers = [ip for name, other in runner.states.items() if name != state.host.name
+             for ip in [_ipv4(other.host.address)] if ip][:DIAGNOSE_PEERS]
+    ips = ([ctrl] if ctrl else []) + [ip for ip in peers if ip != ctrl]
+    if not ips:
+        return None
+    res = conn.run(diagnose_script(ips), check=False, timeout=DIAGNOSE_TIMEOUT)
+    return black_hole_message(state.host.name, *parse_diagnosis(res.stdout), ctrl)
+
+
+def check_paths(runner, states) -> dict[str, str]:
+    """Before facts: pull PATH_PROBE_BYTES from every host with a short timeout. A host
+    that stalls is diagnosed with small packets; {host: message} for the hosts whose
+    path is a jumbo-frame black hole (the others, also slow ones, carry on)."""
+    live = [s for s in states if not s.failed and s.conn is not None]
+
+    def pull(state):
+        state.conn.run(path_probe_command(), timeout=PATH_PROBE_TIMEOUT)
+    pulled = runner.map(live, pull, step="checking the path")
+    stalled = [s for s in live if isinstance(pulled[s.host.name], HostError)
+               and "timed out" in str(pulled[s.host.name])]
+    if not stalled:
+        return {}
+    found = runner.map(stalled, lambda s: diagnose(runner, s), step="diagnosing the path")
+    return {name: msg for name, msg in found.items() if isinstance(msg, str)}
+
+
 def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
-    """CLUSTER_EXECUTORS entry for `link_mtu`."""
+    """CLUSTER_EXECUTORS entry for `link_mtu`: raise (armed, verified, rolled back on
+    failure) where the MTU changes, verify jumbo frames where it is already at target.
+    Under --check only the read-only part runs (the pings of hosts at target)."""
     results: dict[str, TaskResult] = {}
-    todo = []
+    todo = []      # (state, planned, iface, target, old): to raise
+    steady = []    # (state, planned, iface, target): already at target, to verify
     for state, planned in planned_states:
-        outcome = planned.outcome
-        if outcome is None or not hasattr(outcome, "steps") or \
-                not (planned.args or {}).get("safe", True):
+        outcome, args = planned.outcome, planned.args or {}
+        changes = hasattr(outcome, "steps")
+        if outcome is None or not args.get("safe", True) or (changes and runner.options.check):
             results[state.host.name] = runner.outcome_result(state, planned)
             continue
-        iface, target = planned.args["interface"], int(planned.args["mtu"])
+        iface, target = args["interface"], int(args["mtu"])
+        if not changes:
+            steady.append((state, planned, iface, target))
+            continue
         old = _current_mtu(state.facts, iface)
         todo.append((state, planned, iface, target, old))
-    if not todo:
+    if not todo and not steady:
         return results
     targets = {t[0].host.name: t[3] for t in todo}
+    targets.update({t[0].host.name: t[3] for t in steady})
 
     def rollback_after(planned) -> int:
         return int(planned.args.get("rollback_after", 60))
@@ -99,11 +257,12 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
         state.conn.run(arm_rollback_script(iface, old, rollback_after(planned)))
         runner.execute_change(state, planned.outcome)
     armed = runner.map([t[0] for t in todo],
-                             lambda s: arm_and_raise(next(t for t in todo if t[0] is s)))
+                       lambda s: arm_and_raise(next(t for t in todo if t[0] is s))) \
+        if todo else {}
 
     # peers able to take jumbo frames after the raise (raised now, or already at the
     # MTU a raising host aims for), by cluster IP
-    raised_now = {name for name in targets if armed.get(name) is None}
+    raised_now = {t[0].host.name for t in todo if armed.get(t[0].host.name) is None}
     peers_mtu: dict[str, tuple[str, int | None]] = {}
     for name, st in runner.states.items():
         view = runner.view.hosts.get(name) if runner.view is not None else None
@@ -116,38 +275,51 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
     def at_target(target: int) -> dict[str, str]:
         return {n: ip for n, (ip, m) in peers_mtu.items() if m is not None and m >= target}
 
-    # 2. verify: jumbo pings to peers, and a fresh controller connection with bulk data
+    # 2. verify: jumbo pings to peers (all at once); a raised host also gets a fresh
+    # controller connection pulling bulk data
     def verify(state):
-        target = next(t[3] for t in todo if t[0] is state)
+        name = state.host.name
+        peers = {ip: peer for peer, ip in at_target(targets[name]).items() if peer != name}
         failing = []
-        for peer, ip in at_target(target).items():
-            if peer == state.host.name:
-                continue
-            res = state.conn.run(jumbo_ping_argv(ip, target), check=False, timeout=15)
-            if res.exit_code != 0:
-                failing.append(peer)
+        if peers:
+            res = state.conn.run(jumbo_ping_script(sorted(peers), targets[name]),
+                                 check=False, timeout=PING_ROUND_TIMEOUT)
+            failing = sorted(peers[ip] for ip in res.stdout.split() if ip in peers)
+        if name not in raised_now:
+            return failing, True
         controller_ok = True
         try:
             with runner.session.fresh_connection(state.host, connect_timeout=8) as fresh:
-                fresh.run("head -c 262144 /dev/zero | od -v | tail -n 1", timeout=10)
+                fresh.run(path_probe_command(), timeout=10)
         except ClusterctlError:
             controller_ok = False
         return failing, controller_ok
-    raised = [t[0] for t in todo if armed.get(t[0].host.name) is None]
-    checks = runner.map(raised, verify)
+    raised = [t[0] for t in todo if t[0].host.name in raised_now]
+    checks = runner.map(raised + [t[0] for t in steady], verify)
 
     failing_pairs: set[tuple[str, str]] = set()
     controller_lost: set[str] = set()
+    steady_lost: dict[str, Exception] = {}
     for name, res in checks.items():
         if isinstance(res, Exception):
-            controller_lost.add(name)
+            if name in raised_now:
+                controller_lost.add(name)
+            else:
+                steady_lost[name] = res
             continue
         failing, controller_ok = res
         failing_pairs |= {(name, peer) for peer in failing}
         if not controller_ok:
             controller_lost.add(name)
     changing = {t[0].host.name for t in todo}
-    bad = (blame(failing_pairs) & changing) | controller_lost
+    bad_changing = blame(failing_pairs) & changing
+    # a host at target is blamed only for pairs no host raised now explains
+    rest = {p for p in failing_pairs if not (set(p) & bad_changing)}
+    bad_steady = blame(rest) & {t[0].host.name for t in steady}
+    bad = bad_changing | controller_lost
+
+    def peers_of(name, pairs):
+        return sorted({p for pair in pairs if name in pair for p in pair if p != name})
 
     # 3. roll back the bad, disarm everywhere
     def finish(item):
@@ -156,8 +328,7 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
         if name in armed and armed[name] is not None:
             return TaskResult(name, task, "failed", _message(armed[name]))
         if name in bad:
-            peers = sorted(p for pair in failing_pairs if name in pair for p in pair
-                           if p != name)
+            peers = peers_of(name, failing_pairs)
             why = []
             if peers:
                 why.append(f"jumbo frames ({target}) do not pass between {name} and "
@@ -182,7 +353,24 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
                           f"mtu {old} -> {target} on {iface}; jumbo frames verified to "
                           f"{n} peer(s) and the controller")
     finished = runner.map([t[0] for t in todo],
-                                lambda s: finish(next(t for t in todo if t[0] is s)))
+                          lambda s: finish(next(t for t in todo if t[0] is s))) \
+        if todo else {}
+    for state, planned, iface, target in steady:
+        name = state.host.name
+        if name in steady_lost:
+            finished[name] = steady_lost[name]
+        elif name in bad_steady:
+            finished[name] = TaskResult(
+                name, task, "failed",
+                f"jumbo frames ({target}) do not pass between {name} and "
+                + ", ".join(peers_of(name, rest)) + f": {name} is already at mtu {target} on "
+                f"{iface}, so its path is a jumbo-frame black hole (left as it is). Check "
+                "the MTU of the switch port(s) on that path, or set cluster.mtu to what the "
+                "switch carries.")
+        else:
+            n = len([p for p in at_target(target) if p != name])
+            finished[name] = TaskResult(name, task, "ok", f"{planned.outcome.reason}; jumbo "
+                                        f"frames verified to {n} peer(s)")
     for name, res in finished.items():
         if isinstance(res, Exception):
             res = TaskResult(name, task, "failed", _message(res))
@@ -190,4 +378,3 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
             runner.states[name].failed = res.message
         results[name] = res
     return results
-
