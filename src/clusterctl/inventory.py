@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
         "client_server_port": 10001,
         "min_worker_port": 10002,
         "max_worker_port": 10100,
+        "metrics_export_port": 8090,
     },
     "python": {
         "venv": "/opt/clusterctl/venv",
@@ -98,6 +99,15 @@ DEFAULTS: dict[str, Any] = {
     },
     "vllm": {"port": 8000},
     "netcheck": {"iperf_port": 5201},
+    "monitoring": {
+        "enabled": False,
+        "prometheus_port": 9090,
+        "node_exporter_port": 9100,
+        "scrape_interval": "15s",
+        "retention": "15d",
+        "retention_size": "2GB",
+        "dcgm_exporter_port": None,
+    },
     "models_dir": "/opt/models",
     "mirror": {"apt": None, "pip": None},
     "ssh_known_hosts_file": None,
@@ -349,6 +359,23 @@ def _cuda_check():
     return expected, check
 
 
+def _bool_check():
+    expected = "true or false"
+
+    def check(value, raw):
+        if isinstance(value, bool):
+            return value
+        raise _Invalid(expected)
+
+    return expected, check
+
+
+def _duration_check(units: str):
+    expected = f"a duration like 15s, 5m or 15d (units: {units})"
+    pattern = re.compile(rf"^[1-9][0-9]{{0,5}}({'|'.join(units.split(', '))})$")
+    return _text_check(expected, pattern=pattern)
+
+
 def _secret_check():
     expected = "a string or null"
 
@@ -400,6 +427,8 @@ KNOWN_VARS: dict[str, Any] = {
         "client_server_port": _spec(_port(), "Ray client server port"),
         "min_worker_port": _spec(_port(), "lowest port of the worker range"),
         "max_worker_port": _spec(_port(), "highest port of the worker range"),
+        "metrics_export_port": _spec(_port(), "port of each node's Ray metrics agent "
+                                     "(Prometheus scrapes it when monitoring is enabled)"),
     },
     "python": {
         "venv": _spec(_abs_path_check(), "virtualenv for Ray/vLLM on every host"),
@@ -433,6 +462,20 @@ KNOWN_VARS: dict[str, Any] = {
     },
     "netcheck": {
         "iperf_port": _spec(_port(), "port of the iperf3 servers netcheck starts and stops"),
+    },
+    "monitoring": {
+        "enabled": _spec(_bool_check(), "install node exporters on every node and "
+                         "Prometheus on the head (see docs/monitoring.md)"),
+        "prometheus_port": _spec(_port(), "Prometheus port on the head's cluster IP"),
+        "node_exporter_port": _spec(_port(), "node exporter port on every node's cluster IP"),
+        "scrape_interval": _spec(_duration_check("s, m"), "how often Prometheus scrapes"),
+        "retention": _spec(_duration_check("h, d, w"), "how long Prometheus keeps samples"),
+        "retention_size": _spec(_text_check("a size like 512MB or 2GB",
+                                            pattern=re.compile(r"^[1-9][0-9]{0,5}(MB|GB)$")),
+                                "most disk Prometheus uses for samples"),
+        "dcgm_exporter_port": _spec(_int_check(1, 65535, nullable=True),
+                                    "port of dcgm-exporter on hosts with GPUs; null = "
+                                    "no GPU metrics"),
     },
     "models_dir": _spec(_abs_path_check(), "where model files live on every host"),
     "mirror": {
@@ -1299,7 +1342,7 @@ class _Loader:
         share an address and port. Messages about values do not name the host, so a value
         set once for many hosts is reported once."""
         fixed = ("port", "dashboard_port", "node_manager_port", "object_manager_port",
-                 "client_server_port")
+                 "client_server_port", "metrics_export_port")
         endpoints: dict[tuple[str, int], str] = {}
         for name, host in hosts.items():
             where = origins[name]

@@ -147,7 +147,8 @@ class HostView:
     def entry(self) -> dict:
         """The template-facing form (`head`, `peers` variables)."""
         return {"name": self.name, "cluster_ip": self.cluster_ip,
-                "cluster_iface": self.cluster_iface, "is_head": self.is_head}
+                "cluster_iface": self.cluster_iface, "is_head": self.is_head,
+                "gpus": self.gpus}
 
 
 class ClusterView:

@@ -1,0 +1,209 @@
+"""Monitoring on the 3-node lab (CLUSTERCTL_TEST_LAB=monitoring): `bootstrap` with
+`monitoring: {enabled: true}` installs node exporters and Prometheus from the lab mirror,
+bound to the cluster IP; a second run changes nothing and --check agrees; every target
+Prometheus knows (node exporters, Prometheus, Ray's metrics agents from Ray's file_sd) is
+healthy; and a tiny llama.cpp deployment registered with
+`clusterctl.monitoring.deployment_targets` shows non-zero generated tokens/s through the
+queries `status` uses, asked over the head's SSH connection.
+
+What the lead wires (not done here): `deploy-model` writing the file_sd file, `undeploy`
+removing it, and `status` showing `metrics_rows`; this test does those steps itself.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clusterctl import monitoring as mon
+from clusterctl.inventory import load_inventory
+from clusterctl.remote import Connection
+
+pytestmark = pytest.mark.lab
+
+DEADLINE = 300          # seconds a condition may take before the test fails naming it
+
+
+def cli(*args, timeout: float = 2400) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clusterctl.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def bootstrap_json(path, *extra):
+    proc = cli("bootstrap", path, "--json", *extra)
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        pytest.fail(f"bootstrap printed no JSON (exit {proc.returncode}):\n"
+                    f"{proc.stderr[-4000:]}")
+    return proc.returncode, report, proc.stderr
+
+
+def run_on(host, cmd) -> str:
+    with Connection(host) as c:
+        return c.run(cmd, check=False).stdout
+
+
+@pytest.fixture(scope="module")
+def inventory_path(lab, tmp_path_factory) -> Path:
+    """The lab's inventory with monitoring enabled (paths made absolute)."""
+    data = yaml.safe_load(Path(lab.inventory_path).read_text())
+    base = Path(lab.inventory_path).parent
+    v = data["all"]["vars"]
+    for key in ("ansible_ssh_private_key_file", "ssh_known_hosts_file"):
+        if key in v:
+            v[key] = str(base / v[key])
+    v["monitoring"] = {"enabled": True, "scrape_interval": "5s"}
+    path = tmp_path_factory.mktemp("monitoring") / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def inv(inventory_path):
+    return load_inventory(inventory_path)
+
+
+@pytest.fixture(scope="module")
+def converged(inventory_path):
+    code, report, err = bootstrap_json(inventory_path)
+    assert code == 0, err[-4000:]
+    return report
+
+
+@pytest.fixture(scope="module")
+def head_conn(converged, inv):
+    with Connection(inv.head) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(head_conn):
+    return mon.PrometheusClient(mon.ssh_transport(head_conn))
+
+
+def test_first_converge_installs_the_monitoring_services(converged, inv):
+    done = {(r["host"], r["task"].split(" : ", 1)[-1]) for r in converged["results"]
+            if r["status"] == "changed"}
+    for host in inv.hosts.values():
+        assert any(h == host.name and "node exporter package" in t for h, t in done), done
+    assert any(h == inv.head.name and "Prometheus package" in t for h, t in done), done
+    assert not any(h != inv.head.name and "Prometheus package" in t for h, t in done), done
+
+
+def test_second_run_changes_nothing_and_check_agrees(converged, inventory_path):
+    code, report, err = bootstrap_json(inventory_path)
+    assert code == 0, err[-3000:]
+    changed = [r for r in report["results"] if r["status"] == "changed"]
+    assert changed == [], changed
+    code, report, err = bootstrap_json(inventory_path, "--check")
+    assert code == 0, err[-3000:]
+    assert all(r["changed"] == 0 for r in report["recap"].values()), report["recap"]
+
+
+def test_exporters_and_prometheus_listen_on_the_cluster_ip_only(converged, inv):
+    for host in inv.hosts.values():
+        listening = run_on(host, ["ss", "-Hltn"])
+        ports = [ln.split()[3] for ln in listening.splitlines() if ln.strip()]
+        wanted = (":9100", ":9090") if host.is_head else (":9100",)
+        for port in wanted:
+            mine = [p for p in ports if p.endswith(port)]
+            assert mine == [host.address + port], (host.name, port, listening)
+
+
+def _targets_until_healthy(client, want_jobs: dict[str, int]) -> list[mon.Target]:
+    """Poll /api/v1/targets until every target is up and each job has its count."""
+    deadline = time.monotonic() + DEADLINE
+    while True:
+        targets = client.targets()
+        by_job: dict[str, int] = {}
+        for t in targets:
+            by_job[t.job] = by_job.get(t.job, 0) + 1
+        counts_ok = all(by_job.get(j, 0) >= n for j, n in want_jobs.items())
+        if counts_ok and not mon.unhealthy_targets(targets):
+            return targets
+        if time.monotonic() > deadline:
+            pytest.fail(f"targets not all healthy after {DEADLINE}s: " + "; ".join(
+                f"{t.job} {t.instance} {t.health} {t.last_error}" for t in targets)
+                + f" (jobs {by_job}, wanted {want_jobs})")
+        time.sleep(3)
+
+
+def test_every_target_is_healthy(client, inv):
+    n = len(inv.hosts)
+    targets = _targets_until_healthy(client, {"prometheus": 1, "node": n, "ray": n})
+    nodes = sorted(t.labels.get("host") for t in targets if t.job == "node")
+    assert nodes == sorted(inv.hosts)
+    ray = {t.instance for t in targets if t.job == "ray"}
+    for host in inv.hosts.values():    # every node's Ray metrics agent, on its cluster IP
+        assert f"{host.address}:{host.vars['ray']['metrics_export_port']}" in ray, ray
+
+
+# --------------------------------------------------------------------------- a deployment
+
+
+def chat(endpoint: str, model: str, tokens: int = 16) -> dict:
+    body = json.dumps({"model": model, "max_tokens": tokens, "ignore_eos": True,
+                       "messages": [{"role": "user", "content": "Hello"}]}).encode()
+    req = urllib.request.Request(endpoint + "/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+@pytest.fixture(scope="module")
+def tiny_deployed(converged, inventory_path, head_conn, tmp_path_factory):
+    """The tiny llama.cpp model (llama-server on the head, RPC on the workers), with the
+    file_sd file deploy-model will write (written here, as the lead has not wired it)."""
+    from clusterctl.deploy.layout import parse_record
+    from clusterctl.deploy.tinymodels import find_vocab_gguf, write_tiny_gguf
+    vocab = find_vocab_gguf()
+    assert vocab is not None, ("no llama.cpp source tarball in ~/.cache/clusterctl/llamacpp "
+                               "(bootstrap caches it)")
+    gguf = write_tiny_gguf(tmp_path_factory.mktemp("models") / "mtiny.gguf", vocab)
+    proc = cli("deploy-model", gguf, "-i", inventory_path, "--name", "mtiny", "--json",
+               "--timeout", "600")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    record = parse_record(head_conn.get("/etc/clusterctl/deployments/mtiny.json").decode())
+    path, text = mon.deployment_targets(record)
+    head_conn.run(["mkdir", "-p", os.path.dirname(path)])
+    head_conn.put(text.encode(), path, mode=0o644)
+    yield result
+    for p in mon.deployment_targets_paths("mtiny"):
+        head_conn.run(["rm", "-f", p], check=False)
+    cli("undeploy", "-i", inventory_path, "mtiny")
+
+
+def test_deployment_target_is_scraped_and_shows_tokens_per_second(client, tiny_deployed, inv):
+    targets = _targets_until_healthy(client, {"deployments": 1})
+    [mine] = [t for t in targets if t.labels.get("deployment") == "mtiny"]
+    assert mine.labels["backend"] == "llamacpp" and mine.labels["host"] == inv.head.name
+    endpoint = tiny_deployed["endpoint"]
+    deadline = time.monotonic() + DEADLINE
+    sent = 0
+    while True:
+        for _ in range(3):
+            answer = chat(endpoint, "mtiny")
+            assert answer["usage"]["completion_tokens"] == 16
+            sent += 1
+        data = mon.metrics_rows(client, ["mtiny"])
+        [row] = data["deployments"] or [{}]
+        if (row.get("tokens_per_s") or 0) > 0:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no tokens/s after {sent} completions and {DEADLINE}s: {data}")
+        time.sleep(2)
+    assert data["problems"] == [], data["problems"]
+    assert row["waiting"] is not None and row["running"] is not None   # llama.cpp gauges
+    lines = mon.render_rows(data)
+    assert lines[1].split()[0] == "mtiny", lines
+    print("\n".join(lines))
