@@ -40,6 +40,27 @@ class RayCheck:
     total_cpus: float = 0.0
     status_text: str = ""
 
+    #: host -> when (unix seconds, the node's clock) its Ray unit last started in this
+    #: run: an ALIVE record registered before that is the previous raylet's, which Ray
+    #: keeps until its own health checks expire (about 30 s); it must not count
+    started: dict[str, float] = field(default_factory=dict)
+
+    def accept(self, nodes: list[dict]) -> None:
+        """Take the ALIVE records of a state API answer, newest per IP, leaving out
+        those that predate their host's unit start."""
+        by_ip: dict[str, dict] = {}
+        after = {self.expected[h]: t for h, t in self.started.items() if h in self.expected}
+        for n in nodes:
+            ip = n.get("node_ip")
+            if n.get("state") != "ALIVE" or not ip:
+                continue
+            start = _start_seconds(n)
+            if ip in after and start is not None and start < after[ip] - CLOCK_SLACK:
+                continue                          # the raylet from before the restart
+            if ip not in by_ip or (start or 0) > (_start_seconds(by_ip[ip]) or 0):
+                by_ip[ip] = n
+        self.alive = by_ip
+
     @property
     def missing(self) -> list[str]:
         return [h for h, ip in self.expected.items() if ip not in self.alive]
@@ -62,6 +83,33 @@ class RayCheck:
         return not self.missing and not self.unregistered()
 
 
+#: seconds of tolerance between a unit's start and its raylet's registration time (both
+#: on the node's own clock; systemd stamps the start before `ray start` runs)
+CLOCK_SLACK = 2.0
+
+
+def _start_seconds(node: dict) -> float | None:
+    try:
+        value = float(node.get("start_time_ms"))
+    except (TypeError, ValueError):
+        return None
+    return value / 1000 if value > 0 else None
+
+
+def parse_active_enter(text: str) -> float | None:
+    """The latest `@SECONDS` of `systemctl show --timestamp=unix -p ActiveEnterTimestamp
+    --value UNIT...` (one line per unit; empty for a unit that is not active)."""
+    best = None
+    for line in text.split():
+        if line.startswith("@"):
+            try:
+                value = float(line[1:])
+            except ValueError:
+                continue
+            best = value if best is None else max(best, value)
+    return best
+
+
 def parse_state_nodes(text: str) -> list[dict]:
     """Nodes from Ray's state API (/api/v0/nodes) JSON."""
     data = json.loads(text)
@@ -80,20 +128,20 @@ def parse_ray_status_totals(text: str) -> dict[str, float]:
 
 def check_ray(conn, expected: dict[str, str], *, head_ip: str, venv: str, ray_port: int,
               dashboard_port: int, wait: float = 90.0, run_status: bool = True,
-              gpus: dict[str, int] | None = None) -> RayCheck:
+              gpus: dict[str, int] | None = None,
+              started: dict[str, float] | None = None) -> RayCheck:
     """Poll Ray's state API until every expected IP is alive with its resources
     registered, or `wait` passes; totals from `ray status` (run_status) or else from
     the state API."""
-    check = RayCheck(conn.name, expected, gpus=dict(gpus or {}))
-    url = f"http://{head_ip}:{dashboard_port}/api/v0/nodes?limit=10000"
+    check = RayCheck(conn.name, expected, gpus=dict(gpus or {}), started=dict(started or {}))
+    url = f"http://{head_ip}:{dashboard_port}/api/v0/nodes?limit=10000&detail=1"
     deadline = time.monotonic() + wait
     last_error = ""
     while True:
         res = conn.run(["python3", "-c", FETCH_JSON, url], check=False, timeout=15)
         if res.ok:
             try:
-                nodes = parse_state_nodes(res.stdout)
-                check.alive = {n.get("node_ip"): n for n in nodes if n.get("state") == "ALIVE"}
+                check.accept(parse_state_nodes(res.stdout))
                 last_error = ""
             except (ValueError, AttributeError) as exc:
                 last_error = f"unexpected answer from Ray's state API: {exc}"
@@ -156,6 +204,25 @@ def _journal_tail(runner, name: str) -> str:
                                                   tail.rstrip().splitlines())
 
 
+RAY_UNITS = ("ray-head.service", "ray-worker.service")
+
+
+def _unit_starts(runner, states) -> dict[str, float]:
+    """host -> when its Ray unit last became active (the node's clock), for hosts that
+    answer; one small command per host, in parallel, only after a run that changed
+    something (a restarted worker's old record is what could fool the check)."""
+    argv = ["systemctl", "show", "--timestamp=unix", "-p", "ActiveEnterTimestamp",
+            "--value", *RAY_UNITS]
+    got = runner.map(states, lambda st: st.conn.run(argv, check=False, timeout=30).stdout,
+                     step="ray unit start times", deadline=60)
+    out = {}
+    for name, text in got.items():
+        when = parse_active_enter(text) if isinstance(text, str) else None
+        if when is not None:
+            out[name] = when
+    return out
+
+
 def execute(runner, play, role, task, planned_states) -> dict:
     """Cluster step for `ray_cluster`: one check from the head, a result per host."""
     results: dict[str, TaskResult] = {}
@@ -190,12 +257,13 @@ def execute(runner, play, role, task, planned_states) -> dict:
     ray = head.vars["ray"]
     venv = head.vars["python"]["venv"]
     changed = any(r.changed for r in runner.recap.values())
+    started = _unit_starts(runner, [s for s, _p in todo]) if changed else {}
     start = time.monotonic()
     try:
         check = check_ray(runner.session.connection(head.name), expected, head_ip=head_ip,
                           venv=venv, ray_port=ray["port"],
                           dashboard_port=ray["dashboard_port"], wait=wait,
-                          run_status=changed, gpus=gpus)
+                          run_status=changed, gpus=gpus, started=started)
     except ClusterctlError as exc:
         reason = failure_reason(exc)
         for state, _p in todo:
