@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -207,6 +208,11 @@ def test_a_node_reached_only_through_proxyjump(lab, direct_ssh_blocked, home, tm
     assert proc.returncode in (0, 3), proc.stderr[-3000:]
     recap = json.loads(proc.stdout)["recap"]
     assert not recap[target.name]["unreachable"] and recap[target.name]["failed"] == 0
+    # and verify's testinfra (OpenSSH, not paramiko) goes through the same jump
+    proc = cli("verify", lab.inventory_path, "--limit", target.name, "--", "-k", "mtu",
+               env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert re.search(r" 1 passed", proc.stdout), proc.stdout[-2000:]
 
 
 def ini_inventory(lab, folder: Path) -> Path:

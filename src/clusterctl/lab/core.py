@@ -258,7 +258,7 @@ def down(name: str = DEFAULT_NAME, *, log: Log = print) -> bool:
     if state is None:
         if d.exists():
             host.require_root()
-            shutil.rmtree(d)
+            _remove_tree(d)
             return True
         return False
     host.require_root()
@@ -268,6 +268,15 @@ def down(name: str = DEFAULT_NAME, *, log: Log = print) -> bool:
             return False
         _teardown(state, log=log)
     return True
+
+
+def _remove_tree(d: Path) -> None:
+    """rmtree that tolerates entries vanishing under it (another `down` of the same lab
+    racing this one); any other error is raised."""
+    def onerror(_fn, _path, exc_info):
+        if not isinstance(exc_info[1], FileNotFoundError):
+            raise exc_info[1]
+    shutil.rmtree(d, onerror=onerror)
 
 
 def _teardown(state: LabState, *, log: Log) -> None:

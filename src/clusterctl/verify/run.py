@@ -26,20 +26,15 @@ def check_runtime() -> None:
                               "clusterctl, which depends on them)")
 
 
-def ssh_config(hosts) -> str:
-    """An ssh_config for testinfra's ssh backend: the inventory's address, port, user,
-    key and known_hosts per host; strict host key checking."""
-    blocks = []
-    for h in hosts:
-        lines = [f"Host {h.name}", f"  HostName {h.address}", f"  Port {h.port}",
-                 f"  User {h.user}", "  StrictHostKeyChecking yes", "  BatchMode yes",
-                 "  LogLevel ERROR", "  ConnectTimeout 10"]
-        if h.key_file:
-            lines += [f"  IdentityFile {h.key_file}", "  IdentitiesOnly yes"]
-        if h.known_hosts_file:
-            lines.append(f"  UserKnownHostsFile {h.known_hosts_file}")
-        blocks.append("\n".join(lines))
-    return "\n\n".join(blocks) + "\n"
+def ssh_config(hosts, environ=None) -> str:
+    """An ssh_config for testinfra's ssh backend that logs into each host exactly as every
+    other command does (the inventory, then the operator's ssh_config: user, port, keys,
+    ProxyJump hops; the ssh-agent is ssh's own), with strict host key checking."""
+    from ..sshconfig import target_for
+    blocks = [target_for(h, environ).openssh_config(h.name) for h in hosts]
+    blocks.append("Host *\n  StrictHostKeyChecking yes\n  BatchMode yes\n  LogLevel ERROR\n"
+                  "  ConnectTimeout 10\n")
+    return "\n".join(blocks)
 
 
 def run_verify(inventory, hosts, *, extra_args: list[str] | None = None) -> int:
