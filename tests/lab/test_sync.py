@@ -362,3 +362,117 @@ def test_hugging_face_without_the_hub_package_says_what_to_install(hf_inv):
     from clusterctl.errors import HostError
     with pytest.raises(HostError, match="pip install huggingface_hub"):
         sync_model(inv, "test-org/other-model", PREFIX + "hf2")
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    """Two 30 MB shards: long enough at a few MB/s to cut a node in the middle."""
+    root = tmp_path_factory.mktemp("models") / "big-model"
+    _write(root / "config.json", b'{"architectures": ["LlamaForCausalLM"]}\n')
+    _write(root / "model-00001-of-00002.safetensors", os.urandom(30 * MB))
+    _write(root / "model-00002-of-00002.safetensors", os.urandom(30 * MB))
+    return root
+
+
+def _sync_with_deadline(deadline_s, *args, on_hang=None, **kw):
+    """sync_model in a thread; a run still going after `deadline_s` fails the test (after
+    `on_hang`, which should let it end) instead of hanging it."""
+    import threading
+    box = {}
+
+    def target():
+        try:
+            box["report"] = sync_model(*args, **kw)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test
+            box["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(deadline_s)
+    if t.is_alive():
+        if on_hang is not None:
+            on_hang()
+        t.join(120)
+        pytest.fail(f"sync_model still running after {deadline_s}s")
+    if "error" in box:
+        raise box["error"]
+    return box["report"]
+
+
+def test_node_down_mid_sync_is_named_and_the_chain_goes_around_it(lab, inv, big_model):
+    """The middle node of the chain goes down while it receives: it is named with what it
+    was doing, the others finish through a chain without it (exit 1), and a run after
+    the node is back resumes what it holds and removes what the cut run left there."""
+    name = PREFIX + "nodedown"
+    hosts = list(inv.hosts.values())
+    victim = hosts[1]
+    downed = []
+
+    def cut_victim(p):
+        if p.phase == "transferring" and p.done > 15 * MB and not downed:
+            labapi.fault(lab.name, victim.name, "down")
+            downed.append(True)
+
+    try:
+        report = _sync_with_deadline(300, inv, str(big_model), name, progress=cut_victim,
+                                     bwlimit=5 * MB,
+                                     on_hang=lambda: labapi.heal(lab.name, victim.name))
+    finally:
+        if downed:
+            labapi.heal(lab.name, victim.name)
+    assert downed
+    assert report.failed == [victim.name], to_json(report)
+    assert report.exit_code == 1
+    err = report.nodes[victim.name].error
+    assert "stopped answering" in err and "while receiving" in err, err
+    others = [h for h in hosts if h.name != victim.name]
+    assert all(report.nodes[h.name].state == SYNCED for h in others), to_json(report)
+    assert len(report.rounds) >= 2
+    assert victim.name not in report.rounds[-1].chain.split(" -> ")
+    _assert_everywhere(inv, big_model, name, hosts=others)
+    # back: the next run resumes the node's partial file and stops the cut run's relay
+    report = _sync_with_deadline(300, inv, str(big_model), name)
+    assert report.ok, to_json(report)
+    assert report.nodes[victim.name].state == SYNCED
+    assert report.nodes[victim.name].bytes_resumed > 5 * MB
+    assert all(report.nodes[h.name].state == UNCHANGED for h in others)
+    _assert_everywhere(inv, big_model, name)
+    _no_agent_left(inv)
+
+
+def test_sigterm_mid_sync_exits_143_and_leaves_nothing_running(lab, inv, big_model):
+    import signal
+    import subprocess
+    import sys
+    import time
+    name = PREFIX + "sigterm"
+    last = list(inv.hosts.values())[-1]
+    staging = f"{_dest(inv, name)}/.clusterctl-sync"
+    proc = subprocess.Popen([sys.executable, "-m", "clusterctl.cli", "sync-model",
+                             str(big_model), "--name", name, "-i", str(lab.inventory_path),
+                             "--bwlimit", "5M"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:           # the last node of the chain holds part of a file
+            res = _run(last, f"du -cb {staging}/*.part 2>/dev/null | tail -1", check=False)
+            got = res.stdout.split()
+            if got and int(got[0]) > 2 * MB:
+                break
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the sync never got going"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, (out[-2000:], err[-2000:])
+    assert "interrupted (SIGTERM)" in err and "Traceback" not in err, err[-2000:]
+    _no_agent_left(inv)                     # no relay, no run folder on any node
+    report = _sync_with_deadline(300, inv, str(big_model), name)
+    assert report.ok, to_json(report)
+    assert report.nodes[last.name].bytes_resumed > 0
+    _assert_everywhere(inv, big_model, name)          # no staging folder left either
+    _no_agent_left(inv)

@@ -46,13 +46,23 @@ def _want(stream, paths=None):
             for f in stream if paths is None or f["path"] in paths}
 
 
+@pytest.fixture(params=["splice", "buffers"], autouse=True)
+def relay_path(request, monkeypatch):
+    """Every relay test runs on both paths: the kernel one (splice/sendfile, hashed
+    behind the stream) and the buffer one (recv_into, the fallback without splice)."""
+    monkeypatch.setattr(Relay, "splice", request.param == "splice")
+    return request.param
+
+
 class Relay:
+    splice = True
+
     def __init__(self, root, want, token=TOKEN):
         self.root = root
         self.staging = os.path.join(root, agent.STAGING)
         self.cfg = {"listen": "127.0.0.1", "token": token, "root": str(root),
                     "staging": self.staging, "want": want, "accept_timeout": 10,
-                    "idle_timeout": 10, "fsync": False}
+                    "idle_timeout": 10, "fsync": False, "splice": self.splice}
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(4)
@@ -80,13 +90,15 @@ def _send(stream, src, hops, **kw):
     return digests
 
 
-def test_chain_of_two_writes_what_each_wants_and_forwards_everything(tmp_path, source):
+def test_chain_of_two_writes_what_each_wants_and_forwards_everything(tmp_path, source,
+                                                                      relay_path):
     src, files = source
     stream = _stream_files(files)
     r1 = Relay(tmp_path / "n1", _want(stream))
     r2 = Relay(tmp_path / "n2", _want(stream, {"sub/b.json"}))
     digests = _send(stream, src, [r1.hop("n1"), r2.hop("n2")])
     s1, s2 = r1.join(), r2.join()
+    assert (s1.get("path") == "splice") == (relay_path == "splice")
     assert digests == {rel: _sha(d) for rel, d in files.items()}
     assert s1["state"] == "done" and s2["state"] == "done"
     assert s1["forwarding"] is True and "forward_error" not in s1
@@ -322,6 +334,15 @@ def test_a_node_that_cannot_write_still_forwards(tmp_path, source, monkeypatch):
         return real(self, data)
 
     monkeypatch.setattr(agent._Writer, "_data", full_on_n1)
+    real_splice = agent._splice_out
+
+    def full_splice_on_n1(pipe_r, fd, count, timeout, offset=None):
+        if offset is not None and os.readlink(f"/proc/self/fd/{fd}").startswith(
+                str(tmp_path / "n1")):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_splice(pipe_r, fd, count, timeout, offset)
+
+    monkeypatch.setattr(agent, "_splice_out", full_splice_on_n1)
     _send(stream, src, [r1.hop("n1"), r2.hop("n2")])
     s1, s2 = r1.join(), r2.join()
     assert s1["state"] == "failed" and "No space left" in s1["disk_error"]

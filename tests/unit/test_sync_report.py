@@ -124,3 +124,26 @@ def test_guess_cluster_ip_before_asking_the_node():
     assert guess_cluster_ip(_Host("10.0.0.5", "198.18.5.0/24")) is None   # NAT / other NIC
     assert guess_cluster_ip(_Host("10.0.0.5", "eth1")) is None            # ask the node
     assert guess_cluster_ip(_Host("node1.example", "198.18.5.0/24")) is None
+
+
+def test_relay_cpu_per_gb_in_json_and_table():
+    r = _report()
+    r.nodes["n1"].cpu_seconds, r.nodes["n1"].relay_bytes = 3.0, 2_000_000_000
+    data = json.loads(to_json(r))
+    assert data["nodes"]["n1"]["cpu_seconds_per_gb"] == 1.5
+    assert data["nodes"]["n2"]["cpu_seconds_per_gb"] is None      # no relay ran there
+    out = io.StringIO()
+    render(r, Console(file=out, width=200, highlight=False))
+    assert "relay CPU-s/GB" in out.getvalue() and "1.50" in out.getvalue()
+
+
+def test_cli_json_goes_through_print_json(monkeypatch, tmp_path):
+    """--json: strict JSON with schema_version, like every other command."""
+    from clusterctl.sync import run as sync_run
+    monkeypatch.setattr(sync_run, "sync_model", lambda *a, **kw: _report())
+    inv = tmp_path / "inventory.yaml"
+    inv.write_text("all:\n  hosts:\n    n1: {ansible_host: 10.0.0.1, role: head}\n")
+    res = CliRunner().invoke(sync_model_command, ["/data/m", "-i", str(inv), "--json"])
+    assert res.exit_code == 1, (res.output, res.exception)
+    data = json.loads(res.stdout)
+    assert data["schema_version"] == 1 and data["failed"] == ["n3"]

@@ -100,7 +100,8 @@ def sync_model_command(source, inventory_opt, limit, name, verify, bwlimit, as_j
     from rich.console import Console
 
     from ..inventory import load_inventory, resolve_inventory_path
-    from .report import render, to_json
+    from ..render import print_json
+    from .report import render
     from .run import sync_model
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -125,7 +126,7 @@ def sync_model_command(source, inventory_opt, limit, name, verify, bwlimit, as_j
                     fg="red", err=True)
         sys.exit(interrupted_exit_code(exc))
     if as_json:
-        click.echo(to_json(report))
+        print_json(report.to_dict())
     else:
         render(report, Console(highlight=False))
     sys.exit(report.exit_code)

@@ -48,6 +48,7 @@ import hashlib
 import json
 import os
 import queue
+import select
 import signal
 import socket
 import stat
@@ -62,6 +63,8 @@ DIGEST_LEN = 32
 STAGING = ".clusterctl-sync"
 EXCLUDED_DIRS = (STAGING, ".cache/huggingface")   # ours, and huggingface_hub's metadata
 STATUS_INTERVAL = 0.25
+PIPE_SIZE = 1 << 20          # the relay's kernel pipe (F_SETPIPE_SZ)
+F_SETPIPE_SZ = 1031
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -608,7 +611,112 @@ class _Writer(threading.Thread):
         self.h = None
         self.ok = True
 
-    # messages: ("begin", f) ("data", (buffer, n)) ("end", digest) ("abort", reason) None
+    # -- the splice path: the forwarding thread writes, this thread hashes and renames
+    def open_spliced(self, f):
+        """Open the partial file of `f` for the forwarding thread (resumed at the
+        stream's offset); None when this node does not write it."""
+        if self.disk_error:
+            return None
+        w = self.want[f["path"]]
+        partial = partial_path(self.staging, w["key"])
+        offset = int(f["offset"])
+        try:
+            os.makedirs(self.staging, exist_ok=True)
+            have = os.stat(partial).st_size if os.path.exists(partial) else 0
+            if have < offset:
+                self.status.file_result(f["path"], ok=False, retry=True,
+                                        error="partial file has %d bytes, stream resumes "
+                                              "at %d" % (have, offset))
+                return None
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT, 0o600)
+            os.ftruncate(fd, offset)
+        except OSError as exc:
+            self.cur = f
+            self._failure(exc)
+            return None
+        self.status.update(current=f["path"])
+        self.status.add("bytes_resumed", offset)
+        return _SplicedFile(f, fd, partial, offset)
+
+    def spliced_failure(self, sf, exc):
+        """A write of the forwarding thread failed: this file is lost on this node (and,
+        for a disk that cannot take it, every later file); the stream goes on."""
+        code = getattr(exc, "errno", None)
+        what = (os.strerror(code) if code else str(exc)) or type(exc).__name__
+        self.status.file_result(sf.f["path"], ok=False, error=what)
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                    errno.EIO):
+            self.disk_error = "%s (writing under %s)" % (what, self.root)
+            self.status.update(disk_error=self.disk_error)
+        self.ok = False
+        sf.finish(failed=what)
+
+    def _spliced(self, sf):
+        """Hash the file from byte 0 while the forwarding thread writes it; at its end
+        check the sha256, then fsync, set mtime and rename it into place."""
+        h = hashlib.sha256()
+        done, synced = 0, 0
+        buf = bytearray(CHUNK)
+        view = memoryview(buf)
+        self.cur = sf.f                  # for _failure, when this raises
+        try:
+            while True:
+                with sf.cond:
+                    while done >= sf.written and sf.digest is None and sf.failed is None:
+                        sf.cond.wait()
+                    target, over, failed = sf.written, sf.digest is not None, sf.failed
+                if failed is not None:
+                    if failed == "aborted":      # the stream broke: keep it to resume
+                        return
+                    try:
+                        os.unlink(sf.partial)
+                    except OSError:
+                        pass
+                    return
+                while done < target:
+                    n = os.preadv(sf.fd, [view[:min(CHUNK, target - done)]], done)
+                    if n <= 0:
+                        raise OSError(errno.EIO, "short read of %s" % sf.partial)
+                    h.update(view[:n])
+                    done += n
+                    if self.fsync and self.sync_every and done - synced >= self.sync_every:
+                        os.fdatasync(sf.fd)
+                        synced = done
+                if over and done >= sf.written:
+                    break
+            self._finish_spliced(sf, h.hexdigest())
+            self.cur = None
+        finally:
+            with sf.cond:                # the forwarding thread may still wait to finish
+                while sf.digest is None and sf.failed is None:
+                    sf.cond.wait()
+            os.close(sf.fd)
+
+    def _finish_spliced(self, sf, digest):
+        f = sf.f
+        expected = f.get("sha256") or sf.digest.hex()
+        if sf.digest.hex() != expected or digest != expected:
+            why = ("the source file changed during the sync" if sf.digest.hex() != expected
+                   else "sha256 mismatch after transfer")
+            self.status.file_result(f["path"], ok=False, sha256=digest, retry=True, error=why)
+            os.unlink(sf.partial)
+            return
+        if self.fsync:
+            os.fsync(sf.fd)
+        os.fchmod(sf.fd, 0o644)
+        os.utime(sf.fd, ns=(int(f["mtime_ns"]), int(f["mtime_ns"])))
+        final = os.path.join(self.root, f["path"])
+        parent = os.path.dirname(final)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        if os.path.isdir(final) and not os.path.islink(final):
+            raise OSError(errno.EISDIR, "a folder is in the way of %s" % final)
+        os.replace(sf.partial, final)
+        self.status.file_result(f["path"], ok=True, sha256=digest)
+        self.status.add("files_done", 1)
+
+    # messages: ("begin", f) ("data", (buffer, n)) ("end", digest) ("abort", reason)
+    # ("spliced", _SplicedFile) None
     def run(self):
         while True:
             item = self.q.get()
@@ -733,6 +841,175 @@ class _Writer(threading.Thread):
         self._close(remove=False)
 
 
+# ----------------------------------------------------------------------------- low-copy relay
+
+def can_splice(up, down):
+    """The kernel path: bytes go socket -> pipe -> file (page cache) and, forwarded,
+    file -> socket (sendfile) or pipe -> socket, never through Python buffers."""
+    return (hasattr(os, "splice") and isinstance(up, socket.socket)
+            and (down is None or isinstance(down, socket.socket)))
+
+
+def _make_pipe():
+    r, w = os.pipe()
+    try:
+        import fcntl
+        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_SIZE)
+    except (OSError, ImportError):
+        pass
+    return r, w
+
+
+def _wait_fd(fd, events, timeout):
+    p = select.poll()
+    p.register(fd, events)
+    if not p.poll(None if timeout is None else int(timeout * 1000)):
+        raise socket.timeout("no progress for %ss" % timeout)
+
+
+def _splice_into_pipe(sock, pipe_w, count, timeout):
+    """Move up to `count` bytes from the socket into the (empty) pipe; returns how many."""
+    fd = sock.fileno()
+    while True:
+        try:
+            n = os.splice(fd, pipe_w, count, flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            _wait_fd(fd, select.POLLIN, timeout)
+            continue
+        if n == 0:
+            raise StreamError("upstream closed the stream")
+        return n
+
+
+def _splice_out(pipe_r, fd, count, timeout, offset=None):
+    """Move exactly `count` bytes from the pipe to fd (a socket, or a file at `offset`)."""
+    while count > 0:
+        try:
+            if offset is None:
+                n = os.splice(pipe_r, fd, count, flags=_SPLICE_FLAGS)
+            else:
+                n = os.splice(pipe_r, fd, count, offset_dst=offset, flags=_SPLICE_FLAGS)
+                offset += n
+        except BlockingIOError:
+            _wait_fd(fd, select.POLLOUT, timeout)
+            continue
+        if n == 0:
+            raise OSError(errno.EIO, "splice moved nothing")
+        count -= n
+    return offset
+
+
+def _sendfile_out(sock, fd, offset, count, timeout):
+    out = sock.fileno()
+    while count > 0:
+        try:
+            n = os.sendfile(out, fd, offset, count)
+        except BlockingIOError:
+            _wait_fd(out, select.POLLOUT, timeout)
+            continue
+        if n == 0:
+            raise OSError(errno.EIO, "sendfile moved nothing")
+        offset += n
+        count -= n
+
+
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+
+
+class _SplicedFile:
+    """One file the relay writes with splice; the writer thread hashes it behind."""
+
+    def __init__(self, f, fd, partial, offset):
+        self.f, self.fd, self.partial = f, fd, partial
+        self.written = offset              # bytes [0, written) are in the file
+        self.failed = None                 # an error: the writer removes the partial
+        self.digest = None                 # the sender's digest, once the file is over
+        self.cond = threading.Condition()
+
+    def advance(self, n):
+        with self.cond:
+            self.written += n
+            self.cond.notify()
+
+    def finish(self, digest=None, failed=None):
+        with self.cond:
+            self.digest, self.failed = digest, failed
+            self.cond.notify()
+
+
+def relay_spliced(cfg, up, down, files, want, writer, status, nxt):
+    """The stream of `files` from `up`: written with splice (socket -> pipe -> file),
+    forwarded from the page cache with sendfile (or pipe -> socket for files this node
+    does not write), hashed by the writer thread reading the file behind the stream.
+    Returns the downstream socket (None once forwarding failed)."""
+    idle = float(cfg.get("idle_timeout", 600))
+    pipe_r, pipe_w = _make_pipe()
+    null = os.open(os.devnull, os.O_WRONLY)
+
+    def forward_failed(exc):
+        status.update(forward_error="%s: %s" % (nxt[0].get("name"), exc))
+        try:
+            down.close()
+        except OSError:
+            pass
+        return None
+
+    try:
+        for f in files:
+            sf = writer.open_spliced(f) if f["path"] in want else None
+            if sf is not None:
+                writer.q.put(("spliced", sf))
+            left = int(f["size"]) - int(f["offset"])
+            pos = int(f["offset"])
+            try:
+                while left > 0:
+                    n = _splice_into_pipe(up, pipe_w, min(left, PIPE_SIZE), idle)
+                    status.add("bytes_in", n)
+                    in_file, write_error = 0, None
+                    if sf is not None and sf.failed is None:
+                        try:
+                            _splice_out(pipe_r, sf.fd, n, idle, offset=pos)
+                            in_file = n
+                            sf.advance(n)
+                            status.add("bytes_written", n)
+                        except OSError as exc:
+                            # what the failed splice did not move is still in the pipe
+                            in_file = max(0, min(n, os.fstat(sf.fd).st_size - pos))
+                            write_error = exc
+                    rest = n - in_file
+                    if down is not None:
+                        try:
+                            if in_file:
+                                _sendfile_out(down, sf.fd, pos, in_file, idle)
+                            if rest:
+                                _splice_out(pipe_r, down.fileno(), rest, idle)
+                                rest = 0
+                        except OSError as exc:
+                            down = forward_failed(exc)
+                    if rest:
+                        _splice_out(pipe_r, null, rest, idle)
+                    if write_error is not None:      # after the file's last use here
+                        writer.spliced_failure(sf, write_error)
+                    pos += n
+                    left -= n
+                digest = recv_exact(up, DIGEST_LEN)
+            except BaseException:
+                if sf is not None:
+                    sf.finish(failed="aborted")
+                raise
+            if down is not None:
+                try:
+                    down.sendall(digest)
+                except OSError as exc:
+                    down = forward_failed(exc)
+            if sf is not None:
+                sf.finish(digest=digest)
+    finally:
+        for fd in (pipe_r, pipe_w, null):
+            os.close(fd)
+    return down
+
+
 def run_relay(cfg, listener, status):
     """Receive the stream, forward it downstream, write what this node wants; send status
     records back up the chain."""
@@ -797,7 +1074,12 @@ def run_relay(cfg, listener, status):
         if want is None:
             want = cfg.get("want") or {}
         writer.want = want
-        for f in header["files"]:
+        files = header["files"]
+        if cfg.get("splice", True) and can_splice(up, down):
+            status.update(path="splice")
+            down = relay_spliced(cfg, up, down, files, want, writer, status, nxt)
+            files = []
+        for f in files:
             wanted = f["path"] in want
             if wanted:
                 writer.q.put(("begin", f))
@@ -844,7 +1126,8 @@ def run_relay(cfg, listener, status):
         t = os.times()
         status.update(state="done" if writer.disk_error is None else "failed",
                       current=None, error=writer.disk_error,
-                      cpu_seconds=round(t.user + t.system, 3))
+                      cpu_seconds=round(t.user + t.system, 3),
+                      cpu_user=round(t.user, 3), cpu_system=round(t.system, 3))
     except (StreamError, OSError, socket.timeout) as exc:
         writer.q.put(("abort", str(exc)))
         writer.q.put(None)
@@ -885,6 +1168,8 @@ def run_sender(cfg, status):
         with status.lock:
             merge_record(records, rec)
             status.data["chain"] = dict(records)
+            if rec.get("node"):     # liveness: when each node was last heard from
+                status.data.setdefault("seen", {})[rec["node"]] = time.time()
 
     try:
         first = cfg["chain"][0]

@@ -52,10 +52,13 @@ def guess_cluster_ip(host) -> str | None:
 class SyncNode:
     """A node taking part in one sync (run id `run_id`)."""
 
-    def __init__(self, host, conn: Connection, run_id: str):
+    def __init__(self, host, conn: Connection, run_id: str, sync_name: str = ""):
         self.host, self.conn = host, conn
         self.name = host.name
+        self.run_id, self.sync_name = run_id, sync_name
         self.rundir = f"{RUN_PREFIX}{run_id}-{host.name}"
+        # run folders of other runs on this node: folder -> (sync name, untouched long)
+        self.other_runs: dict[str, tuple[str, bool]] = {}
         self.cluster_ip: str | None = None
         self.python = "python3"
         self.pids: dict[str, int] = {}       # role -> pid of this sync's relay / sender
@@ -102,7 +105,11 @@ class SyncNode:
         manifest is known already, survey the destination and start a relay (listening on
         relay_cfg["listen"]). Returns (survey, relay port); the relay may fail to start
         (port None) and is then started later."""
-        steps = ["set -e", "umask 077", f"mkdir -p {shlex.quote(self.rundir)}",
+        # run folders of earlier runs: those of this sync name are stale (we hold its
+        # lock) and go now; the others are listed, to go at the end if their run is gone
+        steps = [stale_runs_script(RUN_PREFIX, self.run_id, self.sync_name),
+                 "set -e", "umask 077", f"mkdir -p {shlex.quote(self.rundir)}",
+                 f"printf %s {shlex.quote(self.sync_name)} > {shlex.quote(self.rundir)}/name",
                  self._write_file("agent.py", agent)]
         if survey_spec is not None:
             steps.append(self._write_file("survey.json", json.dumps(survey_spec).encode()))
@@ -119,7 +126,14 @@ class SyncNode:
         if survey_spec is not None:
             steps.append(f"printf '\\n%s\\n%s\\n' {SURVEY_MARKER} \"$S\"")
         res = self.conn.run("\n".join(steps), check=False)
-        facts_text, _, survey_text = res.stdout.partition(f"\n{SURVEY_MARKER}\n")
+        stdout = res.stdout
+        self.other_runs = {}
+        while stdout.startswith(OTHER_RUN_MARKER):
+            line, _, stdout = stdout.partition("\n")
+            parts = line.split(" ", 3) + ["", "", ""]
+            if parts[1].startswith(RUN_PREFIX):
+                self.other_runs[parts[1]] = (parts[3], parts[2] == "1")
+        facts_text, _, survey_text = stdout.partition(f"\n{SURVEY_MARKER}\n")
         port = None
         try:
             facts = parse_output(facts_text, _FACTS)
@@ -171,21 +185,19 @@ class SyncNode:
     def start_sender(self, cfg: dict) -> None:
         self._start("send", cfg)
 
-    def status(self, role: str) -> dict:
-        """The role's status file plus "alive" (is its process still running)."""
+    def status(self, role: str, timeout: float = 30) -> dict:
+        """The role's status file plus "alive" (is its process still running), "age"
+        (seconds since the process last wrote the file: a live process writes it four
+        times a second, so a large age means it is frozen) and "node_time" (the node's
+        clock, for the sender's "seen" times). A node that does not answer within
+        `timeout` raises (its connection is cut)."""
         pid = self.pids.get(role, 0)
-        script = (f"cat {shlex.quote(self.rundir)}/{role}.status 2>/dev/null; echo; "
+        path = shlex.quote(f"{self.rundir}/{role}.status")
+        script = (f"cat {path} 2>/dev/null; echo; "
+                  f"echo T $(date +%s.%N) $(stat -c %Y {path} 2>/dev/null || echo 0); "
                   f"if kill -0 {int(pid)} 2>/dev/null; then echo ALIVE; else echo DEAD; fi")
-        res = self.conn.run(script, check=False, timeout=30)
-        lines = [ln for ln in res.stdout.splitlines() if ln.strip()]
-        st: dict = {}
-        if len(lines) >= 2:
-            try:
-                st = json.loads(lines[0])
-            except ValueError:
-                st = {}
-        st["alive"] = bool(lines) and lines[-1] == "ALIVE"
-        return st
+        res = self.conn.run(script, check=False, timeout=timeout)
+        return parse_status(res.stdout)
 
     def stop(self) -> None:
         """Stop this sync's relay/sender (partial files stay for the next run)."""
@@ -196,13 +208,19 @@ class SyncNode:
     def remove_file(self, path: str) -> None:
         self.conn.run(["rm", "-f", "--", path], check=False)
 
-    def finish(self, staging: str | None) -> None:
+    def finish(self, staging: str | None, *, in_sync: bool = False,
+               stale: list[str] | None = None) -> None:
         """Stop what still runs (SIGTERM: a relay keeps its partial file), wait until it
         has exited (a stopping relay still writes its last status into the run folder),
-        then remove the run folder and an empty staging folder. Shell only: no python
-        start-up."""
-        self.conn.run(finish_script(self.rundir, list(self.pids.values()), staging),
-                      check=False, timeout=30)
+        then remove the run folder and an empty staging folder (the whole staging folder
+        when the node is `in_sync`: what is left there are partial files of versions that
+        are not wanted any more). `stale`: run folders of runs that are over (their
+        processes are stopped too). Shell only: no python start-up."""
+        script = finish_script(self.rundir, list(self.pids.values()), staging,
+                               clean_staging=in_sync)
+        for folder in stale or []:
+            script += "; " + finish_script(folder, [], None)
+        self.conn.run(script, check=False, timeout=30)
         self.pids.clear()
 
     # -- a byte pipe to a relay, for the controller's own stream
@@ -224,8 +242,54 @@ class SyncNode:
         return _ChannelStream(chan)
 
 
+def parse_status(stdout: str) -> dict:
+    """SyncNode.status's output: the status JSON, a "T NOW MTIME" line, ALIVE/DEAD."""
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    st: dict = {}
+    if lines and lines[0].startswith("{"):
+        try:
+            st = json.loads(lines[0])
+        except ValueError:
+            st = {}
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) == 3 and parts[0] == "T":
+            try:
+                now, mtime = float(parts[1]), float(parts[2])
+            except ValueError:
+                continue
+            st["node_time"] = now
+            if mtime > 0:
+                st["age"] = max(0.0, now - mtime)
+    st["alive"] = bool(lines) and lines[-1] == "ALIVE"
+    return st
+
+
+OTHER_RUN_MARKER = "@@clusterctl-sync-other"
+LEGACY_STALE_MIN = 60         # a run folder without a name file: stale after this long
+
+
+def stale_runs_script(prefix: str, run_id: str, sync_name: str) -> str:
+    """Shell run before a sync sets up on a node. Run folders (PREFIX<run>-<node>) of
+    other runs: one whose `name` file is this sync's name belongs to a run that is over
+    (this run holds the sync-NAME lock), so its processes are stopped and it is removed
+    now; the others are printed as `MARKER FOLDER OLD NAME` lines (NAME empty for a
+    folder without a name file, of an older clusterctl; OLD 1 when the folder was not
+    touched for LEGACY_STALE_MIN minutes) for the controller to judge (other_run_stale)."""
+    pat = shlex.quote(prefix) + "*"
+    ours = shlex.quote(f"{prefix}{run_id}-")
+    reap = finish_script("$d", [], None)
+    return (f"for d in {pat}; do [ -d \"$d\" ] || continue; "
+            f"case \"$d\" in {ours}*) continue;; esac; "
+            f"n=$(cat \"$d/name\" 2>/dev/null); "
+            f"if [ -n \"$n\" ] && [ \"$n\" = {shlex.quote(sync_name)} ]; then "
+            f"( {reap} ) >/dev/null 2>&1; "
+            f"else o=0; [ -n \"$(find \"$d\" -maxdepth 0 -mmin +{LEGACY_STALE_MIN})\" ] && o=1; "
+            f"printf '%s %s %s %s\\n' {OTHER_RUN_MARKER} \"$d\" \"$o\" \"$n\"; fi; done")
+
+
 def finish_script(rundir: str, pids: list[int], staging: str | None,
-                  wait_s: float = 5.0) -> str:
+                  wait_s: float = 5.0, *, clean_staging: bool = False) -> str:
     """Shell that stops this sync's processes on a node and removes its run folder.
 
     The processes are the recorded PIDs and those in the run folder's pid files; one
@@ -233,6 +297,8 @@ def finish_script(rundir: str, pids: list[int], staging: str | None,
     a zombie). SIGTERM, up to `wait_s` for them to exit, then SIGKILL; only then `rm -rf`:
     removing the folder while a relay still writes into it leaves the folder behind."""
     q = shlex.quote(rundir)
+    if rundir == "$d":                   # inside stale_runs_script's loop
+        q = '"$d"'
     steps = int(wait_s * 10)
     running = f'grep -qsF -- {q} "/proc/$p/cmdline"'
     wait = (f'i=0; while [ -n "$R" ] && [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); '
@@ -245,7 +311,9 @@ def finish_script(rundir: str, pids: list[int], staging: str | None,
            'for p in $R; do kill -9 "$p" 2>/dev/null; done; '
            + wait +
            f"rm -rf -- {q}")
-    if staging:
+    if staging and clean_staging:
+        cmd += f"; rm -rf -- {shlex.quote(staging)}"
+    elif staging:
         cmd += f"; rmdir -- {shlex.quote(staging)} 2>/dev/null"
     return cmd + "; true"
 

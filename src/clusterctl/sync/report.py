@@ -29,6 +29,14 @@ class NodeReport:
     error: str | None = None
     attempts: int = 0                  # rounds this node took part in
     cpu_seconds: float = 0.0           # CPU time of this node's relay (hash, write, forward)
+    relay_bytes: int = 0               # stream bytes its relay received (and forwarded)
+
+    @property
+    def cpu_seconds_per_gb(self) -> float | None:
+        """The relay's CPU cost per GB (10^9 bytes) of stream it handled."""
+        if self.relay_bytes < 1_000_000:
+            return None
+        return round(self.cpu_seconds / (self.relay_bytes / 1e9), 3)
 
     @property
     def ok(self) -> bool:
@@ -82,7 +90,8 @@ class SyncReport:
             "seconds": round(self.seconds, 3),
             "controller_bytes": self.controller_bytes,
             "failed": self.failed,
-            "nodes": {n: asdict(r) for n, r in self.nodes.items()},
+            "nodes": {n: dict(asdict(r), cpu_seconds_per_gb=r.cpu_seconds_per_gb)
+                      for n, r in self.nodes.items()},
             "rounds": [asdict(r) for r in self.rounds],
             "warnings": self.warnings,
             "manifest": self.manifest.to_dict(),
@@ -107,7 +116,8 @@ def render(report: SyncReport, out) -> None:
                   f"{human_bytes(r.stream_bytes)} at {human_bytes(rate)}/s"
                   + (f" [red](feeder: {_esc(r.feeder_error)})[/red]" if r.feeder_error else ""))
     table = Table(show_edge=False, pad_edge=False, box=None)
-    for col in ("node", "state", "sent", "received", "resumed", "checked by"):
+    for col in ("node", "state", "sent", "received", "resumed", "relay CPU-s/GB",
+                "checked by"):
         table.add_column(col, justify="left" if col in ("node", "state", "checked by")
                          else "right")
     style = {SYNCED: "green", UNCHANGED: "cyan", FAILED: "bold red", PENDING: "yellow"}
@@ -115,6 +125,7 @@ def render(report: SyncReport, out) -> None:
         st = style.get(n.state, "")
         table.add_row(name, f"[{st}]{n.state}[/{st}]", f"{n.files_sent}/{n.files}",
                       human_bytes(n.bytes_received), human_bytes(n.bytes_resumed),
+                      "-" if n.cpu_seconds_per_gb is None else f"{n.cpu_seconds_per_gb:.2f}",
                       "sha256" if n.check == "sha256" else "size+mtime")
     out.print(table)
     for name, n in report.nodes.items():

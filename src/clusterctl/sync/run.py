@@ -42,6 +42,12 @@ FALLBACK_INTERVAL = 5.0        # SSH status reads of nodes whose records do not 
 STALL_TIMEOUT = 600.0          # no byte moved anywhere for this long: the round is over
                                # (resuming a file hashes its first part first: ~1 GB/s)
 ACCEPT_TIMEOUT = 300           # a relay nobody connects to gives up after this
+SILENT_S = 5.0                 # a node whose status records stop this long is probed
+PROBE_TIMEOUT = 10.0           # ... over SSH, with this deadline (the connection is cut)
+PROBE_EVERY = 5.0              # at most this often per node
+PROBE_MISSES = 2               # failed probes in a row: the node is dead
+FROZEN_S = 15.0                # a live relay whose status file is this old is frozen
+STEP_DEADLINE = 60.0           # SSH steps that take no time on a healthy node
 HF_TIMEOUT = 24 * 3600
 
 ProgressFn = Callable[[SyncProgress], None]
@@ -136,6 +142,7 @@ class _SyncJob:
         self.tokens = {h.name: secrets.token_hex(16) for h in targets}
         self.ready: dict[str, int] = {}           # node -> port of a relay started early
         self.stop_reason: dict[str, str] = {}     # node -> why we stopped its relay
+        self.dead: dict[str, str] = {}            # node -> why: it stopped answering
 
     # ------------------------------------------------------------------ plumbing
     def emit(self, phase: str, *, total: int = 0, done: int = 0, rnd: int = 0,
@@ -154,11 +161,15 @@ class _SyncJob:
     def alive(self) -> list[str]:
         return [n for n in self.order if self.reports[n].state != FAILED and n in self.nodes]
 
-    def parallel(self, fn, names: list[str]) -> dict[str, object]:
-        """fn(name) for every name in parallel (the session's map); values are results
-        or exceptions."""
-        group = self.session.map(fn, names, forks=self.forks)
-        return {n: group.outcome(n) for n in names}
+    def parallel(self, fn, names: list[str], deadline: float | None = None
+                 ) -> dict[str, object]:
+        """fn(name) for every name in parallel (the session's map; `deadline` cuts a
+        node that does not answer in time); values are results or exceptions. Nodes
+        found dead are skipped (their error stands in for the result)."""
+        dead = {n: HostError(n, self.dead[n]) for n in names if n in self.dead}
+        todo = [n for n in names if n not in dead]
+        group = self.session.map(fn, todo, forks=self.forks, deadline=deadline)
+        return {n: dead[n] if n in dead else group.outcome(n) for n in names}
 
     @property
     def root(self) -> str:
@@ -185,7 +196,8 @@ class _SyncJob:
                 self.fail(name, failure.reason)
             agent = agent_source()
             for name, conn in connected.succeeded.items():
-                self.nodes[name] = SyncNode(self.inv.hosts[name], conn, self.run_id)
+                self.nodes[name] = SyncNode(self.inv.hosts[name], conn, self.run_id,
+                                            self.name)
             spec = None
             if self.manifest is not None:
                 spec = self.manifest.survey_spec(self.root, self.staging, verify=self.verify)
@@ -309,6 +321,10 @@ class _SyncJob:
             todo_nodes = [n for n in self.alive() if n not in done]
             if not todo_nodes:
                 return
+            if self.source_node is not None and self.source_node in self.dead:
+                for n in todo_nodes:
+                    self.fail(n, f"the source node {self.source_node} stopped answering")
+                return
             self.emit("surveying", rnd=rnd)
             spec = self.manifest.survey_spec(self.root, self.staging,
                                              verify=self.verify and rnd == 1)
@@ -319,7 +335,8 @@ class _SyncJob:
                 surveys = {n: first_surveys.get(n) or self.nodes[n].survey(spec)
                            for n in todo_nodes}
             else:
-                surveys = self.parallel(lambda n: self.nodes[n].survey(spec), todo_nodes)
+                surveys = self.parallel(lambda n: self.nodes[n].survey(spec), todo_nodes,
+                                        deadline=None if spec.get("hash") else STEP_DEADLINE)
             needs: dict[str, NodeNeed] = {}
             complete: list[str] = []
             for n, res in surveys.items():
@@ -429,7 +446,7 @@ class _SyncJob:
             self.tokens[n] = secrets.token_hex(16)
             return self.nodes[n].start_relay(self.relay_cfg(n, self.nodes[n].cluster_ip))
 
-        ports = self.parallel(start, chain.nodes)
+        ports = self.parallel(start, chain.nodes, deadline=STEP_DEADLINE + 30)
         for n, res in ports.items():
             if isinstance(res, Exception):
                 outcome[n] = (False, f"cannot start the relay: {_msg(n, res)}", False)
@@ -463,7 +480,8 @@ class _SyncJob:
                 for n in chain.nodes:
                     outcome[n] = (False, f"the feeder {chain.feeder} failed: "
                                   f"{_msg(chain.feeder, exc)}", False)
-                self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
+                self.parallel(lambda n: self.nodes[n].stop(), chain.nodes,
+                                  deadline=STEP_DEADLINE)
                 return outcome
 
         if chain.feeder in self.phase_nodes and chain.feeder not in chain.nodes:
@@ -480,6 +498,7 @@ class _SyncJob:
         # the feeder's digests complete the manifest
         digests, feeder_error = {}, None
         if feeder is not None:
+            feeder.cut()
             feeder.join(timeout=30)
             digests, feeder_error = feeder.digests, feeder.error
             self.controller_bytes += feeder.sent
@@ -501,6 +520,9 @@ class _SyncJob:
             cache.save()
 
         for n in chain.nodes:
+            if n in self.dead:
+                outcome[n] = (False, self.dead[n], True)
+                continue
             outcome[n] = self.collect(n, statuses.get(n) or {}, needs[n], feeder_error)
         report.rounds.append(RoundReport(rnd, chain.describe(), len(chain.files),
                                          chain.stream_bytes, time.monotonic() - started,
@@ -514,21 +536,32 @@ class _SyncJob:
         Progress and results come back up the chain as status records (to the controller's
         feeder, or into a remote sender's status file). A node whose record never arrives
         (its relay died, or never got a connection) is read over SSH: every
-        FALLBACK_INTERVAL while the stream flows, and once the chain is over."""
+        FALLBACK_INTERVAL while the stream flows, and once the chain is over.
+
+        Liveness: every relay sends a record four times a second. A node silent for
+        SILENT_S is probed over SSH (PROBE_TIMEOUT); PROBE_MISSES failed probes in a row
+        make it dead: the round ends at once (the relays still reachable are stopped,
+        keeping their partial files) and the next round's chain leaves it out. A relay
+        whose process is alive but frozen is stopped (its node goes again next round)."""
         ssh: dict[str, dict] = {n: {"state": "listening", "alive": True} for n in chain.nodes}
         sender: dict = {}
         last_moved, last_total = time.monotonic(), -1
         stopped: set[str] = set()
         next_ssh = time.monotonic() + FALLBACK_INTERVAL
         next_sender = 0.0
+        live = _Liveness(chain.nodes, time.monotonic())
         while True:
             now = time.monotonic()
             if feeder is None and now >= next_sender:
                 try:
-                    sender = self.nodes[chain.feeder].status("send")
+                    sender = self.nodes[chain.feeder].status("send", timeout=PROBE_TIMEOUT)
+                    sender["read_at"] = time.monotonic()
+                    live.answered(chain.feeder)
                 except ClusterctlError as exc:
-                    sender = {"state": "failed", "error": _msg(chain.feeder, exc),
-                              "alive": False}
+                    if live.missed(chain.feeder, _msg(chain.feeder, exc)) >= PROBE_MISSES:
+                        self.dead.setdefault(chain.feeder, self.dead_message(
+                            chain.feeder, rnd, {"state": "sending"}, None, live))
+                        return self.end_round(chain, feeder, ssh, sender, {}), sender
                 sent_all = sender.get("state") in ("sent", "done", "failed")
                 next_sender = now + (TICK if sent_all else POLL_INTERVAL)
             records = feeder.snapshot() if feeder is not None else dict(sender.get("chain") or {})
@@ -537,7 +570,7 @@ class _SyncJob:
                 missing = [n for n in chain.nodes
                            if not records.get(n, {}).get("final") and not _final(ssh[n])]
                 if missing:
-                    self.read_statuses(chain, ssh, missing)
+                    self.read_statuses(chain, ssh, missing, live)
                 next_ssh = now + FALLBACK_INTERVAL
             view = {n: records[n] if records.get(n, {}).get("final") or
                     (n in records and not _final(ssh[n])) else ssh[n] for n in chain.nodes}
@@ -545,6 +578,18 @@ class _SyncJob:
             finished = {n for n in chain.nodes if _over(view[n])}
             if len(finished) == len(chain.nodes):
                 break
+            if not chain_over:
+                seen = feeder.seen_at() if feeder is not None else _sender_seen(sender)
+                self.check_liveness(chain, view, finished, seen, live)
+            dead = [n for n in chain.nodes if n not in finished
+                    and live.misses.get(n, 0) >= PROBE_MISSES]
+            if dead:
+                for n in dead:
+                    idx = chain.nodes.index(n)
+                    nxt = chain.nodes[idx + 1] if idx + 1 < len(chain.nodes) else None
+                    self.dead[n] = self.dead_message(n, rnd, view.get(n) or {}, nxt, live,
+                                                     node_bytes.get(n))
+                return self.end_round(chain, feeder, ssh, sender, records), sender
             if chain_over:
                 # nothing more will come: stop relays still waiting for a connection
                 self.stop_orphans(chain, view, feeder, sender, finished, stopped)
@@ -555,17 +600,64 @@ class _SyncJob:
             elif now - last_moved > STALL_TIMEOUT:
                 self.warnings.append(f"round {rnd}: no progress for {STALL_TIMEOUT:.0f}s; "
                                      "stopped it")
-                self.parallel(lambda n: self.nodes[n].stop(), chain.nodes)
-                if feeder is not None:
-                    feeder.stop.set()
-                self.read_statuses(chain, ssh)
-                view = {n: records.get(n) if records.get(n, {}).get("final") else ssh[n]
-                        for n in chain.nodes}
+                view = self.end_round(chain, feeder, ssh, sender, records)
                 break
             time.sleep(TICK)
         if feeder is None:
             self.nodes[chain.feeder].stop()
         return view, sender
+
+    def check_liveness(self, chain: Chain, view: dict, finished: set,
+                       seen: dict[str, float], live: "_Liveness") -> None:
+        """Probe the nodes whose records stopped (see poll)."""
+        now = time.monotonic()
+        suspects = [n for n in chain.nodes
+                    if n not in finished and live.silent(n, seen.get(n), now) >= SILENT_S
+                    and live.due(n, now)]
+        if suspects:
+            self.read_statuses(chain, {}, suspects, live)
+
+    def judge(self, n: str, st: dict) -> None:
+        """A relay whose process lives but no longer writes its status is frozen: stop
+        it (the node before it sees a reset and goes on; the node goes again next
+        round)."""
+        if st.get("alive") and st.get("state") not in FINAL_STATES and \
+                float(st.get("age", 0)) >= FROZEN_S and n not in self.stop_reason:
+            self.stop_reason[n] = (f"its relay stalled (no status for "
+                                   f"{float(st['age']):.0f}s while {st.get('state')}); "
+                                   "stopped it")
+            self.nodes[n].stop()
+
+    def dead_message(self, n: str, rnd: int, st: dict, nxt: str | None,
+                     live: "_Liveness", expected: int | None = None) -> str:
+        """What a node that stopped answering was doing, for its report."""
+        state = st.get("state") or "waiting for the stream"
+        doing = state
+        if state == "receiving":
+            got = int(st.get("bytes_in", 0))
+            doing = f"receiving {st['current']}" if st.get("current") else "receiving"
+            doing += f" ({human_bytes(got)}" + (f" of {human_bytes(expected)}"
+                                                if expected else "") + " in"
+            doing += f", forwarding to {nxt})" if nxt and st.get("forwarding") else ")"
+        return (f"stopped answering in round {rnd} while {doing}: "
+                f"{live.last_error.get(n) or 'no answer'}; the other nodes went on without "
+                "it (run again when it is back: it resumes)")
+
+    def end_round(self, chain: Chain, feeder, ssh: dict, sender: dict, records: dict
+                  ) -> dict:
+        """Stop a round now: the relays and the feeder still reachable are stopped
+        (partial files stay), their last status read. Returns each node's view."""
+        reachable = [n for n in chain.nodes if n not in self.dead]
+        self.parallel(lambda n: self.nodes[n].stop(), reachable, deadline=STEP_DEADLINE)
+        if feeder is not None:
+            feeder.stop.set()
+            feeder.cut()
+        elif chain.feeder not in self.dead:
+            self.parallel(lambda n: self.nodes[n].stop(), [chain.feeder],
+                          deadline=STEP_DEADLINE)
+        self.read_statuses(chain, ssh, reachable)
+        return {n: records[n] if records.get(n, {}).get("final") else ssh[n]
+                for n in chain.nodes}
 
     def show_progress(self, chain: Chain, view: dict, feeder, node_bytes: dict, rnd: int):
         ins = [int(view[n].get("bytes_in", 0)) for n in chain.nodes
@@ -586,13 +678,27 @@ class _SyncJob:
         total = chain.stream_bytes
         self.emit("transferring", total=total, done=min(done_bytes, total), rnd=rnd)
 
-    def read_statuses(self, chain: Chain, statuses: dict, names: list[str] | None = None
-                      ) -> None:
-        got = self.parallel(lambda n: self.nodes[n].status("relay"),
-                            chain.nodes if names is None else names)
+    def read_statuses(self, chain: Chain, statuses: dict, names: list[str] | None = None,
+                      live: "_Liveness | None" = None) -> None:
+        """Read relays' status files over SSH (PROBE_TIMEOUT). With `live`, a node that
+        does not answer counts a missed probe (its status stays as it was); without, it
+        reads as failed."""
+        names = [n for n in (chain.nodes if names is None else names) if n not in self.dead]
+        if live is not None:
+            names = [n for n in names if live.due(n, time.monotonic())]
+            for n in names:
+                live.probed(n, time.monotonic())
+        got = self.parallel(lambda n: self.nodes[n].status("relay", timeout=PROBE_TIMEOUT),
+                            names, deadline=PROBE_TIMEOUT + 5)
         for n, st in got.items():
             if isinstance(st, Exception):
+                if live is not None:
+                    live.missed(n, _msg(n, st))
+                    continue
                 st = {"state": "failed", "error": _msg(n, st), "alive": False}
+            elif live is not None:
+                live.answered(n)
+                self.judge(n, st)
             if st:
                 statuses[n] = st
 
@@ -627,6 +733,7 @@ class _SyncJob:
         r.bytes_received += int(st.get("bytes_written", 0))
         r.bytes_resumed += int(st.get("bytes_resumed", 0))
         r.cpu_seconds = round(r.cpu_seconds + float(st.get("cpu_seconds") or 0), 3)
+        r.relay_bytes += int(st.get("bytes_in", 0))
         files = st.get("files") or {}
         missing, errors = [], []
         for path in need.send:
@@ -659,10 +766,67 @@ class _SyncJob:
 
     # ------------------------------------------------------------------ end
     def shutdown(self) -> None:
-        """Stop whatever of this sync still runs on the nodes, remove its run folder."""
+        """Stop whatever of this sync still runs on the nodes, remove its run folder (and
+        those of runs that are over); a node that is in sync loses its staging folder
+        (partial files of versions nobody wants any more). Nodes that stopped answering
+        are left alone: the next sync cleans up there."""
         staging = self.staging if self.manifest is not None else None
+        own_staging = self.manifest is not None and self.manifest.kind == "dir"
+        try:
+            stale = self.stale_runs()
+        except Exception:  # noqa: BLE001 - cleanup of old runs is best effort
+            stale = {}
 
-        self.parallel(lambda n: self.nodes[n].finish(staging), list(self.nodes))
+        def finish(n: str) -> None:
+            r = self.reports.get(n)
+            in_sync = own_staging and r is not None and r.state in (SYNCED, UNCHANGED)
+            self.nodes[n].finish(staging, in_sync=in_sync, stale=stale.get(n))
+
+        self.parallel(finish, list(self.nodes), deadline=STEP_DEADLINE)
+        for n in self.dead:
+            self.warnings.append(f"{n}: not cleaned up (it stopped answering); the next "
+                                 "sync removes this run's folder and stops its relay there")
+
+    def stale_runs(self) -> dict[str, list[str]]:
+        """Run folders of other syncs that are over, per node: their sync-NAME lock is
+        not held on the head (the lock lives as long as its controller's connection), or
+        (no name: an older clusterctl) untouched for an hour."""
+        listed = {n: node.other_runs for n, node in self.nodes.items()
+                  if node.other_runs and n not in self.dead}
+        names = sorted({name for runs in listed.values() for name, _ in runs.values()
+                        if name})
+        held: set[str] | None = set()
+        if names:
+            try:
+                res = self.session.connection(self.inv.head).run(
+                    held_locks_script([f"sync-{x}" for x in names]), check=False,
+                    timeout=PROBE_TIMEOUT)
+                held = {ln[5:] for ln in res.stdout.splitlines() if ln.startswith("HELD ")}
+            except ClusterctlError:
+                held = None                   # unknown: keep every named folder
+        out: dict[str, list[str]] = {}
+        for n, runs in listed.items():
+            for folder, (name, old) in runs.items():
+                gone = old if not name else (held is not None and f"sync-{name}" not in held)
+                if gone:
+                    out.setdefault(n, []).append(folder)
+        return out
+
+
+def held_locks_script(names: list[str]) -> str:
+    """Shell for the head: `HELD NAME` for each lock name whose holder is alive (its
+    owner file names the pid of the shell that holds the flock; see session.lock)."""
+    import re
+    import shlex
+    from ..session import LOCK_DIR
+    lines = []
+    for name in names:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100] or "_"
+        owner = shlex.quote(f"{LOCK_DIR}/{safe}.owner")
+        lines.append(f"p=$(sed -n 's/^pid=//p' {owner} 2>/dev/null); "
+                     f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && "
+                     f"echo HELD {shlex.quote(name)}")
+    return "\n".join(lines) + "\ntrue"
 
 
 class _ControllerFeeder(threading.Thread):
@@ -681,8 +845,10 @@ class _ControllerFeeder(threading.Thread):
         self.connected = False
         self.chain_over = False              # every relay has reported and closed
         self.records: dict[str, dict] = {}
+        self.seen: dict[str, float] = {}     # node -> when its last record came
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.stream = None
 
     def _count(self, n: int) -> None:
         self.sent += n
@@ -694,6 +860,25 @@ class _ControllerFeeder(threading.Thread):
             return
         with self.lock:
             node_agent.merge_record(self.records, rec)
+            if rec.get("node"):
+                self.seen[rec["node"]] = time.monotonic()
+
+    def seen_at(self) -> dict[str, float]:
+        with self.lock:
+            return dict(self.seen)
+
+    def cut(self) -> None:
+        """Wake the thread where it blocks (a send to a node that stopped answering)."""
+        stream = self.stream
+        if stream is None:
+            return
+        try:
+            if isinstance(stream, socket.socket):
+                stream.shutdown(socket.SHUT_RDWR)
+            else:
+                stream.close()
+        except OSError:
+            pass
 
     def _on_lost(self, name: str, error: str) -> None:
         with self.lock:
@@ -708,6 +893,9 @@ class _ControllerFeeder(threading.Thread):
         try:
             hop = self.hops[0]
             stream = self.first.open_stream(hop["ip"], int(hop["port"]), STALL_TIMEOUT)
+            self.stream = stream
+            if self.stop.is_set():
+                raise node_agent.StreamError("stopped")
             self.connected = True
             pump = node_agent._RecordPump(stream, hop["name"], self._on_line, self._on_lost)
             pump.start()
@@ -727,6 +915,43 @@ class _ControllerFeeder(threading.Thread):
                     stream.close()
                 except OSError:
                     pass
+
+
+class _Liveness:
+    """When each node of a round was last heard from, and its failed probes."""
+
+    def __init__(self, nodes: list[str], started: float):
+        self.started = started
+        self.next_probe: dict[str, float] = {}
+        self.misses: dict[str, int] = {}
+        self.last_error: dict[str, str] = {}
+
+    def silent(self, n: str, seen: float | None, now: float) -> float:
+        return now - max(self.started, seen or 0.0)
+
+    def due(self, n: str, now: float) -> bool:
+        return now >= self.next_probe.get(n, 0.0)
+
+    def probed(self, n: str, now: float) -> None:
+        self.next_probe[n] = now + PROBE_EVERY
+
+    def missed(self, n: str, error: str) -> int:
+        self.misses[n] = self.misses.get(n, 0) + 1
+        self.last_error[n] = error
+        return self.misses[n]
+
+    def answered(self, n: str) -> None:
+        self.misses.pop(n, None)
+
+
+def _sender_seen(sender: dict) -> dict[str, float]:
+    """A remote sender's "seen" times (its node's clock) as this machine's monotonic
+    times, using the node's clock at the moment its status was read."""
+    seen, node_now, read_at = sender.get("seen") or {}, sender.get("node_time"), \
+        sender.get("read_at")
+    if not seen or node_now is None or read_at is None:
+        return {}
+    return {n: read_at - max(0.0, float(node_now) - float(t)) for n, t in seen.items()}
 
 
 def _final(st: dict) -> bool:
