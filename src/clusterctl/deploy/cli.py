@@ -252,6 +252,14 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "au
               help="Serving groups behind an nginx load balancer (least_conn).")
 @click.option("--lb-host", metavar="HOST", help="Host of the load balancer (default: "
               "the head).")
+@click.option("--api-key-secret", "api_key_secrets", multiple=True, metavar="NAME",
+              help="Require an API key (Authorization: Bearer KEY) on every route: the "
+                   "value of secrets.NAME in the inventory (repeatable: any of the keys "
+                   "is accepted). Puts the nginx gateway in front, also of one replica.")
+@click.option("--tls-cert", metavar="FILE", help="The gateway serves HTTPS with this PEM "
+              "certificate (a file here; needs --tls-key).")
+@click.option("--tls-key", metavar="FILE", help="The certificate's PEM private key (a file "
+              "here; copied 0600 to the gateway host).")
 @click.option("--timeout", type=FiniteFloat(1, 7 * 86400), default=900, show_default=True,
               help="Seconds to wait for a real completion.")
 @click.option("--restart", is_flag=True, help="Restart the units even when unchanged "
@@ -271,7 +279,8 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
                          kv_cache_dtype, tp, pp, executor, enforce_eager, cpu_kvcache_gb,
                          extra_args, rpc_port, tensor_split, rpc_on_head, no_rpc_cache,
                          replicas, lb_host, timeout, restart, check, diff, as_json, verbose,
-                         force=False, break_lock=False):
+                         force=False, break_lock=False, api_key_secrets=(), tls_cert=None,
+                         tls_key=None):
     """Plan, launch and prove MODEL served across the cluster.
 
     MODEL: a GGUF file or Hugging Face folder on this machine (synced to models_dir), a
@@ -298,7 +307,8 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
                          extra_args=list(extra_args), timeout=timeout, restart=restart,
                          check=check, diff=diff, limit=list(limit) or None,
                          accept_new_host_keys=accept_new_host_keys, force=force,
-                         break_lock=break_lock)
+                         break_lock=break_lock, api_key_secrets=list(api_key_secrets),
+                         tls_cert=tls_cert, tls_key=tls_key)
 
     def log(text: str) -> None:
         style = "bold red" if text.startswith("WARNING") else "dim"
@@ -321,9 +331,14 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
                      else "")
                   + ("" if result.changed else " (units unchanged)"))
         out.print(f"  reply:         {_esc(repr((result.reply or '')[:80]))}")
-        out.print(f"  try:  curl {dep.endpoint}/chat/completions -H 'Content-Type: "
-                  f"application/json' -d '{{\"model\": \"{dep.served_name}\", \"messages\": "
-                  f"[{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
+        auth = ""
+        if dep.api_key_secrets:
+            out.print(f"  API key:       required on every route (secrets."
+                      f"{', secrets.'.join(dep.api_key_secrets)})")
+            auth = " -H \"Authorization: Bearer $KEY\""
+        out.print(f"  try:  curl {dep.endpoint}/chat/completions{auth} -H "
+                  f"'Content-Type: application/json' -d '{{\"model\": \"{dep.served_name}\", "
+                  f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
     if check:
         sys.exit(EXIT_CHANGES_PENDING if result.changed else 0)
 

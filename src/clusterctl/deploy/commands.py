@@ -24,7 +24,8 @@ import re
 from dataclasses import dataclass
 
 __all__ = ["rpc_server_argv", "llama_server_argv", "vllm_server_argv", "systemd_exec",
-           "systemd_env", "unit_name",
+           "systemd_env", "unit_name", "api_key_problem", "api_key_file_text",
+           "api_key_env_text", "nginx_auth_text", "curl_config", "in_flight_from_metrics",
            "nginx_upstream", "chat_request", "judge_models", "judge_chat",
            "exposure_warning", "parse_tensor_split", "Readiness"]
 
@@ -53,8 +54,11 @@ def llama_server_argv(binary: str, model_path: str, host: str, port: int, *,
                       rpc: list[str] | None = None, n_gpu_layers: int | str = 999,
                       tensor_split: list[float] | None = None, alias: str | None = None,
                       ctx_size: int | None = None, threads: int | None = None,
-                      parallel: int | None = None, extra: list[str] | None = None) -> list[str]:
-    """`llama-server` on the head: the model, the RPC servers, every layer offloaded."""
+                      parallel: int | None = None, api_key_file: str | None = None,
+                      metrics: bool = True, extra: list[str] | None = None) -> list[str]:
+    """`llama-server` on the head: the model, the RPC servers, every layer offloaded.
+    `api_key_file`: a 0600 file with the accepted keys, one a line (the keys never go
+    into argv); `metrics`: the Prometheus endpoint /metrics (behind the key when set)."""
     _check_bind(host)
     argv = [binary, "--model", model_path, "--host", host, "--port", str(int(port))]
     if rpc:                                  # before -ngl: the RPC devices must exist first
@@ -70,6 +74,10 @@ def llama_server_argv(binary: str, model_path: str, host: str, port: int, *,
         argv += ["--threads", str(int(threads))]
     if parallel:
         argv += ["--parallel", str(int(parallel))]
+    if api_key_file:
+        argv += ["--api-key-file", api_key_file]
+    if metrics:
+        argv.append("--metrics")
     return argv + list(extra or [])
 
 
@@ -176,35 +184,149 @@ def unit_name(deployment: str, role: str, index: int | None = None) -> str:
 # --------------------------------------------------------------------------- nginx
 
 
-def nginx_upstream(name: str, servers: list[str], listen: str, *,
-                   read_timeout: int = 600) -> str:
-    """nginx config: a least_conn upstream of `servers` (HOST:PORT) behind `listen`
-    (IP:PORT on the cluster network). Streaming responses are passed through unbuffered."""
-    if not servers:
-        raise ValueError("an upstream needs at least one server")
+def _upstream_id(name: str) -> str:
     if not _NAME_RE.match(name):
         raise ValueError(f"upstream name {name!r}: letters, digits, _ . -")
-    upstream = "clusterctl_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+    return "clusterctl_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def nginx_upstream(name: str, servers: list[str], listen: str, *,
+                   read_timeout: int = 600, auth_include: str | None = None,
+                   tls_cert: str | None = None, tls_key: str | None = None,
+                   down: list[str] | tuple[str, ...] = ()) -> str:
+    """nginx config: a least_conn upstream of `servers` (HOST:PORT) behind `listen`
+    (IP:PORT on the cluster network). Streaming responses are passed through unbuffered;
+    a server that refuses the connection or times out is skipped for the next one
+    (`proxy_next_upstream error timeout`), so a replica being restarted costs no request.
+
+    `auth_include`: the 0600 file (nginx_auth_text) that maps the request's
+    Authorization header to "1" for a known key: every path (not only /v1) answers 401
+    without one, and the upstream gets the backends' key instead of the client's.
+    `tls_cert`/`tls_key`: the gateway listens with TLS. `down`: servers marked down
+    (taken out of rotation during a rolling redeploy)."""
+    if not servers:
+        raise ValueError("an upstream needs at least one server")
+    upstream = _upstream_id(name)
     _check_bind(listen.rsplit(":", 1)[0])
-    lines = [f"# Written by clusterctl deploy-model for deployment {name}.",
-             f"upstream {upstream} {{", "    least_conn;"]
+    if bool(tls_cert) != bool(tls_key):
+        raise ValueError("TLS needs both a certificate and a key")
+    lines = [f"# Written by clusterctl deploy-model for deployment {name}."]
+    if auth_include:
+        _check_conf_path(auth_include)
+        lines += [f"include {auth_include};    # API keys (0600): not in this file", ""]
+    lines += [f"upstream {upstream} {{", "    least_conn;"]
     for s in servers:
         if not re.match(r"^[A-Za-z0-9_.:\[\]-]+:\d+$", s):
             raise ValueError(f"upstream server {s!r}: expected HOST:PORT")
-        lines.append(f"    server {s} max_fails=2 fail_timeout=10s;")
-    lines += ["}", "", "server {",
-              f"    listen {listen};",
-              "    client_max_body_size 64m;",
-              "    location / {",
+        mark = " down" if s in down else ""
+        lines.append(f"    server {s} max_fails=2 fail_timeout=10s{mark};")
+    if all(s in down for s in servers):
+        raise ValueError("every upstream server would be down")
+    lines += ["}", "", "server {", f"    listen {listen}{' ssl' if tls_cert else ''};"]
+    if tls_cert:
+        _check_conf_path(tls_cert)
+        _check_conf_path(tls_key or "")
+        lines += [f"    ssl_certificate {tls_cert};", f"    ssl_certificate_key {tls_key};",
+                  "    ssl_protocols TLSv1.2 TLSv1.3;"]
+    lines.append("    client_max_body_size 64m;")
+    if auth_include:
+        lines += [f"    if (${upstream}_authorized != 1) {{       # every path",
+                  "        return 401 '{\"error\": {\"message\": \"missing or wrong API key "
+                  "(Authorization: Bearer KEY)\", \"type\": \"authentication_error\", "
+                  "\"code\": 401}}\\n';",
+                  "    }",
+                  "    add_header WWW-Authenticate 'Bearer' always;",
+                  "    default_type application/json;"]
+    lines += ["    location / {",
               f"        proxy_pass http://{upstream};",
               "        proxy_http_version 1.1;",
               "        proxy_set_header Connection \"\";",
-              "        proxy_set_header Host $host;",
-              "        proxy_buffering off;",
+              "        proxy_set_header Host $host;"]
+    if auth_include:
+        lines.append(f"        proxy_set_header Authorization ${upstream}_backend_auth;")
+    lines += ["        proxy_buffering off;",
+              "        proxy_next_upstream error timeout;",
+              "        proxy_next_upstream_tries 0;",
+              "        proxy_connect_timeout 5s;",
               f"        proxy_read_timeout {int(read_timeout)}s;",
               f"        proxy_send_timeout {int(read_timeout)}s;",
               "    }", "}", ""]
     return "\n".join(lines)
+
+
+def nginx_auth_text(name: str, keys: list[str]) -> str:
+    """The 0600 nginx include of a deployment's gateway: $..._authorized is "1" for a
+    request whose Authorization header is exactly "Bearer KEY" for one of `keys`
+    (case-sensitive: map's plain strings ignore case, so each key is an anchored regex),
+    and $..._backend_auth is the header the backends get (the first key)."""
+    if not keys:
+        raise ValueError("no API keys")
+    upstream = _upstream_id(name)
+    lines = ["# Written by clusterctl deploy-model: API keys of the gateway (keep 0600).",
+             f"map $http_authorization ${upstream}_authorized {{", "    default 0;"]
+    for key in keys:
+        problem = api_key_problem(key)
+        if problem:
+            raise ValueError(problem)
+        lines.append(f'    "~^Bearer[ ]{_regex_literal(key)}$" 1;')
+    lines += ["}", f"map ${upstream}_authorized ${upstream}_backend_auth {{",
+              '    default "";', f'    1 "Bearer {keys[0]}";', "}", ""]
+    return "\n".join(lines)
+
+
+def _regex_literal(key: str) -> str:
+    """A key (api_key_problem's alphabet) as a PCRE literal without backslashes."""
+    return "".join(f"[{c}]" if c in ".+" else c for c in key)
+
+
+def _check_conf_path(path: str) -> None:
+    if not re.match(r"^/[A-Za-z0-9_./-]+$", path):
+        raise ValueError(f"path {path!r} in nginx config: expected an absolute plain path")
+
+
+# --------------------------------------------------------------------------- API keys
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
+MIN_KEY_LENGTH = 16
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why `key` cannot be an API key (None when it can). The value itself is never in
+    the text. Keys pass through nginx config, curl config and env files: a token
+    alphabet (letters, digits, . _ ~ + / = -) keeps every one of them unquoted."""
+    if len(key) < MIN_KEY_LENGTH:
+        return (f"too short ({len(key)} characters; at least {MIN_KEY_LENGTH}: make one "
+                f"with `openssl rand -hex 32`)")
+    if len(key) > 4096:
+        return "longer than 4096 characters"
+    if not _KEY_RE.match(key):
+        return ("has characters other than letters, digits and . _ ~ + / = - (make one "
+                "with `openssl rand -hex 32`)")
+    return None
+
+
+def api_key_file_text(keys: list[str]) -> str:
+    """llama-server --api-key-file: one key a line."""
+    return "".join(k + "\n" for k in keys)
+
+
+def api_key_env_text(keys: list[str]) -> str:
+    """The 0600 EnvironmentFile of a vLLM unit: VLLM_API_KEY (vLLM takes one key from
+    the environment; the gateway sends it, whatever key the client used)."""
+    return f"VLLM_API_KEY={keys[0]}\n"
+
+
+def curl_config(headers: list[str], body: str | None = None) -> str:
+    """A curl config (`curl -K -` reads it from stdin) with the request's headers and
+    body: headers holding a key never reach argv (and so never ps)."""
+    def quote(text: str) -> str:
+        if "\n" in text or "\r" in text:
+            raise ValueError("newline in a curl config value")
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    lines = [f"header = {quote(h)}" for h in headers]
+    if body is not None:
+        lines.append(f"data-binary = {quote(body)}")
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- readiness
@@ -267,6 +389,27 @@ def judge_chat(body: str) -> Readiness:
             return Readiness(True, "chat completion returned reasoning text", reasoning)
         return Readiness(False, "chat completion returned no text")
     return Readiness(True, "chat completion returned text", text)
+
+
+_IN_FLIGHT = ("llamacpp:requests_processing", "llamacpp:requests_deferred",
+              "vllm:num_requests_running", "vllm:num_requests_waiting")
+
+
+def in_flight_from_metrics(text: str) -> int | None:
+    """Requests a server is working on or holding, from its Prometheus /metrics text
+    (llama-server --metrics; vLLM): None when the text has none of those gauges."""
+    total, seen = 0.0, False
+    for line in (text or "").splitlines():
+        if line.startswith("#"):
+            continue
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in _IN_FLIGHT:
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+                seen = True
+            except (IndexError, ValueError):
+                continue
+    return int(total) if seen else None
 
 
 def _clip(text: str, n: int = 200) -> str:

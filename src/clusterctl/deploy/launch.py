@@ -20,9 +20,11 @@ from ..errors import ClusterctlError, HostError, InputError
 from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_output
 from ..remote import Connection
 from ..session import Session, parallel_map
-from .commands import chat_request, judge_chat, judge_models
-from .layout import (RECORD_DIR, Deployment, HostInfo, layout_llamacpp, layout_vllm,
-                     parse_record, port_conflicts, record_json)
+from ..secret import Secret
+from .commands import (api_key_env_text, api_key_file_text, api_key_problem, chat_request,
+                       curl_config, judge_chat, judge_models, nginx_auth_text)
+from .layout import (RECORD_DIR, Access, Deployment, HostInfo,
+                     layout_llamacpp, layout_vllm, parse_record, port_conflicts, record_json)
 from .models import (ModelRef, default_deployment_name, models_dir_of, remote_model_info,
                      resolve_model, sync_to)
 from .modelinfo import ModelInfo, read_model_info
@@ -66,6 +68,9 @@ class DeployOptions:
     sync: bool = True
     force: bool = False                      # deploy on GPU hosts that fail the GPU check
     break_lock: bool = False                 # take the deployment's lock from a dead run
+    api_key_secrets: list[str] = field(default_factory=list)   # names under secrets:
+    tls_cert: str | None = None              # controller-side PEM files for the gateway
+    tls_key: str | None = None
 
 
 @dataclass
@@ -90,6 +95,7 @@ class DeployResult:
                 "ready_seconds": None if self.ready_seconds is None
                 else round(self.ready_seconds, 2),
                 "reply": self.reply, "warnings": d.warnings,
+                "api_key_secrets": d.api_key_secrets,
                 "groups": [{"endpoint": g.endpoint, "hosts": g.hosts, "units": g.units}
                            for g in d.groups],
                 "load_balancer": None if d.lb is None else
@@ -257,6 +263,173 @@ def check_gpu_health(targets: list, facts: dict[str, Facts], conns: dict[str, Co
     return findings
 
 
+# --------------------------------------------------------------------------- access
+
+MAX_TLS_FILE = 1 << 20
+
+
+def resolve_api_keys(inventory, names: list[str]) -> list[Secret]:
+    """The keys named by --api-key-secret, from the inventory's `secrets:` (the head's
+    vars). An unknown name, an empty one or a key unfit for a header is an InputError
+    naming the secret, never showing its value."""
+    secrets = inventory.head.vars.get("secrets") or {}
+    keys: list[Secret] = []
+    for name in dict.fromkeys(names):              # a name given twice counts once
+        value = secrets.get(name) if isinstance(secrets, dict) else None
+        if value is None:
+            known = sorted(k for k, v in secrets.items() if v is not None) \
+                if isinstance(secrets, dict) else []
+            raise InputError(f"--api-key-secret {name}: no secret named {name!r} under "
+                             f"secrets: in the inventory (known: "
+                             f"{', '.join(known) or 'none'}); add it there, e.g. "
+                             f"secrets: {{{name}: <output of openssl rand -hex 32>}}",
+                             file=str(inventory.path), key=f"secrets.{name}")
+        if not isinstance(value, Secret):
+            raise InputError(f"--api-key-secret {name}: secrets.{name} must be one text "
+                             f"value", file=str(inventory.path), key=f"secrets.{name}")
+        problem = api_key_problem(value.reveal())
+        if problem:
+            raise InputError(f"--api-key-secret {name}: the key {problem}",
+                             file=str(inventory.path), key=f"secrets.{name}")
+        keys.append(value)
+    return keys
+
+
+def read_tls_files(cert: str | None, key: str | None) -> tuple[bytes, bytes] | None:
+    """The gateway's certificate and key from this machine (bounded, PEM checked)."""
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise InputError("TLS needs both --tls-cert and --tls-key",
+                         key="--tls-cert" if not cert else "--tls-key")
+    out = []
+    for path, opt, marker in ((cert, "--tls-cert", b"-----BEGIN CERTIFICATE-----"),
+                              (key, "--tls-key", b"PRIVATE KEY-----")):
+        p = Path(path).expanduser()
+        try:
+            if not p.is_file():
+                raise InputError(f"{path}: not a regular file", file=path, key=opt)
+            if p.stat().st_size > MAX_TLS_FILE:
+                raise InputError(f"{path}: larger than {MAX_TLS_FILE} bytes", file=path,
+                                 key=opt)
+            data = p.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror or exc}", file=path,
+                             key=opt) from None
+        if marker not in data:
+            raise InputError(f"{path}: not a PEM file (no {marker.decode()!r} line)",
+                             file=path, key=opt)
+        out.append(data)
+    return out[0], out[1]
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
+
+
+def _remote_sums(conn: Connection, paths: list[str]) -> dict[str, str]:
+    res = conn.run(["sha256sum", "--", *paths], check=False)
+    sums = {}
+    for line in res.stdout.splitlines():
+        digest, _, path = line.partition("  ")
+        sums[path] = digest
+    return sums
+
+
+def secret_files(dep: Deployment, keys: list[Secret], tls: tuple[bytes, bytes] | None
+                 ) -> dict[str, dict[str, bytes]]:
+    """host -> {path: content} of every 0600 file the deployment's access needs: the
+    servers' key files and, on the gateway, the key map and the TLS files."""
+    plain = [k.reveal() for k in keys]
+    out: dict[str, dict[str, bytes]] = {}
+    if plain:
+        for u in dep.units:
+            if u.key_file:
+                text = api_key_env_text(plain) if u.kind.startswith("vllm") \
+                    else api_key_file_text(plain)
+                out.setdefault(u.host, {})[u.key_file] = text.encode()
+    if dep.lb is not None:
+        files = out.setdefault(dep.lb.host, {})
+        if dep.lb.auth_path and plain:
+            files[dep.lb.auth_path] = nginx_auth_text(dep.name, plain).encode()
+        if dep.lb.tls_cert and tls:
+            files[dep.lb.tls_cert], files[dep.lb.tls_key] = tls
+    return {h: f for h, f in out.items() if f}
+
+
+def install_secret_files(dep: Deployment, keys: list[Secret],
+                         tls: tuple[bytes, bytes] | None, conns: dict[str, Connection], *,
+                         check: bool = False, forks: int = 20) -> dict[str, dict[str, str]]:
+    """Write the access files (0600 in 0700 folders) where their content differs.
+    Returns host -> {path: "new" | "changed"} of the files written (or that would be,
+    with check). Their values never reach argv or output: only sha256 sums are
+    compared."""
+    wanted = secret_files(dep, keys, tls)
+
+    def one(conn: Connection) -> dict[str, str]:
+        files = wanted[conn.name]
+        sums = _remote_sums(conn, sorted(files))
+        changed = {p: "changed" if p in sums else "new" for p, data in sorted(files.items())
+                   if sums.get(p) != _sha256(data)}
+        if changed and not check:
+            folders = sorted({p.rsplit("/", 1)[0] for p in changed})
+            conn.run(["mkdir", "-p", "-m", "0700", *folders])
+            conn.run(["chmod", "0700", *folders])
+            for p in changed:
+                conn.put(files[p], p, mode=0o600)
+        return changed
+
+    if not wanted:
+        return {}
+    return {h: c for h, c in _parallel({h: conns[h] for h in wanted}, one, forks).items()
+            if c}
+
+
+def apply_secret_changes(dep: Deployment, changes: dict[str, dict[str, str]], conns,
+                         log: Log) -> None:
+    """After the units are installed: servers whose key file changed restart (their unit
+    file did not change), a changed key map or TLS file reloads nginx. New files need
+    neither: the unit or site that reads them is new or changed too (the engine
+    started, restarted or reloaded it)."""
+    for host, files in changes.items():
+        paths = [p for p, how in files.items() if how == "changed"]
+        units = [u.name for u in dep.units_on(host) if u.key_file in paths]
+        if units:
+            log(f"API keys changed: restarting {', '.join(units)} on {host}")
+            conns[host].run(["systemctl", "try-restart", *units])
+        if dep.lb is not None and host == dep.lb.host and \
+                set(paths) & set(dep.lb.secret_files):
+            log(f"API keys or TLS files of the gateway changed: reloading nginx on {host}")
+            conns[host].run("nginx -t -q && systemctl reload-or-restart nginx.service")
+
+
+def _changed_hosts(changes: dict[str, dict[str, str]]) -> set[str]:
+    return {h for h, files in changes.items() if "changed" in files.values()}
+
+
+def _remove_key_files(units, conns) -> None:
+    by_host: dict[str, set[str]] = {}
+    for u in units:
+        if u.key_file and u.host in conns:
+            by_host.setdefault(u.host, set()).add(u.key_file)
+    for host, paths in by_host.items():
+        conns[host].run(["rm", "-f", *sorted(paths)], check=False)
+
+
+def deployment_key(inventory, dep: Deployment) -> Secret | None:
+    """The key the tool itself uses for a recorded deployment (readiness, status): the
+    first of its secrets that this inventory has; None when it has no key."""
+    if not dep.api_key_secrets:
+        return None
+    secrets = inventory.head.vars.get("secrets") or {}
+    for name in dep.api_key_secrets:
+        value = secrets.get(name) if isinstance(secrets, dict) else None
+        if isinstance(value, Secret) and value:
+            return value
+    return None
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -410,21 +583,25 @@ def _tail_block(host: str, unit: str, text: str) -> str:
 # --------------------------------------------------------------------------- readiness
 
 
-def http_get(conn: Connection, url: str, timeout: float = 5) -> tuple[int, str]:
-    res = conn.run(["curl", "-sS", "-m", str(int(timeout)), "-o", "-", "-w", "\n%{http_code}",
-                    url], check=False)
-    body, _, code = res.stdout.rpartition("\n")
-    try:
-        return int(code), body
-    except ValueError:
-        return 0, res.stderr.strip() or res.stdout
-
-
-def http_post_json(conn: Connection, url: str, body: str, timeout: float = 120
-                   ) -> tuple[int, str]:
-    res = conn.run(["curl", "-sS", "-m", str(int(timeout)), "-H",
-                    "Content-Type: application/json", "--data-binary", "@-", "-o", "-", "-w",
-                    "\n%{http_code}", url], check=False, stdin=body)
+def _curl(conn: Connection, url: str, *, body: str | None, timeout: float,
+          key: Secret | None) -> tuple[int, str]:
+    """One HTTP request from `conn`'s host. With a key, the headers (and the body) go
+    in a curl config on stdin, never in argv. https is the gateway's own certificate on
+    a cluster address: not verified (it proves the server answers, not who it is)."""
+    argv = ["curl", "-sS", "-m", str(int(timeout))]
+    if url.startswith("https:"):
+        argv.append("-k")
+    stdin = None
+    if key is not None:
+        headers = [f"Authorization: Bearer {key.reveal()}"]
+        if body is not None:
+            headers.append("Content-Type: application/json")
+        argv += ["-K", "-"]
+        stdin = curl_config(headers, body)
+    elif body is not None:
+        argv += ["-H", "Content-Type: application/json", "--data-binary", "@-"]
+        stdin = body
+    res = conn.run(argv + ["-o", "-", "-w", "\n%{http_code}", url], check=False, stdin=stdin)
     text, _, code = res.stdout.rpartition("\n")
     try:
         return int(code), text
@@ -432,9 +609,19 @@ def http_post_json(conn: Connection, url: str, body: str, timeout: float = 120
         return 0, res.stderr.strip() or res.stdout
 
 
+def http_get(conn: Connection, url: str, timeout: float = 5, key: Secret | None = None
+             ) -> tuple[int, str]:
+    return _curl(conn, url, body=None, timeout=timeout, key=key)
+
+
+def http_post_json(conn: Connection, url: str, body: str, timeout: float = 120,
+                   key: Secret | None = None) -> tuple[int, str]:
+    return _curl(conn, url, body=body, timeout=timeout, key=key)
+
+
 def wait_ready(dep: Deployment, conns: dict[str, Connection], *, timeout: float,
                log: Log = lambda s: None, poll: float = 1.0, clock=time.monotonic,
-               sleep=time.sleep) -> tuple[float, str]:
+               sleep=time.sleep, key: Secret | None = None) -> tuple[float, str]:
     """Until every group lists the model on /v1/models and answers a chat completion with
     text (and the load balancer does too). Returns (seconds, a reply). Raises DeployFailed
     with the journal tail of the failing unit, or of the servers on timeout."""
@@ -462,7 +649,7 @@ def wait_ready(dep: Deployment, conns: dict[str, Connection], *, timeout: float,
             if endpoint in answered:
                 continue
             if endpoint not in listed:
-                code, body = http_get(via, endpoint + "/models")
+                code, body = http_get(via, endpoint + "/models", key=key)
                 verdict = judge_models(body, dep.served_name) if code == 200 else None
                 if verdict is not None and verdict.ok:
                     listed.add(endpoint)
@@ -474,7 +661,7 @@ def wait_ready(dep: Deployment, conns: dict[str, Connection], *, timeout: float,
                                              f"/v1/models: HTTP {code or 'no answer'}")
                     continue
             code, body = http_post_json(via, endpoint + "/chat/completions",
-                                        chat_request(dep.served_name))
+                                        chat_request(dep.served_name), key=key)
             verdict = judge_chat(body)
             if code == 200 and verdict.ok:
                 answered[endpoint] = verdict.text or ""
@@ -524,6 +711,136 @@ def _check_units(dep: Deployment, conns: dict[str, Connection], baseline) -> Non
                                    + _tail_block(host, name, journal_tail(conns[host], name)))
 
 
+# --------------------------------------------------------------------------- rolling
+
+
+def _group_shape(dep: Deployment) -> list[tuple]:
+    return [(g.index, g.host, g.ip, g.port, tuple(g.units), tuple(g.hosts))
+            for g in dep.groups]
+
+
+def rolling_groups(previous: Deployment | None, dep: Deployment, *, restart: bool = False,
+                   changed_hosts: set[str] | None = None) -> list[int] | None:
+    """The groups a redeploy changes, to be rolled one at a time, or None when the
+    change cannot roll: no previous deployment, fewer than two groups, no gateway on
+    the same host in both, or another shape of groups (other hosts, ports, units).
+    `changed_hosts`: hosts whose key files changed (their servers restart)."""
+    if previous is None or dep.lb is None or previous.lb is None or len(dep.groups) < 2:
+        return None
+    if (previous.lb.host, previous.lb.ip, previous.lb.port, previous.lb.servers) != \
+            (dep.lb.host, dep.lb.ip, dep.lb.port, dep.lb.servers):
+        return None
+    if _group_shape(previous) != _group_shape(dep):
+        return None
+    old = {(u.host, u.name): u for u in previous.units}
+    if set(old) != {(u.host, u.name) for u in dep.units}:
+        return None
+    out = []
+    for g in dep.groups:
+        units = [u for u in dep.units if u.group == g.index]
+        if restart or any(old[(u.host, u.name)].template_vars() != u.template_vars()
+                          for u in units) or \
+                any(u.key_file and u.host in (changed_hosts or set()) for u in units):
+            out.append(g.index)
+    return out
+
+
+def group_deployment(dep: Deployment, index: int) -> Deployment:
+    """One group of `dep` as a deployment of its own, without the gateway: its plays
+    install just that group, and readiness asks that group directly."""
+    g = dep.groups[index]
+    return replace(dep, groups=[g], units=[u for u in dep.units if u.group == index],
+                   lb=None)
+
+
+def _put_gateway(dep: Deployment, conns, down: list[str], log: Log) -> None:
+    from .layout import lb_config
+    lb = dep.lb
+    assert lb is not None
+    c = conns[lb.host]
+    c.put(lb_config(dep, down=down), lb.config_path, mode=0o644)
+    c.run("nginx -t -q && systemctl reload nginx.service")   # graceful: old workers finish
+
+
+def _drain(dep: Deployment, index: int, conns, key: Secret | None, log: Log, *,
+           timeout: float = 120.0, clock=time.monotonic, sleep=time.sleep) -> None:
+    """Wait until the group's server has no request in flight (its /metrics gauges), at
+    most `timeout`; a server without those gauges gets a short grace period."""
+    from .commands import in_flight_from_metrics
+    g = dep.groups[index]
+    url = g.endpoint[:-len("/v1")] + "/metrics"
+    start = clock()
+    while True:
+        code, body = http_get(conns[dep.head], url, timeout=5, key=key)
+        busy = in_flight_from_metrics(body) if code == 200 else None
+        if busy is None:
+            sleep(2.0)
+            return
+        if busy == 0:
+            return
+        if clock() - start > timeout:
+            log(f"rolling: group {index} ({g.host}) still has {busy} request(s) after "
+                f"{timeout:.0f}s; restarting it anyway")
+            return
+        sleep(0.5)
+
+
+class RollingFailed(DeployFailed):
+    """A replica of a rolling redeploy never became ready; the others keep serving."""
+
+
+def roll(inventory, dep: Deployment, previous: Deployment, groups: list[int], conns,
+         opts: DeployOptions, key: Secret | None, log: Log, reporter=None,
+         session: Session | None = None, restart_hosts: set[str] | None = None):
+    """Redeploy `groups` one at a time behind the gateway: take the group out of the
+    nginx upstream (graceful reload), let its requests drain, install and restart it
+    with the new config, wait for a real completion sent to it directly, put it back.
+    A group that never becomes ready stays out of the gateway, the rolling stops, and
+    RollingFailed names it and why; the other groups keep serving (the untouched
+    ones with their old config). Returns the engine reports."""
+    head = conns[dep.head]
+    record = replace(previous, lb=replace(dep.lb))      # what runs, group by group
+    reports = []
+    for index in groups:
+        g = dep.groups[index]
+        server = f"{g.ip}:{g.port}"
+        log(f"rolling: group {index} ({g.host}, {server}) out of the gateway")
+        _put_gateway(dep, conns, [server], log)
+        _drain(dep, index, conns, key, log)
+        one = group_deployment(dep, index)
+        report = run_units(inventory, one, opts, reporter, session)
+        reports.append(report)
+        if report.failed_hosts:
+            raise RollingFailed(f"{dep.name}: rolling stopped at group {index} ({g.host}): "
+                                "units could not be installed on " + ", ".join(
+                                    f"{h} ({report.recap[h].error})"
+                                    for h in report.failed_hosts)
+                                + "; the other groups keep serving")
+        if opts.restart or (restart_hosts or set()) & set(g.hosts):
+            _restart_units(one, conns, log)
+        record.units = [u for u in record.units if u.group != index] + one.units
+        try:
+            seconds, _reply = wait_ready(one, conns, timeout=opts.timeout, log=log, key=key)
+        except DeployFailed as exc:
+            record.lb = replace(dep.lb, config=_gateway_text(dep, [server]))
+            write_record(head, record)
+            raise RollingFailed(
+                f"{dep.name}: rolling stopped: group {index} ({g.host}, {server}) did not "
+                f"become ready with the new config; it stays out of the gateway and the "
+                f"other {len(dep.groups) - 1} group(s) keep serving (those not reached yet "
+                f"with their old config). Fix and run deploy-model again.\n{exc}") from None
+        log(f"rolling: group {index} ({g.host}) answers with the new config after "
+            f"{seconds:.1f}s; back in the gateway")
+        _put_gateway(dep, conns, [], log)
+        write_record(head, record)
+    return reports
+
+
+def _gateway_text(dep: Deployment, down: list[str]) -> str:
+    from .layout import lb_config
+    return lb_config(dep, down=down)
+
+
 # --------------------------------------------------------------------------- deploy
 
 
@@ -556,6 +873,8 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
                          f"folder (convert it with llama.cpp's convert_hf_to_gguf.py, or "
                          f"use --backend vllm)", key="--backend")
     name = opts.name or default_deployment_name(model)
+    keys = resolve_api_keys(inventory, opts.api_key_secrets)
+    tls = read_tls_files(opts.tls_cert, opts.tls_key)
     if not opts.check:          # one change of a deployment at a time
         session.lock(f"deploy-{name}", f"deploy-model {model} --name {name}",
                      break_stale=opts.break_lock)
@@ -569,14 +888,24 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
     if previous is not None:
         _connect_more(inventory, conns, previous.hosts, session, log)
     head_ip = host_infos([head], {head.name: facts[head.name]})[0].cluster_ip
+    access = Access(api_key_secrets=list(dict.fromkeys(opts.api_key_secrets)),
+                    tls=tls is not None)
     dep = _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others,
-                  previous, head_ip)
+                  previous, head_ip, access)
     for w in dep.warnings:
         log(w)
+    if not keys and dep.lb is not None:
+        log(f"note: no API key: anyone on the cluster network can use {dep.endpoint} "
+            "(--api-key-secret NAME puts a key on every route)")
 
     if opts.check:
+        secret_changes = install_secret_files(dep, keys, tls, conns, check=True,
+                                              forks=opts.forks)
+        for host, paths in secret_changes.items():
+            log(f"would write {', '.join(paths)} on {host} (0600)")
         report = run_units(inventory, dep, opts, reporter, session)
-        return DeployResult(dep, plan, True, changed=report.changed, report=report)
+        return DeployResult(dep, plan, True, changed=report.changed + sum(
+            len(p) for p in secret_changes.values()), report=report)
 
     need_model = _hosts_needing_model(dep)
     if (opts.sync and ref.sync_source is not None) or _needs_spread(ref, need_model,
@@ -592,6 +921,27 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
         _remove_stale(previous, dep, conns, log, conns[head.name])
     start = time.monotonic()
     dep.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    secret_changes = install_secret_files(dep, keys, tls, conns, forks=opts.forks)
+    if previous is not None and not keys:
+        _remove_key_files(previous.units, conns)
+    key = keys[0] if keys else None
+    rolling = rolling_groups(previous, dep, restart=opts.restart,
+                             changed_hosts=_changed_hosts(secret_changes))
+    if rolling:
+        log(f"rolling redeploy of {len(rolling)} of {len(dep.groups)} groups, one at a "
+            f"time behind the gateway on {dep.lb.host}")
+        roll(inventory, dep, previous, rolling, conns, opts, key, log, reporter, session,
+             restart_hosts=_changed_hosts(secret_changes))
+        opts = replace(opts, restart=False)
+        secret_changes = {h: {p: how for p, how in files.items()   # servers: done
+                              if p in dep.lb.secret_files}
+                          for h, files in secret_changes.items() if h == dep.lb.host}
+    elif previous is not None and len(dep.groups) == 1 and _one_group_changes(
+            previous, dep, opts.restart, _changed_hosts(secret_changes)):
+        took = previous.ready_seconds
+        log(f"note: one replica: {dep.endpoint} does not answer while {dep.name} restarts"
+            + (f" (about {took:.0f}s, its last time to ready)" if took else "")
+            + "; with --replicas 2 or more a redeploy rolls one replica at a time")
     write_record(conns[head.name], dep)
     report = run_units(inventory, dep, opts, reporter, session)
     if report.failed_hosts:
@@ -600,13 +950,25 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
                                           for h in report.failed_hosts))
     if opts.restart:
         _restart_units(dep, conns, log)
+    else:
+        apply_secret_changes(dep, secret_changes, conns, log)
     launch_seconds = time.monotonic() - start
-    _seconds, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log)
+    _seconds, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log, key=key)
     dep.ready_seconds = round(time.monotonic() - start, 2)
     write_record(conns[head.name], dep)
     return DeployResult(dep, plan, False, changed=report.changed, sync_seconds=sync_seconds,
                         launch_seconds=launch_seconds, ready_seconds=time.monotonic() - start,
                         reply=reply, report=report)
+
+
+def _one_group_changes(previous: Deployment, dep: Deployment, restart: bool,
+                       changed_hosts: set[str]) -> bool:
+    """Whether the one serving group of `dep` restarts in this redeploy."""
+    if restart:
+        return True
+    old = {(u.host, u.name): u.template_vars() for u in previous.units}
+    return any(old.get((u.host, u.name)) != u.template_vars() or
+               (u.key_file and u.host in changed_hosts) for u in dep.units)
 
 
 def _connect_more(inventory, conns: dict[str, Connection], names: list[str],
@@ -656,7 +1018,7 @@ def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
 
 
 def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others, previous,
-            head_ip):
+            head_ip, access: Access | None = None):
     network = (inventory.head.vars.get("cluster") or {}).get("network")
     head_vars = inventory.head.vars
     plan_summary = {"tensor_parallel_size": plan.tensor_parallel_size,
@@ -676,7 +1038,7 @@ def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, other
                                   ctx_size=plan.max_model_len or None,
                                   rpc_on_head=opts.rpc_on_head, rpc_cache=opts.rpc_cache,
                                   lb_host=opts.lb_host, network=network, plan=plan_summary,
-                                  record_host=inventory.head.name)
+                                  record_host=inventory.head.name, access=access)
         else:
             ray_port = (head_vars.get("ray") or {}).get("port", 6379)
             dep = layout_vllm(name, model, ref.remote_path, served, plan, infos, port=port,
@@ -684,7 +1046,8 @@ def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, other
                               ray_port=ray_port, lb_host=opts.lb_host, network=network,
                               enforce_eager=opts.enforce_eager,
                               cpu_kvcache_gb=opts.cpu_kvcache_gb, extra_args=opts.extra_args,
-                              record_host=inventory.head.name, ray_head_ip=head_ip)
+                              record_host=inventory.head.name, ray_head_ip=head_ip,
+                              access=access)
         conflicts = port_conflicts(dep, others)
         if not conflicts:
             planner_warnings = [w for w in plan.warnings if backend == "vllm"
@@ -754,6 +1117,8 @@ def _remove_stale(previous: Deployment, dep: Deployment, conns, log: Log,
         log("removing units of the previous layout: "
             + ", ".join(f"{u.name}@{u.host}" for u in stale))
         _stop_units(stale, conns)
+        still = {(u.host, u.key_file) for u in dep.units}
+        _remove_key_files([u for u in stale if (u.host, u.key_file) not in still], conns)
     if gone and head_conn is not None:
         record_pending_removal(head_conn, previous, gone)
     if previous.lb and (dep.lb is None or dep.lb.host != previous.lb.host
@@ -833,7 +1198,7 @@ def _remove_lb(dep: Deployment, conns) -> None:
     if dep.lb is None or dep.lb.host not in conns:
         return
     c = conns[dep.lb.host]
-    c.run(["rm", "-f", dep.lb.config_path])
+    c.run(["rm", "-f", dep.lb.config_path, *dep.lb.secret_files])
     c.run("command -v nginx >/dev/null && nginx -t -q && systemctl reload-or-restart "
           "nginx.service || true", check=False)
 
@@ -881,6 +1246,7 @@ def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20
             f"{', '.join(sorted({u.host for u in reachable})) or 'no host'}")
         _remove_lb(d, conns)
         _stop_units(reachable, conns)
+        _remove_key_files(reachable, conns)
         if gone:
             record_pending_removal(head_conn, d, gone)
             for h in sorted({u.host for u in gone}):
@@ -909,6 +1275,7 @@ class Status:
                 "ready_seconds": d.ready_seconds, "executor": d.executor,
                 "groups": [{"endpoint": g.endpoint, "hosts": g.hosts} for g in d.groups],
                 "load_balancer": d.lb.endpoint if d.lb else None,
+                "api_key_secrets": d.api_key_secrets,
                 "units": self.units, "endpoints": self.endpoints}
 
 
@@ -946,8 +1313,13 @@ def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False,
                                            "sub": st.get("SubState", "?"),
                                            "restarts": st.get("NRestarts", "?")}
         endpoints = {}
+        key = deployment_key(inventory, d)
         for e in [g.endpoint for g in d.groups] + ([d.lb.endpoint] if d.lb else []):
-            code, body = http_get(hc, e + "/models", timeout=3)
+            if d.api_key_secrets and key is None:
+                endpoints[e] = ("needs an API key: none of its secrets ("
+                                + ", ".join(d.api_key_secrets) + ") is in this inventory")
+                continue
+            code, body = http_get(hc, e + "/models", timeout=3, key=key)
             verdict = judge_models(body, d.served_name) if code == 200 else None
             endpoints[e] = "ok" if verdict and verdict.ok else (
                 verdict.detail if verdict else f"HTTP {code or 'no answer'}")

@@ -29,6 +29,8 @@ RECORD_VERSION = 1
 NCCL_ENV_FILE = "/etc/clusterctl/nccl.env"
 RPC_CACHE_DIR = "/var/cache/clusterctl/llama.cpp"     # rpc-server caches in $LLAMA_CACHE/rpc
 NGINX_CONF_DIR = "/etc/nginx/conf.d"
+NGINX_SECRET_DIR = "/etc/nginx/clusterctl"            # 0700: API key maps, TLS files
+KEY_DIR = "/etc/clusterctl/keys"                      # 0700: the servers' key files (0600)
 DEFAULT_MASTER_PORT = 29501
 
 
@@ -63,6 +65,8 @@ class UnitSpec:
     depends: list[str] = field(default_factory=list)   # lines that restart it when changed
     cache_dir: str | None = None       # folder the unit needs (RPC cache)
     device: str = ""                   # vLLM: cuda | cpu (the role installs CPU needs)
+    key_file: str | None = None        # 0600 file with the API keys (llama-server
+                                       # --api-key-file; vLLM: an EnvironmentFile)
 
     @property
     def exec_start(self) -> str:
@@ -82,7 +86,9 @@ class UnitSpec:
                 "env_files": list(self.env_files),
                 "after": list(self.after), "description": self.description,
                 "depends": list(self.depends), "cache_dir": self.cache_dir,
-                "bind": self.bind, "host": self.host, "device": self.device}
+                "bind": self.bind, "host": self.host, "device": self.device,
+                "secret_env_files": [self.key_file] if self.key_file and
+                self.kind.startswith("vllm") else []}
 
 
 @dataclass
@@ -107,10 +113,21 @@ class LoadBalancer:
     servers: list[str]
     config_path: str
     config: str
+    auth_path: str | None = None       # 0600 nginx include with the key map
+    tls_cert: str | None = None        # on the LB host
+    tls_key: str | None = None
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.ip}:{self.port}/v1"
+        return f"{self.scheme}://{self.ip}:{self.port}/v1"
+
+    @property
+    def secret_files(self) -> list[str]:
+        return [p for p in (self.auth_path, self.tls_cert, self.tls_key) if p]
 
 
 @dataclass
@@ -129,6 +146,7 @@ class Deployment:
     warnings: list[str] = field(default_factory=list)
     created: str = ""
     ready_seconds: float | None = None
+    api_key_secrets: list[str] = field(default_factory=list)   # names under secrets:
 
     @property
     def endpoint(self) -> str:
@@ -187,15 +205,35 @@ def _split(hosts: list[HostInfo], groups: int) -> list[list[HostInfo]]:
     return out
 
 
-def _group_port(port: int, index: int, replicas: int) -> int:
-    """With a load balancer on `port`, group i serves on port+1+i."""
-    return port if replicas == 1 else port + 1 + index
+def _group_port(port: int, index: int, gateway: bool) -> int:
+    """With a load balancer (gateway) on `port`, group i serves on port+1+i."""
+    return port + 1 + index if gateway else port
+
+
+@dataclass
+class Access:
+    """Who may use the endpoint: the names of the inventory secrets holding API keys
+    (none: open on the cluster network) and the gateway's TLS files (controller paths
+    are read by launch; here only whether there is TLS)."""
+
+    api_key_secrets: list[str] = field(default_factory=list)
+    tls: bool = False
+
+    @property
+    def gateway(self) -> bool:
+        """A key (or TLS) puts the nginx gateway in front, also of one replica."""
+        return bool(self.api_key_secrets) or self.tls
+
+
+def key_file_path(name: str, kind: str) -> str:
+    return posixpath.join(KEY_DIR, f"{name}.{'env' if kind.startswith('vllm') else 'keys'}")
 
 
 def _lb(name: str, groups: list[Group], hosts: dict[str, HostInfo], lb_host: str | None,
-        port: int, first: str) -> LoadBalancer | None:
+        port: int, first: str, access: Access | None = None) -> LoadBalancer | None:
     """nginx on `lb_host`, default the first selected host (the head when selected)."""
-    if len(groups) < 2:
+    access = access or Access()
+    if len(groups) < 2 and not access.gateway:
         return None
     where = lb_host or first
     if where not in hosts:
@@ -204,9 +242,24 @@ def _lb(name: str, groups: list[Group], hosts: dict[str, HostInfo], lb_host: str
     ip = hosts[where].cluster_ip
     servers = [f"{g.ip}:{g.port}" for g in groups]
     listen = f"{ip}:{port}"
+    auth = posixpath.join(NGINX_SECRET_DIR, f"{name}.auth.conf") \
+        if access.api_key_secrets else None
+    cert = posixpath.join(NGINX_SECRET_DIR, f"{name}.crt") if access.tls else None
+    key = posixpath.join(NGINX_SECRET_DIR, f"{name}.key") if access.tls else None
     return LoadBalancer(host=where, ip=ip, port=port, servers=servers,
                         config_path=posixpath.join(NGINX_CONF_DIR, f"clusterctl-{name}.conf"),
-                        config=nginx_upstream(name, servers, listen))
+                        config=nginx_upstream(name, servers, listen, auth_include=auth,
+                                              tls_cert=cert, tls_key=key),
+                        auth_path=auth, tls_cert=cert, tls_key=key)
+
+
+def lb_config(dep: Deployment, down: list[str] | tuple[str, ...] = ()) -> str:
+    """The gateway's nginx config with `down` servers out of rotation (rolling)."""
+    lb = dep.lb
+    assert lb is not None
+    return nginx_upstream(dep.name, lb.servers, f"{lb.ip}:{lb.port}",
+                          auth_include=lb.auth_path, tls_cert=lb.tls_cert,
+                          tls_key=lb.tls_key, down=down)
 
 
 def _warnings(hosts: list[HostInfo], network: str | None) -> list[str]:
@@ -230,13 +283,16 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
                     tensor_split: list[float] | None = None, ctx_size: int | None = None,
                     rpc_on_head: bool = False, rpc_cache: bool = True,
                     lb_host: str | None = None, network: str | None = None,
-                    plan: dict | None = None, record_host: str | None = None) -> Deployment:
+                    plan: dict | None = None, record_host: str | None = None,
+                    access: Access | None = None) -> Deployment:
     """llama.cpp RPC: per group, rpc-server units on the group's other hosts (bound to
     their cluster IPs, local cache on) and llama-server on the group's first host with
     --rpc listing them and every layer offloaded. Only the first host needs the GGUF."""
     if not hosts:
         raise InputError("no hosts to deploy on")
     _check_ips(hosts)
+    access = access or Access()
+    gateway = replicas > 1 or access.gateway
     by_name = {h.name: h for h in hosts}
     head = record_host or next((h.name for h in hosts if h.is_head), hosts[0].name)
     groups: list[Group] = []
@@ -259,26 +315,28 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
         if tensor_split and len(tensor_split) > max(1, n_devices):
             raise InputError(f"--tensor-split has {len(tensor_split)} proportions but group "
                              f"{gi} has {n_devices} RPC devices", key="--tensor-split")
-        gport = _group_port(port, gi, replicas)
+        gport = _group_port(port, gi, gateway)
         binary = posixpath.join(server.llamacpp_prefix, "bin", "llama-server")
+        key_file = key_file_path(name, "llama-server") if access.api_key_secrets else None
         argv = llama_server_argv(binary, model_path, server.cluster_ip, gport,
                                  rpc=[u.bind for u in rpc_units], n_gpu_layers=999,
                                  tensor_split=tensor_split, alias=served_name,
-                                 ctx_size=ctx_size)
+                                 ctx_size=ctx_size, api_key_file=key_file)
         su = UnitSpec(host=server.name, name=unit_name(name, "llama-server", suffix),
                       kind="llama-server", argv=argv, phase=1, group=gi,
                       bind=f"{server.cluster_ip}:{gport}",
                       after=[u.name for u in rpc_units if u.host == server.name],
-                      description=f"llama.cpp server for {name}",
+                      description=f"llama.cpp server for {name}", key_file=key_file,
                       depends=[f"rpc {u.host} {u.bind} {u.fingerprint}" for u in rpc_units])
         units += rpc_units + [su]
         groups.append(Group(index=gi, host=server.name, ip=server.cluster_ip, port=gport,
                             hosts=[m.name for m in members],
                             units=[u.name for u in rpc_units] + [su.name]))
-    lb = _lb(name, groups, by_name, lb_host, port, hosts[0].name)
+    lb = _lb(name, groups, by_name, lb_host, port, hosts[0].name, access)
     dep = Deployment(name=name, backend="llamacpp", model=model, model_path=model_path,
                      served_name=served_name, head=head, groups=groups, units=units, lb=lb,
-                     plan=plan or {}, warnings=_warnings(hosts, network))
+                     plan=plan or {}, warnings=_warnings(hosts, network),
+                     api_key_secrets=list(access.api_key_secrets))
     return dep
 
 
@@ -310,8 +368,8 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                 master_port: int = DEFAULT_MASTER_PORT, lb_host: str | None = None,
                 network: str | None = None, enforce_eager: bool = False,
                 cpu_kvcache_gb: int | None = None, extra_args: list[str] | None = None,
-                record_host: str | None = None, ray_head_ip: str | None = None
-                ) -> Deployment:
+                record_host: str | None = None, ray_head_ip: str | None = None,
+                access: Access | None = None) -> Deployment:
     """vLLM groups from a plan.
 
     * GPU plan on one node using some of its GPUs: each replica gets its own GPUs
@@ -322,6 +380,9 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
     * CPU plan: mp executor; PP > 1 spans PP nodes with --nnodes (one rank per node).
     """
     _check_ips(hosts)
+    access = access or Access()
+    gateway = replicas > 1 or access.gateway
+    key_file = key_file_path(name, "vllm") if access.api_key_secrets else None
     by_name = {h.name: h for h in hosts}
     head_host = next((h for h in hosts if h.is_head), hosts[0])
     for n in plan.nodes:
@@ -375,7 +436,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
     for gi, (members, gpu_ids) in enumerate(placements):
         server = members[0]
         suffix = gi if replicas > 1 else None
-        gport = _group_port(port, gi, replicas)
+        gport = _group_port(port, gi, gateway)
         vllm_bin = posixpath.join(server.venv, "bin", "vllm")
         group_units: list[UnitSpec] = []
         multi = len(members) > 1
@@ -393,7 +454,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                     kind="vllm" if rank == 0 else "vllm-headless", argv=argv,
                     phase=1 if rank == 0 else 0, group=gi, env=base_env(h),
                     device=plan.device,
-                    env_files=[NCCL_ENV_FILE],
+                    env_files=[NCCL_ENV_FILE], key_file=key_file if rank == 0 else None,
                     bind=f"{h.cluster_ip}:{gport}" if rank == 0 else f"{h.cluster_ip}:-",
                     description=f"vLLM {'server' if rank == 0 else f'rank {rank}'} for {name}"))
         else:
@@ -410,7 +471,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
             group_units.append(UnitSpec(
                 host=server.name, name=unit_name(name, "vllm", suffix), kind="vllm",
                 argv=argv, phase=1, group=gi, env=env, env_files=[NCCL_ENV_FILE], after=after,
-                device=plan.device,
+                device=plan.device, key_file=key_file,
                 bind=f"{server.cluster_ip}:{gport}",
                 description=f"vLLM server for {name}"))
         units += group_units
@@ -418,7 +479,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                             hosts=[m.name for m in members],
                             units=[u.name for u in sorted(group_units, key=lambda u: u.phase)]))
     _check_unique_binds(units)
-    lb = _lb(name, groups, by_name, lb_host, port, hosts[0].name)
+    lb = _lb(name, groups, by_name, lb_host, port, hosts[0].name, access)
     plan_dict = {"tensor_parallel_size": tp, "pipeline_parallel_size": pp,
                  "nodes": list(plan.nodes), "device": plan.device,
                  "max_model_len": plan.max_model_len,
@@ -427,7 +488,8 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                       served_name=served_name, head=record_host or head_host.name,
                       groups=groups,
                       units=units, lb=lb, executor=exe, plan=plan_dict,
-                      warnings=_warnings(hosts, network))
+                      warnings=_warnings(hosts, network),
+                      api_key_secrets=list(access.api_key_secrets))
 
 
 def _check_unique_binds(units: list[UnitSpec]) -> None:

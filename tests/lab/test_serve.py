@@ -1,0 +1,223 @@
+"""deploy-model for production use on the lab (3 CPU nodes), through the CLI: an API key
+on every route of the nginx gateway (issue 15, item 1), and a rolling redeploy of two
+replicas that a client in a loop never notices (item 3).
+
+Uses test_deploy's lab bootstrap and tiny llama.cpp GGUF (its module fixtures), with a
+copy of the lab inventory that has two API keys under `secrets:`.
+"""
+from __future__ import annotations
+
+import json
+import secrets as random_secrets
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+import test_deploy as deploy_tests
+from test_deploy import _mirror_has, as_json, cli, ok, run_on
+
+# test_deploy's module fixtures: the lab's inventory as loaded, the tiny GGUF
+inv = deploy_tests.inv
+tiny_gguf = deploy_tests.tiny_gguf
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def inventory_path(lab):
+    """The lab bootstrapped as test_deploy's fixture does it, without the Ray cluster
+    check (llama.cpp deployments do not use Ray)."""
+    ok(cli("bootstrap", lab.inventory_path, "--skip-verify", timeout=2400))
+    yield lab.inventory_path
+    cli("undeploy", "-i", lab.inventory_path, "--all")
+
+KEYS = {"serve_key": random_secrets.token_hex(24), "serve_key2": random_secrets.token_urlsafe(24)}
+
+
+@pytest.fixture(scope="module")
+def keyed_inventory(lab, inventory_path, tmp_path_factory):
+    """The lab's inventory with two API keys under secrets:."""
+    if not _mirror_has(lab, "nginx"):
+        pytest.skip("the lab mirror has no nginx (add it to lab/mirror_packages.yaml)")
+    data = yaml.safe_load(Path(inventory_path).read_text())
+    base = Path(inventory_path).parent
+    v = data["all"]["vars"]
+    v["ansible_ssh_private_key_file"] = str(base / v["ansible_ssh_private_key_file"])
+    v["ssh_known_hosts_file"] = str(base / v["ssh_known_hosts_file"])
+    v["secrets"] = dict(KEYS)
+    path = tmp_path_factory.mktemp("serve") / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.chmod(0o600)
+    yield path
+    cli("undeploy", "-i", path, "--all")
+
+
+def request(url: str, key: str | None = None, body: dict | None = None,
+            timeout: float = 120) -> tuple[int, str]:
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def completion(model: str, prompt: str = "Hello") -> dict:
+    return {"model": model, "max_tokens": 8, "ignore_eos": True,
+            "messages": [{"role": "user", "content": prompt}]}
+
+
+def base_url(endpoint: str) -> str:
+    return endpoint[:-len("/v1")]
+
+
+def assert_no_key(text: str, where: str) -> None:
+    for name, key in KEYS.items():
+        assert key not in text, f"the value of secrets.{name} appears in {where}"
+
+
+@pytest.fixture(scope="module")
+def keyed(keyed_inventory, tiny_gguf):
+    proc = cli("deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinykey",
+               "--port", "8500", "--api-key-secret", "serve_key", "--api-key-secret",
+               "serve_key2", "--json", "--timeout", "600")
+    assert_no_key(proc.stdout + proc.stderr, "deploy-model's output")
+    return as_json(proc)
+
+
+def test_unknown_secret_name_is_refused_naming_it(keyed_inventory, tiny_gguf):
+    proc = cli("deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "nokey",
+               "--api-key-secret", "no_such_key")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no_such_key" in proc.stderr and "Traceback" not in proc.stderr
+    assert_no_key(proc.stderr, "the error")
+
+
+def test_every_route_needs_the_key(keyed, inv):
+    gateway = keyed["endpoint"]
+    assert gateway == f"http://{inv.head.address}:8500/v1"
+    assert keyed["load_balancer"]["host"] == inv.head.name      # a gateway for 1 replica
+    assert keyed["api_key_secrets"] == ["serve_key", "serve_key2"]
+    root = base_url(gateway)
+    for url, body in ((gateway + "/chat/completions", completion("tinykey")),
+                      (root + "/health", None), (root + "/metrics", None),
+                      (gateway + "/models", None)):
+        for key in (None, "wrong-" + KEYS["serve_key"], KEYS["serve_key"].upper()):
+            code, text = request(url, key, body)
+            assert code == 401, (url, code, text[:300])
+    for key in KEYS.values():
+        code, text = request(gateway + "/chat/completions", key, completion("tinykey"))
+        assert code == 200, text[:500]
+        answer = json.loads(text)
+        assert answer["choices"][0]["message"]["content"]
+        assert answer["usage"]["completion_tokens"] == 8
+    code, text = request(root + "/metrics", KEYS["serve_key2"])
+    assert code == 200 and "llamacpp:" in text, text[:500]
+
+
+def test_the_backend_itself_wants_the_key(keyed):
+    [server] = [u for u in keyed["units"] if u["kind"] == "llama-server"]
+    backend = f"http://{server['bind']}/v1"
+    assert server["bind"] != keyed["load_balancer"]["endpoint"].split("/")[2]
+    code, _text = request(backend + "/chat/completions", None, completion("tinykey"))
+    assert code == 401
+    code, _text = request(backend + "/chat/completions", KEYS["serve_key"],
+                          completion("tinykey"))
+    assert code == 200
+    # a scraper on the cluster network reads the backend's metrics with the key
+    code, text = request(f"http://{server['bind']}/metrics", KEYS["serve_key"])
+    assert code == 200 and "llamacpp:" in text
+
+
+def test_the_key_is_nowhere_to_be_read(keyed, keyed_inventory, inv, tiny_gguf):
+    again = cli("deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinykey",
+                "--port", "8500", "--api-key-secret", "serve_key", "--api-key-secret",
+                "serve_key2", "-vv", "--diff", "--timeout", "600")
+    ok(again)
+    assert_no_key(again.stdout + again.stderr, "deploy-model -vv --diff")
+    check = cli("deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinykey",
+                "--port", "8500", "--api-key-secret", "serve_key", "--check", "--diff",
+                "-vv", "--json")
+    assert_no_key(check.stdout + check.stderr, "deploy-model --check --diff --json")
+    assert check.returncode == 3           # one key less: the key files would change
+    status = cli("status", "-i", keyed_inventory, "--json", "-v")
+    assert_no_key(status.stdout + status.stderr, "status")
+    [row] = [r for r in json.loads(ok(status).stdout) if r["name"] == "tinykey"]
+    assert row["health"] == "ready", row
+    for host in inv.hosts.values():
+        units = run_on(host, "systemctl cat 'clusterctl-tinykey-*' 2>/dev/null; "
+                             "cat /etc/systemd/system/clusterctl-tinykey-* 2>/dev/null")
+        assert_no_key(units, f"the unit files on {host.name}")
+        assert_no_key(run_on(host, ["ps", "-eo", "args"]), f"ps on {host.name}")
+        assert_no_key(run_on(host, "cat /etc/clusterctl/deployments/*.json 2>/dev/null"),
+                      f"the records on {host.name}")
+    head = inv.head
+    assert_no_key(run_on(head, ["cat", "/etc/nginx/conf.d/clusterctl-tinykey.conf"]),
+                  "the nginx site")
+    modes = run_on(head, ["stat", "-c", "%a %U %n", "/etc/nginx/clusterctl",
+                          "/etc/nginx/clusterctl/tinykey.auth.conf", "/etc/clusterctl/keys",
+                          "/etc/clusterctl/keys/tinykey.keys"]).split("\n")
+    assert [m.split()[:2] for m in modes if m] == [["700", "root"], ["600", "root"],
+                                                   ["700", "root"], ["600", "root"]], modes
+
+
+def test_undeploy_removes_the_keys(keyed, keyed_inventory, inv):
+    ok(cli("undeploy", "tinykey", "-i", keyed_inventory))
+    head = inv.head
+    left = run_on(head, "ls /etc/nginx/clusterctl /etc/clusterctl/keys 2>/dev/null")
+    assert "tinykey" not in left
+    assert "clusterctl-tinykey" not in run_on(head, ["ls", "/etc/nginx/conf.d"])
+
+
+# --------------------------------------------------------------------------- rolling
+
+
+def _client_loop(url: str, key: str, model: str, stop: threading.Event, results: list):
+    while not stop.is_set():
+        try:
+            code, text = request(url, key, completion(model), timeout=120)
+        except Exception as exc:       # noqa: BLE001 - any failure counts
+            code, text = 0, repr(exc)
+        results.append((code, text[:200]))
+
+
+def test_two_replicas_roll_without_a_failed_request(keyed_inventory, tiny_gguf, inv):
+    args = ["deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinyroll",
+            "--port", "8600", "--replicas", "2", "--api-key-secret", "serve_key",
+            "--json", "--timeout", "600"]
+    first = as_json(cli(*args, "--max-model-len", "1024"))
+    try:
+        url = first["endpoint"] + "/chat/completions"
+        stop, results = threading.Event(), []
+        clients = [threading.Thread(target=_client_loop, daemon=True,
+                                    args=(url, KEYS["serve_key"], "tinyroll", stop, results))
+                   for _ in range(2)]
+        for t in clients:
+            t.start()
+        try:
+            rolled = cli(*args, "--max-model-len", "1536")
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(timeout=180)
+        result = as_json(rolled)
+        assert "rolling" in rolled.stderr, rolled.stderr[-3000:]
+        failed = [r for r in results if r[0] != 200]
+        assert results and not failed, (len(results), failed[:5])
+        record = json.loads(run_on(inv.head, ["cat",
+                                              "/etc/clusterctl/deployments/tinyroll.json"]))
+        servers = [u for u in record["units"] if u["kind"] == "llama-server"]
+        assert len(servers) == 2
+        for u in servers:
+            assert u["argv"][u["argv"].index("--ctx-size") + 1] == "1536"
+        assert result["reply"]
+    finally:
+        ok(cli("undeploy", "tinyroll", "-i", keyed_inventory))
