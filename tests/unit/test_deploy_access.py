@@ -433,3 +433,20 @@ def test_a_replica_that_never_answers_stops_the_roll_and_stays_out(monkeypatch):
     gateways = [e for e in events if e[0] == "gateway"]
     assert gateways[-1] == ("gateway", (new.lb.servers[1],))   # the broken one stays out
     assert ("ready?", 1) in events
+
+
+def test_metrics_targets_are_the_servers_themselves():
+    dep = keyed(replicas=2)
+    targets = dep.metrics_targets()
+    assert [t["address"] for t in targets] == dep.lb.servers
+    assert all(t["needs_key"] and t["api_key_secrets"] == ["api_key", "other"]
+               for t in targets)
+    open_dep = layout_llamacpp("tiny", "t", "/m.gguf", "tiny", three_hosts(), port=8000,
+                               rpc_port=50052)
+    [t] = open_dep.metrics_targets()
+    assert t == {"deployment": "tiny", "backend": "llamacpp", "group": 0, "host": "n1",
+                 "address": "10.0.0.1:8000", "kind": "llama-server", "needs_key": False,
+                 "api_key_secrets": []}
+    vdep = layout_vllm("hf", "m", "/m", "hf", cpu_plan(), three_hosts(), port=8000,
+                       access=Access(["api_key"]))
+    assert [t["needs_key"] for t in vdep.metrics_targets()] == [False]

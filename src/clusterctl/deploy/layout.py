@@ -165,6 +165,19 @@ class Deployment:
     def units_on(self, host: str) -> list[UnitSpec]:
         return [u for u in self.units if u.host == host]
 
+    def metrics_targets(self) -> list[dict]:
+        """Where a Prometheus on the cluster network scrapes this deployment: each
+        serving process's own address (`/metrics`; llama-server runs with --metrics,
+        vLLM always serves it). `needs_key`: llama-server checks the API key on
+        /metrics; vLLM (0.32) only under /v1, /v2, /inference, /cohere. Through the
+        gateway every path needs the key and reaches one replica at a time, so scrape
+        the backends."""
+        return [{"deployment": self.name, "backend": self.backend, "group": u.group,
+                 "host": u.host, "address": u.bind, "kind": u.kind,
+                 "needs_key": bool(self.api_key_secrets) and u.kind == "llama-server",
+                 "api_key_secrets": list(self.api_key_secrets)}
+                for u in self.units if u.kind in ("llama-server", "vllm")]
+
     def to_record(self) -> dict:
         data = asdict(self)
         data["version"] = RECORD_VERSION
