@@ -115,6 +115,24 @@ def sha256_cost() -> float:
     return (time.process_time() - t) / (256 * (1 << 20) / 1e9)
 
 
+def write_cost() -> float:
+    """CPU-seconds per GB of writing to the page cache here (1 MiB writes, 512 MiB):
+    what any relay that keeps a copy pays on top of sha256."""
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "write-floor.bin"
+    data = os.urandom(1 << 20)
+    t0 = os.times()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for _ in range(512):
+            os.write(fd, data)
+    finally:
+        os.close(fd)
+        t1 = os.times()
+        path.unlink()
+    return (t1.user + t1.system - t0.user - t0.system) / (512 * (1 << 20) / 1e9)
+
+
 def relay_run(src: Path, digest: str, size: int, splice: bool) -> dict:
     """Feeder -> relay 1 -> relay 2 on loopback; each relay its own process."""
     import json
@@ -173,9 +191,10 @@ def relay_run(src: Path, digest: str, size: int, splice: bool) -> dict:
 
 def relay_costs(size: int, repeat: int) -> None:
     src, digest = relay_source(size)
-    sha = sha256_cost()
+    sha, write = sha256_cost(), write_cost()
     print(f"relay CPU, {size / 1e9:.2f} GB on loopback (feeder -> relay 1 -> relay 2; "
-          f"{os.cpu_count()} cores; sha256 alone {sha:.2f} CPU-s/GB here)")
+          f"{os.cpu_count()} cores); floors here: sha256 {sha:.2f}, page-cache write "
+          f"{write:.2f}, together {sha + write:.2f} CPU-s/GB")
     print(f"  {'path':<26} {'relay 1 (fwd)':>13} {'relay 2 (last)':>14} {'goal':>5} "
           f"{'MB/s':>6} {'load':>5}")
     for rep in range(repeat):

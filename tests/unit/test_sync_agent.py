@@ -499,3 +499,27 @@ def test_the_agents_quick_decision_agrees_with_the_controllers_diff(verify):
         listing = {p: RemoteFile(v["size"], v["mtime_ns"], v.get("sha256"))
                    for p, v in found.items()}
         assert agent.survey_needs(spec, found) == (not diff(m, listing, verify=verify).complete)
+
+
+@pytest.mark.parametrize("use_mmap", [True, False])
+def test_hash_range_reads_the_file_in_windows(tmp_path, monkeypatch, use_mmap):
+    """The splice path hashes the file behind the stream in windows that start anywhere
+    (not page aligned); mapped, or read when mapping fails."""
+    import mmap
+    if not use_mmap:
+        def refuse(*a, **kw):
+            raise OSError(19, "No such device")
+        monkeypatch.setattr(mmap, "mmap", refuse)
+    data = os.urandom(3 * 4096 + 777)
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        h = hashlib.sha256()
+        view = memoryview(bytearray(1000))
+        done = 0
+        for end in (1, 4095, 4097, 9000, len(data)):
+            done = agent._hash_range(h, fd, done, end, view)
+        assert done == len(data) and h.hexdigest() == _sha(data)
+    finally:
+        os.close(fd)
