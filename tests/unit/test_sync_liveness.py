@@ -273,3 +273,15 @@ def test_stale_runs_are_those_whose_lock_is_free(tmp_path):
     assert job.stale_runs() == {"n1": ["/tmp/clusterctl-sync-b-n1",
                                        "/tmp/clusterctl-sync-e-n1"]}
     assert "sync-mistral" in head.commands[0] and "sync-qwen" in head.commands[0]
+
+
+def test_a_feeding_node_that_stops_answering_ends_the_round(fast):
+    """A source or seed node feeds with its own sender: when it stops answering, the
+    round ends, the receivers are stopped, and the warning names it."""
+    alive = {"state": "receiving", "alive": True, "age": 0.1}
+    nodes = {"src": FakeNode("src", dead=True), "a": FakeNode("a", alive)}
+    job = make_job(nodes)
+    job.poll(Chain("src", ["a"]), None, {"a": 1}, 1)
+    assert list(job.dead) == ["src"] and "while sending" in job.dead["src"]
+    assert nodes["a"].stops == 1
+    assert job.warnings and job.warnings[0].startswith("the feeder src stopped answering")

@@ -561,6 +561,8 @@ class _SyncJob:
                     if live.missed(chain.feeder, _msg(chain.feeder, exc)) >= PROBE_MISSES:
                         self.dead.setdefault(chain.feeder, self.dead_message(
                             chain.feeder, rnd, {"state": "sending"}, None, live))
+                        self.warnings.append(f"the feeder {chain.feeder} "
+                                             f"{self.dead[chain.feeder]}")
                         return self.end_round(chain, feeder, ssh, sender, {}), sender
                 sent_all = sender.get("state") in ("sent", "done", "failed")
                 next_sender = now + (TICK if sent_all else POLL_INTERVAL)
