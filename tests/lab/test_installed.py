@@ -139,3 +139,46 @@ def test_a_missing_playbook_names_the_packaged_folder(installed, lab):
     assert str(elsewhere / "no_such_playbook") in proc.stderr
     assert "/clusterctl/_data/playbooks/no_such_playbook.yaml" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_wheel_bootstraps_from_an_ini_inventory_then_checks_and_serves(installed, lab):
+    """The whole path a new user takes, from the installed wheel in an unrelated folder:
+    an Ansible INI inventory with a host range and group_vars/host_vars bootstraps the
+    lab (the full bootstrap playbook, Ray check included), the packaged testinfra suite
+    passes, netcheck measures every pair, and deploy-model serves a real completion."""
+    from test_operator import ini_inventory
+
+    _exe, elsewhere, _env = installed
+    ini = ini_inventory(lab, elsewhere / "ini")
+    proc = _cli(installed, "bootstrap", ini, "--json", timeout=3000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    recap = json.loads(proc.stdout)["recap"]
+    assert sorted(recap) == sorted(n.name for n in lab.nodes)
+    assert all(r["failed"] == 0 and not r["unreachable"] for r in recap.values()), recap
+
+    proc = _cli(installed, "verify", ini, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert re.search(r" \d+ passed", proc.stdout) and " failed" not in proc.stdout
+
+    proc = _cli(installed, "netcheck", "-i", ini, "--duration", "1", "--json", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    n = len(lab.nodes)
+    assert len([ln for ln in data["links"] if ln.get("gbps")]) == n * (n - 1), data["links"]
+    assert not [f for f in data["findings"] if f["severity"] == "error"], data["findings"]
+
+    from clusterctl.deploy.tinymodels import find_vocab_gguf, write_tiny_gguf
+    vocab = find_vocab_gguf()
+    assert vocab is not None, "bootstrap caches the llama.cpp source the tiny model needs"
+    model = write_tiny_gguf(elsewhere / "tiny-wheel.gguf", vocab)
+    head = next(node.name for node in lab.nodes if node.role == "head")
+    try:
+        proc = _cli(installed, "deploy-model", model, "-i", ini, "--name", "wheel",
+                    "--limit", head, "--port", "8391", "--json", "--timeout", "600",
+                    timeout=1200)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        result = json.loads(proc.stdout)
+        assert result["ready_seconds"] > 0 and result["reply"], result
+    finally:
+        proc = _cli(installed, "undeploy", "wheel", "-i", ini, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
