@@ -22,11 +22,12 @@ a node at 9000 behind a switch port that carries only 1500 is named, not trusted
 host fails the task; its MTU is left alone (the old value is not known).
 
 A jumbo-frame black hole on the CONTROLLER's path stalls SSH itself on the first large
-packet (the fact script going out, its output coming back), so before facts are
-gathered `check_paths` pulls a few KB from every host with a short timeout; a host that
-stalls is diagnosed on a new connection with small packets only (pings to the
-controller and some peers: small, 1500 and the interface's MTU, don't-fragment) and
-fails by name with what passes and what does not, instead of being waited on.
+packet (TCP between two ends at 9000 uses ~9000-byte packets; the port drops them, and
+which ones get through in the lab varies), so before facts are gathered `check_paths`
+asks every host whose path from the controller is above 1500 at both ends for a
+don't-fragment ping of that size to the controller (small command, small answer); if it
+is lost while small packets pass, the host fails by name as a jumbo-frame black hole
+instead of being waited on. Nothing is sent where the controller's MTU is 1500.
 """
 from __future__ import annotations
 
@@ -60,59 +61,70 @@ def jumbo_ping_script(ips: list[str], mtu: int) -> str:
     return "\n".join(jobs + ["wait"])
 
 
-# -- the controller's path, before facts ---------------------------------------------
+# -- the controller's path ---------------------------------------------------------
 
-#: bytes pulled from every host before its facts: more than one 1500-byte frame
+#: bytes sent to and pulled from a freshly raised host: more than one 1500-byte frame
 PATH_PROBE_BYTES = 16384
-#: seconds the pull may take before the host is diagnosed (a slow host then carries on)
-PATH_PROBE_TIMEOUT = 20.0
-#: seconds the diagnosis (small pings, all targets at once) may take
-DIAGNOSE_TIMEOUT = 25.0
-#: peers pinged by the diagnosis besides the controller
-DIAGNOSE_PEERS = 3
+#: seconds the check of the controller's path (a few pings, bounded by ping's -W) may take
+PATH_CHECK_TIMEOUT = 25.0
+#: Linux's IP_MTU socket option (<netinet/in.h>): the MTU of a connected socket's route
+IP_MTU = getattr(socket, "IP_MTU", 14)
 
 
 def path_probe_command(size: int = PATH_PROBE_BYTES) -> str:
-    """A short command whose output is `size` bytes: it passes only where large
-    packets do."""
-    return f"head -c {int(size)} /dev/zero | tr '\\0' x"
+    """A command `size` bytes long (large packets to the host: the command text is
+    one SSH message) that answers `size` bytes (large packets back). (Not stdin: the
+    SSH library feeds stdin a byte at a time.)"""
+    pad = "x" * int(size)
+    return f": {pad}; head -c {int(size)} /dev/zero | tr '\\0' x"
 
 
-def diagnose_script(ips: list[str]) -> str:
-    """Kept short (the command itself must fit one small packet). Prints
-    `dev IFACE MTU` (the interface toward the first IP) and per IP
-    `to IP SMALL AT1500 ATMTU` (1 = answered): a small ping, a don't-fragment ping of
-    a 1500-byte packet and one of the interface's MTU."""
-    q = " ".join(shlex.quote(ip) for ip in ips)
-    return (f"set -- {q}\n"
-            "d=$(ip -o route get \"$1\" 2>/dev/null | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p')\n"
+def probe_path(conn, timeout: float) -> None:
+    """The path probe on `conn`; HostError (timed out) when it stalls."""
+    res = conn.run(path_probe_command(), timeout=timeout)
+    if len(res.stdout) < PATH_PROBE_BYTES:
+        raise HostError(conn.name, f"path probe: short answer ({len(res.stdout)} bytes)")
+
+
+def path_check_script(controller: str, controller_mtu: int) -> str:
+    """Small (one small packet each way). Prints `dev IFACE MTU SIZE`: the interface
+    toward the controller, its MTU, and SIZE, the largest packet SSH between the two
+    uses (the smaller MTU); where SIZE > 1500 a don't-fragment ping of SIZE, and only
+    if it is lost a small one and one of 1500, as `to IP SMALL AT1500 ATSIZE` (1 =
+    answered; one reply of three is enough)."""
+    c = shlex.quote(controller)
+    return (f"c={c}\n"
+            "d=$(ip -o route get \"$c\" 2>/dev/null | sed -n 's/.* dev \\([^ ]*\\).*/\\1/p')\n"
             "m=$(cat /sys/class/net/$d/mtu 2>/dev/null || echo 0)\n"
-            "echo dev $d $m\n"
-            "p() { ping -c 2 -i 0.2 -W 2 \"$@\" >/dev/null 2>&1 && echo 1 || echo 0; }\n"
-            "for ip; do (echo to $ip $(p -s 16 $ip) $(p -M do -s 1472 $ip) "
-            "$(p -M do -s $((m-28)) $ip)) & done\n"
-            "wait")
+            f"s=$m; [ \"$s\" -gt {int(controller_mtu)} ] && s={int(controller_mtu)}\n"
+            "echo dev $d $m $s\n"
+            "[ \"$s\" -gt 1500 ] || exit 0\n"
+            "p() { ping -c 3 -i 0.2 -W 2 \"$@\" >/dev/null 2>&1 && echo 1 || echo 0; }\n"
+            "if [ \"$(p -M do -s $((s-28)) $c)\" = 1 ]; then echo to $c 1 1 1; else "
+            "echo to $c $(p -s 16 $c) $(p -M do -s 1472 $c) 0; fi")
 
 
-def parse_diagnosis(text: str) -> tuple[str | None, int | None, dict[str, tuple[bool, ...]]]:
-    """(interface, its MTU, {ip: (small, at 1500, at the MTU)}) from diagnose_script."""
-    iface, mtu_now, paths = None, None, {}
+def parse_path_check(text: str) -> tuple[str | None, int | None, int | None,
+                                          dict[str, tuple[bool, ...]]]:
+    """(interface, its MTU, the packet size checked, {ip: (small, at 1500, at size)})."""
+    iface, mtu_now, size, paths = None, None, None, {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[0] == "dev":
+        if len(parts) == 4 and parts[0] == "dev" and parts[2].isdigit() and \
+                parts[3].isdigit():
             iface = parts[1] or None
-            mtu_now = int(parts[2]) if parts[2].isdigit() and int(parts[2]) > 0 else None
+            mtu_now, size = int(parts[2]) or None, int(parts[3]) or None
         elif len(parts) == 5 and parts[0] == "to" and all(p in "01" for p in parts[2:]):
             paths[parts[1]] = tuple(p == "1" for p in parts[2:])
-    return iface, mtu_now, paths
+    return iface, mtu_now, size, paths
 
 
-def black_hole_message(name: str, iface: str | None, mtu_now: int | None,
+def black_hole_message(name: str, iface: str | None, mtu_now: int | None, size: int | None,
                        paths: dict[str, tuple[bool, ...]], controller: str | None
                        ) -> str | None:
-    """The failure of a host whose small packets pass where its large ones do not (a
-    jumbo-frame black hole), or None when the diagnosis does not show one."""
-    if not mtu_now or mtu_now <= 1500:
+    """The failure of a host whose small packets reach the controller where its
+    SSH-sized ones do not (a jumbo-frame black hole), or None."""
+    if not size or size <= 1500:
         return None
     holes = sorted(ip for ip, (small, _, big) in paths.items() if small and not big)
     if not holes:
@@ -124,9 +136,9 @@ def black_hole_message(name: str, iface: str | None, mtu_now: int | None,
     passes = "small and 1500-byte packets pass" if len(fits) == len(holes) else \
         "small packets pass"
     return (f"jumbo-frame black hole: {name}'s {iface or 'interface'} is at mtu {mtu_now} "
-            f"but {mtu_now}-byte packets do not reach " + ", ".join(who(ip) for ip in holes)
-            + f" ({passes}), so SSH stalls on large packets. Check the MTU of the switch "
-            "port(s) on that path, or set cluster.mtu to what the switch carries.")
+            f"but {size}-byte packets do not reach " + ", ".join(who(ip) for ip in holes)
+            + f" ({passes}), so SSH to it stalls on large packets. Check the MTU of the "
+            "switch port(s) on that path, or set cluster.mtu to what the switch carries.")
 
 
 def arm_rollback_script(iface: str, old_mtu: int, seconds: int) -> str:
@@ -170,57 +182,42 @@ def _current_mtu(facts, iface: str) -> int | None:
     return None
 
 
-def _ipv4(address: str) -> str | None:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return None
-    return str(ip) if ip.version == 4 else None
-
-
-def controller_ip(address: str) -> str | None:
-    """This machine's own IPv4 address toward `address` (the kernel's choice of source;
-    no packet is sent), or None."""
+def controller_path(address: str) -> tuple[str, int] | None:
+    """(this machine's IPv4 address toward `address`, the MTU of that route): the
+    kernel's choice, no packet is sent. None for loopback or when unknown."""
     try:
         infos = socket.getaddrinfo(address, 22, socket.AF_INET, socket.SOCK_DGRAM)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect(infos[0][4])
-            return s.getsockname()[0]
+            ip = s.getsockname()[0]
+            mtu = s.getsockopt(socket.IPPROTO_IP, IP_MTU)
     except (OSError, IndexError):
         return None
+    return None if ipaddress.ip_address(ip).is_loopback else (ip, int(mtu))
 
 
-def diagnose(runner, state) -> str | None:
-    """Small pings from a host whose large packets stalled: to the controller (when it
-    is reached directly) and a few peers. The failure message of a black hole, else
-    None (the host was only slow)."""
-    conn = state.conn
-    target = getattr(conn, "target", None)
-    direct = target is not None and not target.hops and not target.proxy_command
-    ctrl = controller_ip(target.hostname) if direct else None
-    peers = [ip for name, other in runner.states.items() if name != state.host.name
-             for ip in [_ipv4(other.host.address)] if ip][:DIAGNOSE_PEERS]
-    ips = ([ctrl] if ctrl else []) + [ip for ip in peers if ip != ctrl]
-    if not ips:
+def check_path(state) -> str | None:
+    """The controller's own path to a host, where both ends are above 1500 (so SSH's
+    TCP uses packets a 1500 switch port would drop): a don't-fragment ping of that
+    size from the host. The failure message of a black hole, else None."""
+    target = getattr(state.conn, "target", None)
+    if target is None or target.hops or target.proxy_command:
+        return None                      # through a jump host: not this path
+    found = controller_path(target.hostname)
+    if found is None or found[1] <= 1500:
         return None
-    res = conn.run(diagnose_script(ips), check=False, timeout=DIAGNOSE_TIMEOUT)
-    return black_hole_message(state.host.name, *parse_diagnosis(res.stdout), ctrl)
+    ctrl, ctrl_mtu = found
+    res = state.conn.run(path_check_script(ctrl, ctrl_mtu), check=False,
+                         timeout=PATH_CHECK_TIMEOUT)
+    return black_hole_message(state.host.name, *parse_path_check(res.stdout), ctrl)
 
 
 def check_paths(runner, states) -> dict[str, str]:
-    """Before facts: pull PATH_PROBE_BYTES from every host with a short timeout. A host
-    that stalls is diagnosed with small packets; {host: message} for the hosts whose
-    path is a jumbo-frame black hole (the others, also slow ones, carry on)."""
+    """Before facts (the first large packets): {host: message} for the hosts whose
+    path from the controller is a jumbo-frame black hole. A few small packets each way
+    per host, one round trip; nothing at all where the controller's MTU is 1500."""
     live = [s for s in states if not s.failed and s.conn is not None]
-
-    def pull(state):
-        state.conn.run(path_probe_command(), timeout=PATH_PROBE_TIMEOUT)
-    pulled = runner.map(live, pull, step="checking the path")
-    stalled = [s for s in live if isinstance(pulled[s.host.name], HostError)
-               and "timed out" in str(pulled[s.host.name])]
-    if not stalled:
-        return {}
-    found = runner.map(stalled, lambda s: diagnose(runner, s), step="diagnosing the path")
+    found = runner.map(live, check_path, step="checking the controller's path")
     return {name: msg for name, msg in found.items() if isinstance(msg, str)}
 
 
@@ -290,7 +287,7 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
         controller_ok = True
         try:
             with runner.session.fresh_connection(state.host, connect_timeout=8) as fresh:
-                fresh.run(path_probe_command(), timeout=10)
+                probe_path(fresh, 10)
         except ClusterctlError:
             controller_ok = False
         return failing, controller_ok
