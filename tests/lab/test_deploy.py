@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -53,12 +54,12 @@ def run_on(host, cmd) -> str:
         return c.run(cmd, check=False).stdout
 
 
-def chat(endpoint: str, model: str) -> dict:
+def chat(endpoint: str, model: str, timeout: float = 120) -> dict:
     body = json.dumps({"model": model, "max_tokens": 8, "ignore_eos": True,
                        "messages": [{"role": "user", "content": "Hello"}]}).encode()
     req = urllib.request.Request(endpoint + "/chat/completions", data=body,
                                  headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=120) as resp:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
 
@@ -125,7 +126,7 @@ def test_rpc_servers_have_a_local_cache(tiny_deployed, inv):
 
 
 def test_status_reads_the_records_on_the_head(tiny_deployed, inventory_path, inv):
-    rows = as_json(cli("status", "-i", inventory_path, "--json"))
+    rows = as_json(cli("status", "-i", inventory_path, "--json"))["deployments"]
     [row] = [r for r in rows if r["name"] == "tiny"]
     assert row["health"] == "ready" and row["backend"] == "llamacpp"
     assert row["endpoint"] == tiny_deployed["endpoint"]
@@ -250,8 +251,27 @@ def test_a_dead_rpc_worker_is_placed_around_and_cleaned_up_later(lab, tiny_deplo
     recorded for removal, and after the node is back the next run removes them."""
     from clusterctl import lab as labs
     victim = list(inv.hosts.values())[2]
+    endpoint = tiny_deployed["endpoint"]
     labs.fault(lab.name, victim.name, "down", "")
     try:
+        # requests fail at once (the watchdog stops llama-server), they do not hang in
+        # llama.cpp's RPC client: poll until a request errors; each has 60 s, all 180 s
+        failed_fast, deadline = None, time.monotonic() + 180
+        while failed_fast is None and time.monotonic() < deadline:
+            try:
+                chat(endpoint, "tiny", timeout=60)
+                time.sleep(2)
+            except (OSError, ValueError) as exc:          # refused, reset, HTTP error
+                failed_fast = exc
+        assert failed_fast is not None, "requests still answered with a worker down"
+        assert not isinstance(failed_fast, TimeoutError) and \
+            "timed out" not in str(failed_fast), f"a request hung: {failed_fast}"
+        rows = as_json(cli("status", "-i", inventory_path, "--json"))["deployments"]
+        [row] = [r for r in rows if r["name"] == "tiny"]
+        assert row["health"] == "down", row
+        assert victim.name in {w["host"] for w in row["lost_workers"]}, row
+        text = cli("status", "-i", inventory_path)
+        assert f"RPC worker {victim.name} lost" in text.stdout, text.stdout
         placed = cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
                      "--limit", f"!{victim.name}", "--json", "--timeout", "600")
         result = as_json(placed)
@@ -276,7 +296,7 @@ def test_undeploy_removes_units_and_record(tiny_deployed, inventory_path, inv):
         assert "clusterctl-tiny-" not in units
         assert ":50052" not in run_on(host, ["ss", "-Hltn"])
     assert run_on(inv.head, ["ls", "/etc/clusterctl/deployments"]).strip() == ""
-    rows = as_json(cli("status", "-i", inventory_path, "--json"))
+    rows = as_json(cli("status", "-i", inventory_path, "--json"))["deployments"]
     assert not [r for r in rows if r["name"] == "tiny"]
     # the RPC cache survives an undeploy (a later deploy does not resend big tensors)
     for host in list(inv.hosts.values())[1:]:

@@ -107,7 +107,8 @@ def test_health_alone_is_not_ready_and_timeout_shows_the_journal():
         if url.endswith("/models"):
             return MODELS_OK
         return 200, '{"choices": [{"message": {"content": ""}}]}'   # answers, no text
-    w = world(answers, journal={dep.units[-1].name: "llama-server: loading model..."})
+    server = next(u for u in dep.units if u.kind == "llama-server")
+    w = world(answers, journal={server.name: "llama-server: loading model..."})
     clock = Clock()
     with pytest.raises(DeployFailed) as exc:
         wait_ready(dep, conns_for(dep, w), timeout=10, clock=clock, sleep=clock.sleep)
@@ -203,7 +204,10 @@ def test_plays_order_rpc_servers_before_the_server():
                           rpc_port=50052, rpc_on_head=True)
     plays = build_plays(dep)
     assert [(p.hosts, p.name) for p in plays] == [("n2,n3,n1", "tiny: rpc"),
-                                                  ("n1", "tiny: llama-server")]
+                                                  ("n1", "tiny: llama-server"),
+                                                  ("n1", "tiny: rpc-watch")]
+    # the watchdog's program travels with the play (the node's python3 runs it)
+    assert "def main(" in plays[-1].vars["rpc_watch_script"]
     assert plays[0].roles[0].name == "llamacpp_serve"
     assert set(plays[0].vars["deploy_units"]) == {"n1", "n2", "n3"}
 

@@ -47,8 +47,8 @@ def test_llamacpp_rpc_on_workers_server_on_head():
     dep = layout_llamacpp("tiny", "tiny.gguf", "/opt/models/tiny.gguf", "tiny", hosts(3),
                           port=8000, rpc_port=50052, ctx_size=2048)
     assert [(u.host, u.kind, u.phase) for u in dep.units] == [
-        ("n2", "rpc", 0), ("n3", "rpc", 0), ("n1", "llama-server", 1)]
-    rpc2, rpc3, server = dep.units
+        ("n2", "rpc", 0), ("n3", "rpc", 0), ("n1", "llama-server", 1), ("n1", "rpc-watch", 2)]
+    rpc2, rpc3, server, watch = dep.units
     assert rpc2.argv == ["/opt/clusterctl/llama.cpp/bin/rpc-server", "--host", "10.0.0.2",
                          "--port", "50052", "--cache"]
     assert rpc2.env == {"LLAMA_CACHE": "/var/cache/clusterctl/llama.cpp"}
@@ -59,7 +59,15 @@ def test_llamacpp_rpc_on_workers_server_on_head():
     assert "--n-gpu-layers" in server.argv
     assert dep.endpoint == "http://10.0.0.1:8000/v1"
     assert dep.lb is None and len(dep.groups) == 1
-    assert dep.groups[0].units == [rpc2.name, rpc3.name, server.name]
+    assert dep.groups[0].units == [rpc2.name, rpc3.name, server.name, watch.name]
+    # the watchdog beside the server: which unit to stop, which workers to watch
+    assert watch.argv[:2] == ["/usr/bin/python3", "/usr/local/lib/clusterctl/rpcwatch.py"]
+    assert watch.argv[watch.argv.index("--unit") + 1] == server.name
+    workers = [watch.argv[i + 1] for i, a in enumerate(watch.argv) if a == "--worker"]
+    assert workers == ["n2=10.0.0.2:50052", "n3=10.0.0.3:50052"]
+    assert watch.argv[watch.argv.index("--state") + 1] == \
+        "/run/clusterctl/deployments/clusterctl-tiny-rpc-watch.json"
+    assert watch.bind == "" and watch.after == [server.name]
     assert dep.hosts == ["n2", "n3", "n1"]
     assert dep.warnings == []
 
@@ -75,7 +83,7 @@ def test_llamacpp_server_unit_changes_when_an_rpc_server_does():
 def test_llamacpp_rpc_on_head_and_tensor_split():
     dep = layout_llamacpp("t", "m", "/m.gguf", "t", hosts(3), port=8000, rpc_port=50052,
                           rpc_on_head=True, tensor_split=[1, 2, 2])
-    server = dep.units[-1]
+    server = next(u for u in dep.units if u.kind == "llama-server")
     assert server.argv[server.argv.index("--rpc") + 1].split(",") == [
         "10.0.0.2:50052", "10.0.0.3:50052", "10.0.0.1:50052"]
     assert server.after == ["clusterctl-t-rpc.service"]

@@ -112,3 +112,34 @@ def test_main_refuses_bad_arguments(capsys):
     with pytest.raises(SystemExit):
         rpcwatch.main(["--unit", "u", "--state", "s", "--worker", "nope"])
     assert "NAME=IP:PORT" in capsys.readouterr().err
+
+
+def test_status_reads_the_watchdogs_state_files(tmp_path):
+    """`status` reads every watchdog's state file in one command per host and names the
+    workers a degraded watchdog lost; a missing or garbled file is left out."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from clusterctl.deploy import launch, layout
+
+    states = {"clusterctl-a-rpc-watch.service": {"state": "degraded", "since": 5.0,
+                                                 "lost": [{"name": "n3", "why": "ping"}]},
+              "clusterctl-b-rpc-watch.service": {"state": "ok", "lost": []},
+              "clusterctl-c-rpc-watch.service": "{not json"}
+    root = tmp_path / "root"
+    for name, data in states.items():
+        path = root / layout.watch_state_path(name).lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data if isinstance(data, str) else json.dumps(data))
+
+    class Conn:
+        def run(self, script, check=False, timeout=None):
+            script = script.replace(" /run/", f" {root}/run/")
+            out = subprocess.run(["sh", "-c", script], capture_output=True, text=True)
+            return SimpleNamespace(stdout=out.stdout)
+
+    units = [SimpleNamespace(name=n) for n in
+             [*states, "clusterctl-missing-rpc-watch.service"]]
+    got = launch.read_watch_states(Conn(), units)
+    assert set(got) == {"clusterctl-a-rpc-watch.service", "clusterctl-b-rpc-watch.service"}
+    assert launch.lost_workers(got) == [{"host": "n3", "why": "ping", "since": 5.0}]

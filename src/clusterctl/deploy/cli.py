@@ -3,6 +3,7 @@ function of deploy.launch (or the planner), render the result."""
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -394,7 +395,7 @@ def status_command(inventory_opt, limit, accept_new_host_keys, as_json, verbose)
     if selected is not None:       # the deployments that run on any of the selected hosts
         rows = [r for r in rows if selected & set(r.deployment.hosts)]
     if as_json:
-        print_json([r.to_dict() for r in rows])
+        print_json({"deployments": [r.to_dict() for r in rows]})
     else:
         out = _console()
         if not rows:
@@ -419,6 +420,14 @@ def status_command(inventory_opt, limit, accept_new_host_keys, as_json, verbose)
                     for e, v in r.endpoints.items():
                         if v != "ok" or verbose:
                             out.print(f"  {r.deployment.name}: {e}: {_esc(v)}")
+                for w in r.lost:
+                    since = (time.strftime("%H:%M:%S", time.localtime(w["since"]))
+                             if isinstance(w.get("since"), (int, float)) else "?")
+                    out.print(f"  {r.deployment.name}: RPC worker {_esc(w['host'])} lost since "
+                              f"{since} ({_esc(w['why'])}): its llama-server is stopped so "
+                              f"requests fail at once; serve on the others with "
+                              f"`clusterctl deploy-model ... --name {r.deployment.name} "
+                              f"--limit '!{_esc(w['host'])}'`")
     sys.exit(0 if all(r.health == "ready" for r in rows) else EXIT_HOST_FAILED)
 
 

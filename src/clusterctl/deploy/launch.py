@@ -9,6 +9,7 @@ the load balancer. A failure shows the journal tail of the unit that failed.
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import time
@@ -24,7 +25,8 @@ from ..secret import Secret
 from .commands import (api_key_env_text, api_key_file_text, api_key_problem, chat_request,
                        curl_config, judge_chat, judge_models, nginx_auth_text)
 from .layout import (RECORD_DIR, Access, Deployment, HostInfo,
-                     layout_llamacpp, layout_vllm, parse_record, port_conflicts, record_json)
+                     layout_llamacpp, layout_vllm, parse_record, port_conflicts, record_json,
+                     watch_state_path)
 from .models import (ModelRef, default_deployment_name, models_dir_of, remote_model_info,
                      resolve_model, sync_to)
 from .modelinfo import ModelInfo, read_model_info
@@ -492,13 +494,20 @@ def build_plays(dep: Deployment, roles_paths: list[Path] | None = None) -> list:
                 name=f"{dep.name}: {', '.join(kinds)}", hosts=",".join(slot), roles=[role],
                 file="<deploy-model>", line=0,
                 vars={"deploy_units": {h: u.template_vars() for h, u in slot.items()},
-                      "unit_was_active": unit_was_active}))
+                      "unit_was_active": unit_was_active,
+                      "rpc_watch_script": _rpc_watch_script()}))
     if dep.lb is not None:
         plays.append(Play(name=f"{dep.name}: load balancer", hosts=dep.lb.host,
                           roles=[loadbalancer_role()], file="<deploy-model>", line=0,
                           vars={"lb": {"config_path": dep.lb.config_path,
                                        "config": dep.lb.config}}))
     return plays
+
+
+def _rpc_watch_script() -> str:
+    """The watchdog program the llama.cpp role installs beside a llama-server with RPC
+    workers (stdlib only: the node's /usr/bin/python3 runs it)."""
+    return (Path(__file__).with_name("rpcwatch.py")).read_text()
 
 
 def loadbalancer_role():
@@ -1266,6 +1275,7 @@ class Status:
     units: dict[str, dict[str, str]]           # "unit@host" -> {active, sub, restarts}
     endpoints: dict[str, str]                  # endpoint -> "ok" | problem
     health: str                                # ready | degraded | down
+    lost: list[dict] = field(default_factory=list)   # RPC workers a watchdog lost
 
     def to_dict(self) -> dict:
         d = self.deployment
@@ -1276,7 +1286,38 @@ class Status:
                 "groups": [{"endpoint": g.endpoint, "hosts": g.hosts} for g in d.groups],
                 "load_balancer": d.lb.endpoint if d.lb else None,
                 "api_key_secrets": d.api_key_secrets,
-                "units": self.units, "endpoints": self.endpoints}
+                "units": self.units, "endpoints": self.endpoints,
+                "lost_workers": self.lost}
+
+
+def read_watch_states(conn: Connection, units: list) -> dict[str, dict]:
+    """unit name -> the state its RPC watchdog wrote (missing or unreadable: left out)."""
+    marker = "--clusterctl-watch--"
+    script = "; ".join(f"echo {marker}; cat {shlex.quote(watch_state_path(u.name))} "
+                       f"2>/dev/null" for u in units)
+    res = conn.run(script, check=False, timeout=30)
+    out = {}
+    for u, chunk in zip(units, res.stdout.split(marker + "\n")[1:]):
+        try:
+            data = json.loads(chunk)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            out[u.name] = data
+    return out
+
+
+def lost_workers(watch_states: dict[str, dict]) -> list[dict]:
+    """The workers every degraded watchdog names: host, why, since (unix seconds)."""
+    lost = []
+    for state in watch_states.values():
+        if state.get("state") != "degraded":
+            continue
+        for item in state.get("lost") or []:
+            if isinstance(item, dict) and isinstance(item.get("name"), str):
+                lost.append({"host": item["name"], "why": str(item.get("why", ""))[:300],
+                             "since": state.get("since")})
+    return lost
 
 
 def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False,
@@ -1301,6 +1342,13 @@ def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False,
             units_by_host.setdefault(u.host, []).append(u.name)
     states = _parallel({h: c for h, c in conns.items() if h in units_by_host},
                        lambda c: unit_states(c, units_by_host[c.name]), session.forks)
+    watchers: dict[str, list] = {}
+    for d in records:
+        for u in d.units:
+            if u.kind == "rpc-watch" and u.host in conns:
+                watchers.setdefault(u.host, []).append(u)
+    watch_states = _parallel({h: conns[h] for h in watchers},
+                             lambda c: read_watch_states(c, watchers[c.name]), session.forks)
     out = []
     for d in records:
         units = {}
@@ -1332,7 +1380,10 @@ def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False,
             health = "degraded"
         else:
             health = "down"
-        out.append(Status(d, units, endpoints, health))
+        mine = {u.name: watch_states.get(u.host, {}).get(u.name) for u in d.units
+                if u.kind == "rpc-watch" and isinstance(watch_states.get(u.host), dict)}
+        out.append(Status(d, units, endpoints, health,
+                          lost_workers({k: v for k, v in mine.items() if v})))
     return out
 
 

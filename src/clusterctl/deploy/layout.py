@@ -31,6 +31,8 @@ RPC_CACHE_DIR = "/var/cache/clusterctl/llama.cpp"     # rpc-server caches in $LL
 NGINX_CONF_DIR = "/etc/nginx/conf.d"
 NGINX_SECRET_DIR = "/etc/nginx/clusterctl"            # 0700: API key maps, TLS files
 KEY_DIR = "/etc/clusterctl/keys"                      # 0700: the servers' key files (0600)
+WATCH_SCRIPT = "/usr/local/lib/clusterctl/rpcwatch.py"  # deploy/rpcwatch.py on the node
+WATCH_STATE_DIR = "/run/clusterctl/deployments"        # the watchdogs' state files
 DEFAULT_MASTER_PORT = 29501
 
 
@@ -341,16 +343,38 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
                       after=[u.name for u in rpc_units if u.host == server.name],
                       description=f"llama.cpp server for {name}", key_file=key_file,
                       depends=[f"rpc {u.host} {u.bind} {u.fingerprint}" for u in rpc_units])
-        units += rpc_units + [su]
+        watch = [rpc_watch_unit(name, su, rpc_units, gi, suffix)] if rpc_units else []
+        units += rpc_units + [su] + watch
         groups.append(Group(index=gi, host=server.name, ip=server.cluster_ip, port=gport,
                             hosts=[m.name for m in members],
-                            units=[u.name for u in rpc_units] + [su.name]))
+                            units=[u.name for u in rpc_units + [su] + watch]))
     lb = _lb(name, groups, by_name, lb_host, port, hosts[0].name, access)
     dep = Deployment(name=name, backend="llamacpp", model=model, model_path=model_path,
                      served_name=served_name, head=head, groups=groups, units=units, lb=lb,
                      plan=plan or {}, warnings=_warnings(hosts, network),
                      api_key_secrets=list(access.api_key_secrets))
     return dep
+
+
+def watch_state_path(unit: str) -> str:
+    """The state file a watchdog unit writes (read by `status`)."""
+    return posixpath.join(WATCH_STATE_DIR, unit.removesuffix(".service") + ".json")
+
+
+def rpc_watch_unit(name: str, server: UnitSpec, rpc_units: list[UnitSpec], group: int,
+                   suffix: int | None) -> UnitSpec:
+    """The watchdog beside a llama-server that uses RPC workers (deploy/rpcwatch.py): it
+    stops llama-server within seconds of losing a worker, so requests fail fast instead
+    of hanging in llama.cpp's RPC client, and starts it again when every worker is back."""
+    uname = unit_name(name, "rpc-watch", suffix)
+    argv = ["/usr/bin/python3", WATCH_SCRIPT, "--unit", server.name,
+            "--state", watch_state_path(uname)]
+    for u in rpc_units:
+        argv += ["--worker", f"{u.host}={u.bind}"]
+    return UnitSpec(host=server.host, name=uname, kind="rpc-watch", argv=argv, phase=2,
+                    group=group, after=[server.name],
+                    description=f"RPC worker watchdog for {name}",
+                    depends=[f"server {server.name} {server.fingerprint}"])
 
 
 # --------------------------------------------------------------------------- vLLM
