@@ -378,57 +378,99 @@ def undeploy_command(name, inventory_opt, limit, accept_new_host_keys, all_, ver
 
 @click.command(name="status")
 @_inventory_options
-@click.option("--json", "as_json", is_flag=True, help="One JSON list of deployments.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: {schema_version, deployments, metrics}.")
+@click.option("--watch", "watch", type=FiniteFloat(1, 3600), default=None, metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C (with monitoring on: live metrics).")
+@click.option("--window", default="1m", show_default=True, metavar="DURATION",
+              help="Prometheus rate window for the metrics (e.g. 30s, 5m).")
 @click.option("-v", "--verbose", count=True)
 @handle_errors
-def status_command(inventory_opt, limit, accept_new_host_keys, as_json, verbose):
+def status_command(inventory_opt, limit, accept_new_host_keys, as_json, watch, window,
+                   verbose):
     """What is deployed where: each deployment's backend, hosts, endpoint and health
     (ready: every unit active and every endpoint lists the model; degraded: the endpoint
-    answers but a unit or replica does not; down). Works from any controller: the
-    records live on the head."""
-    from rich.table import Table
-    from ..render import print_json
-    from .launch import status
+    answers but a unit or replica does not; down). With `monitoring.enabled` in the
+    inventory, also each deployment's requests/s, tokens/s, time to first token and
+    queue from Prometheus on the head. Works from any controller: the records live on
+    the head."""
+    from ..monitoring import metric_queries
+    from .launch import _session
     inv = _load_inventory(inventory_opt)
     selected = {h.name for h in inv.select(list(limit))} if limit else None   # exit 2 first
-    rows = status(inv, accept_new_host_keys=accept_new_host_keys)
+    metric_queries(window)                       # a bad --window: exit 2 before connecting
+    with _session(inv, 20, accept_new_host_keys) as session:
+        if watch is None:
+            rows, metrics = _status_once(inv, session, selected, window)
+            _show_status(rows, metrics, as_json, verbose)
+            sys.exit(0 if all(r.health == "ready" for r in rows) else EXIT_HOST_FAILED)
+        out = _console()
+        try:
+            while True:
+                rows, metrics = _status_once(inv, session, selected, window)
+                if not as_json:
+                    out.clear()
+                    out.print(f"[dim]{time.strftime('%H:%M:%S')}  every {watch:g}s, "
+                              f"Ctrl-C to stop[/dim]")
+                _show_status(rows, metrics, as_json, verbose)
+                time.sleep(watch)
+        except KeyboardInterrupt:
+            sys.exit(0)
+
+
+def _status_once(inv, session, selected, window):
+    from .launch import deployment_metrics, status
+    rows = status(inv, session=session)
     if selected is not None:       # the deployments that run on any of the selected hosts
         rows = [r for r in rows if selected & set(r.deployment.hosts)]
+    metrics = deployment_metrics(inv, session, [r.deployment.name for r in rows],
+                                 window=window) if rows else None
+    return rows, metrics
+
+
+def _show_status(rows, metrics, as_json: bool, verbose: int) -> None:
+    from rich.table import Table
+    from ..monitoring import render_rows
+    from ..render import print_json
     if as_json:
-        print_json({"deployments": [r.to_dict() for r in rows]})
-    else:
-        out = _console()
-        if not rows:
-            out.print("nothing deployed")
-        else:
-            table = Table(show_edge=False, pad_edge=False)
-            for col in ("name", "backend", "model", "endpoint", "hosts", "health"):
-                table.add_column(col, overflow="fold",
-                                 no_wrap=col in ("endpoint", "health", "backend"))
-            style = {"ready": "green", "degraded": "yellow", "down": "bold red"}
-            for r in rows:
-                d = r.deployment
-                table.add_row(d.name, d.backend, d.served_name, d.endpoint, ", ".join(d.hosts),
-                              f"[{style[r.health]}]{r.health}[/{style[r.health]}]")
-            out.print(table)
-            for r in rows:
-                if r.health != "ready" or verbose:
-                    for unit, st in r.units.items():
-                        if st.get("active") != "active" or verbose:
-                            out.print(f"  {r.deployment.name}: {unit} {st.get('active')}"
-                                      f"/{st.get('sub', '?')}")
-                    for e, v in r.endpoints.items():
-                        if v != "ok" or verbose:
-                            out.print(f"  {r.deployment.name}: {e}: {_esc(v)}")
-                for w in r.lost:
-                    since = (time.strftime("%H:%M:%S", time.localtime(w["since"]))
-                             if isinstance(w.get("since"), (int, float)) else "?")
-                    out.print(f"  {r.deployment.name}: RPC worker {_esc(w['host'])} lost since "
-                              f"{since} ({_esc(w['why'])}): its llama-server is stopped so "
-                              f"requests fail at once; serve on the others with "
-                              f"`clusterctl deploy-model ... --name {r.deployment.name} "
-                              f"--limit '!{_esc(w['host'])}'`")
-    sys.exit(0 if all(r.health == "ready" for r in rows) else EXIT_HOST_FAILED)
+        print_json({"deployments": [r.to_dict() for r in rows], "metrics": metrics})
+        return
+    out = _console()
+    if not rows:
+        out.print("nothing deployed")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("name", "backend", "model", "endpoint", "hosts", "health"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("endpoint", "health", "backend"))
+    style = {"ready": "green", "degraded": "yellow", "down": "bold red"}
+    for r in rows:
+        d = r.deployment
+        table.add_row(d.name, d.backend, d.served_name, d.endpoint, ", ".join(d.hosts),
+                      f"[{style[r.health]}]{r.health}[/{style[r.health]}]")
+    out.print(table)
+    for r in rows:
+        if r.health != "ready" or verbose:
+            for unit, st in r.units.items():
+                if st.get("active") != "active" or verbose:
+                    out.print(f"  {r.deployment.name}: {unit} {st.get('active')}"
+                              f"/{st.get('sub', '?')}")
+            for e, v in r.endpoints.items():
+                if v != "ok" or verbose:
+                    out.print(f"  {r.deployment.name}: {e}: {_esc(v)}")
+        for w in r.lost:
+            since = (time.strftime("%H:%M:%S", time.localtime(w["since"]))
+                     if isinstance(w.get("since"), (int, float)) else "?")
+            out.print(f"  {r.deployment.name}: RPC worker {_esc(w['host'])} lost since "
+                      f"{since} ({_esc(w['why'])}): its llama-server is stopped so "
+                      f"requests fail at once; serve on the others with "
+                      f"`clusterctl deploy-model ... --name {r.deployment.name} "
+                      f"--limit '!{_esc(w['host'])}'`")
+    if metrics is not None:
+        out.print()
+        out.print(f"[bold]serving metrics[/bold] [dim](Prometheus on the head, rate over "
+                  f"{metrics.get('window')})[/dim]")
+        for line in render_rows(metrics):
+            out.print(_esc(line))
 
 
 __all__ = ["plan_model_command", "deploy_model_command", "undeploy_command", "status_command"]

@@ -20,7 +20,7 @@ from typing import Callable
 from ..errors import ClusterctlError, HostError, InputError
 from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_output
 from ..remote import Connection
-from ..session import Session, parallel_map
+from ..session import Session, failure_reason, parallel_map
 from ..secret import Secret
 from .commands import (api_key_env_text, api_key_file_text, api_key_problem, chat_request,
                        curl_config, judge_chat, judge_models, nginx_auth_text)
@@ -30,6 +30,7 @@ from .layout import (RECORD_DIR, Access, Deployment, HostInfo,
 from .models import (ModelRef, default_deployment_name, models_dir_of, remote_model_info,
                      resolve_model, sync_to)
 from .modelinfo import ModelInfo, read_model_info
+from ..monitoring import monitoring_enabled, register_deployment, unregister_deployment
 from .planner import NodeGPUs, Plan, plan_model
 
 Log = Callable[[str], None]
@@ -965,6 +966,7 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
     _seconds, reply = wait_ready(dep, conns, timeout=opts.timeout, log=log, key=key)
     dep.ready_seconds = round(time.monotonic() - start, 2)
     write_record(conns[head.name], dep)
+    register_metrics(inventory, conns[head.name], dep, log)
     return DeployResult(dep, plan, False, changed=report.changed, sync_seconds=sync_seconds,
                         launch_seconds=launch_seconds, ready_seconds=time.monotonic() - start,
                         reply=reply, report=report)
@@ -1263,7 +1265,34 @@ def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20
                     f"{', '.join(u.name for u in gone if u.host == h)} recorded for "
                     "removal when it is back (the next deploy-model or undeploy)")
         head_conn.run(["rm", "-f", d.record_path()])
+        if monitoring_enabled(inventory):
+            unregister_deployment(head_conn, d.name)
     return [d.name for d in chosen]
+
+
+def register_metrics(inventory, head_conn: Connection, dep: Deployment, log: Log) -> None:
+    """With monitoring on, tell Prometheus (on the head) where the deployment's metrics
+    are. Serving does not depend on it: a failure is a warning."""
+    if not monitoring_enabled(inventory):
+        return
+    try:
+        path = register_deployment(head_conn, dep)
+        log(f"metrics: Prometheus scrapes {dep.name} (targets in {path})")
+    except ClusterctlError as exc:
+        log(f"WARNING: metrics of {dep.name} not registered with Prometheus: "
+            f"{failure_reason(exc)}")
+
+
+def deployment_metrics(inventory, session: Session, names: list[str],
+                       window: str = "1m") -> dict | None:
+    """One refresh of every deployment's serving metrics from Prometheus on the head
+    (requests/s, tokens/s, time to first token, queue); None when monitoring is off."""
+    if not monitoring_enabled(inventory):
+        return None
+    from ..monitoring import PrometheusClient, metrics_rows, ssh_transport
+    head = inventory.head
+    conn = _connect(session, [head])[head.name]
+    return metrics_rows(PrometheusClient(ssh_transport(conn)), names, window=window)
 
 
 # --------------------------------------------------------------------------- status
