@@ -441,16 +441,37 @@ class LockBusy(ClusterctlError):
     """Another command holds the lock (exit 1: the cluster is busy, not bad input)."""
 
 
+def _check_lock_name(name: str) -> str:
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}", name):
+        raise ValueError(f"bad lock name {name!r}")
+    return name
+
+
 def lock_script(name: str, owner: str) -> str:
     """The remote side of a lock: flock held by a shell that lives as long as the
     channel (stdin) does, so a controller that dies (or a dropped connection) releases
     it: no stale lock survives its holder. The owner line says who holds it."""
-    import re
     import shlex
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,100}", name):
-        raise ValueError(f"bad lock name {name!r}")
-    return _LOCK_SCRIPT.format(dir=shlex.quote(LOCK_DIR), name=shlex.quote(name),
+    return _LOCK_SCRIPT.format(dir=shlex.quote(LOCK_DIR), name=shlex.quote(_check_lock_name(name)),
                                owner=shlex.quote(owner))
+
+
+def held_locks_script(names: list[str]) -> str:
+    """Shell for the head: `HELD NAME` for each lock whose holder is alive (the owner
+    file names the pid of the shell that holds the flock). A name no lock can have is
+    never held."""
+    import shlex
+    lines = []
+    for name in names:
+        try:
+            owner = shlex.quote(f"{LOCK_DIR}/{_check_lock_name(name)}.owner")
+        except ValueError:
+            continue
+        lines.append(f"p=$(sed -n 's/^pid=//p' {owner} 2>/dev/null); "
+                     f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && "
+                     f"echo HELD {shlex.quote(name)}")
+    return "\n".join(lines) + "\ntrue"
 
 
 def parse_lock_answer(text: str) -> tuple[bool, dict]:

@@ -241,7 +241,8 @@ def test_held_locks_are_told_from_locks_whose_holder_is_gone(tmp_path, monkeypat
     gone = subprocess.Popen(["true"])
     gone.wait()
     (tmp_path / "sync-b.owner").write_text(f"pid={gone.pid}\n")
-    script = sync_run.held_locks_script(["sync-a", "sync-b", "sync-c"])
+    from clusterctl.session import held_locks_script
+    script = held_locks_script(["sync-a", "sync-b", "sync-c", "..bad name"])
     res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0 and res.stdout.split("\n")[:-1] == ["HELD sync-a"]
 

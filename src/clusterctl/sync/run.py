@@ -24,7 +24,7 @@ from typing import Callable, Iterable
 
 from ..errors import ClusterctlError, HostError, InputError
 from ..inventory import Inventory, load_inventory
-from ..session import Session
+from ..session import Session, held_locks_script
 from . import node_agent
 from .manifest import Manifest, NodeNeed, diff, parse_listing, summarize_reasons
 from .nodes import FINAL_STATES, SyncNode, agent_source, guess_cluster_ip
@@ -813,22 +813,6 @@ class _SyncJob:
                 if gone:
                     out.setdefault(n, []).append(folder)
         return out
-
-
-def held_locks_script(names: list[str]) -> str:
-    """Shell for the head: `HELD NAME` for each lock name whose holder is alive (its
-    owner file names the pid of the shell that holds the flock; see session.lock)."""
-    import re
-    import shlex
-    from ..session import LOCK_DIR
-    lines = []
-    for name in names:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:100] or "_"
-        owner = shlex.quote(f"{LOCK_DIR}/{safe}.owner")
-        lines.append(f"p=$(sed -n 's/^pid=//p' {owner} 2>/dev/null); "
-                     f"[ -n \"$p\" ] && kill -0 \"$p\" 2>/dev/null && "
-                     f"echo HELD {shlex.quote(name)}")
-    return "\n".join(lines) + "\ntrue"
 
 
 class _ControllerFeeder(threading.Thread):
