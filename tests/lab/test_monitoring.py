@@ -119,32 +119,38 @@ def test_exporters_and_prometheus_listen_on_the_cluster_ip_only(converged, inv):
             assert mine == [host.address + port], (host.name, port, listening)
 
 
-def _targets_until_healthy(client, want_jobs: dict[str, int]) -> list[mon.Target]:
-    """Poll /api/v1/targets until every target is up and each job has its count."""
+def _targets_until_healthy(client, want: dict[str, set[str]]) -> list[mon.Target]:
+    """Poll /api/v1/targets until every target is up and each job has at least the
+    wanted instances (Prometheus rereads Ray's file_sd file every 30 s: the Ray head
+    updates it in place behind a symlink, which file watches do not see)."""
     deadline = time.monotonic() + DEADLINE
     while True:
         targets = client.targets()
-        by_job: dict[str, int] = {}
+        have: dict[str, set[str]] = {}
         for t in targets:
-            by_job[t.job] = by_job.get(t.job, 0) + 1
-        counts_ok = all(by_job.get(j, 0) >= n for j, n in want_jobs.items())
-        if counts_ok and not mon.unhealthy_targets(targets):
+            have.setdefault(t.job, set()).add(t.instance)
+        missing = {j: sorted(w - have.get(j, set())) for j, w in want.items()
+                   if w - have.get(j, set())}
+        if not missing and not mon.unhealthy_targets(targets):
             return targets
         if time.monotonic() > deadline:
             pytest.fail(f"targets not all healthy after {DEADLINE}s: " + "; ".join(
                 f"{t.job} {t.instance} {t.health} {t.last_error}" for t in targets)
-                + f" (jobs {by_job}, wanted {want_jobs})")
+                + f" (missing {missing})")
         time.sleep(3)
 
 
 def test_every_target_is_healthy(client, inv):
-    n = len(inv.hosts)
-    targets = _targets_until_healthy(client, {"prometheus": 1, "node": n, "ray": n})
+    hosts = list(inv.hosts.values())
+    head = inv.head
+    want = {"prometheus": {f"{head.address}:{head.vars['monitoring']['prometheus_port']}"},
+            "node": {f"{h.address}:{h.vars['monitoring']['node_exporter_port']}"
+                     for h in hosts},
+            # every node's Ray metrics agent, on its cluster IP
+            "ray": {f"{h.address}:{h.vars['ray']['metrics_export_port']}" for h in hosts}}
+    targets = _targets_until_healthy(client, want)
     nodes = sorted(t.labels.get("host") for t in targets if t.job == "node")
     assert nodes == sorted(inv.hosts)
-    ray = {t.instance for t in targets if t.job == "ray"}
-    for host in inv.hosts.values():    # every node's Ray metrics agent, on its cluster IP
-        assert f"{host.address}:{host.vars['ray']['metrics_export_port']}" in ray, ray
 
 
 # --------------------------------------------------------------------------- a deployment
@@ -184,8 +190,11 @@ def tiny_deployed(converged, inventory_path, head_conn, tmp_path_factory):
 
 
 def test_deployment_target_is_scraped_and_shows_tokens_per_second(client, tiny_deployed, inv):
-    targets = _targets_until_healthy(client, {"deployments": 1})
+    head = inv.head
+    server = f"{head.address}:{tiny_deployed['endpoint'].rsplit(':', 1)[1].split('/')[0]}"
+    targets = _targets_until_healthy(client, {"deployments": {server}})
     [mine] = [t for t in targets if t.labels.get("deployment") == "mtiny"]
+    assert mine.instance == server
     assert mine.labels["backend"] == "llamacpp" and mine.labels["host"] == inv.head.name
     endpoint = tiny_deployed["endpoint"]
     deadline = time.monotonic() + DEADLINE
