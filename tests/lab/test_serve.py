@@ -150,7 +150,7 @@ def test_the_key_is_nowhere_to_be_read(keyed, keyed_inventory, inv, tiny_gguf):
     assert check.returncode == 3           # one key less: the key files would change
     status = cli("status", "-i", keyed_inventory, "--json", "-v")
     assert_no_key(status.stdout + status.stderr, "status")
-    [row] = [r for r in json.loads(ok(status).stdout) if r["name"] == "tinykey"]
+    [row] = [r for r in json.loads(ok(status).stdout)["deployments"] if r["name"] == "tinykey"]
     assert row["health"] == "ready", row
     for host in inv.hosts.values():
         units = run_on(host, "systemctl cat 'clusterctl-tinykey-*' 2>/dev/null; "
@@ -221,3 +221,39 @@ def test_two_replicas_roll_without_a_failed_request(keyed_inventory, tiny_gguf, 
         assert result["reply"]
     finally:
         ok(cli("undeploy", "tinyroll", "-i", keyed_inventory))
+
+
+def test_a_replica_that_never_answers_stops_the_roll_and_the_rest_serve(keyed_inventory,
+                                                                        tiny_gguf, inv):
+    """A new config that cannot start (group 0's RPC server on sshd's port): the roll
+    stops at group 0 with exit 1 naming it, group 0 stays out of the gateway, and a
+    client in a loop through the gateway sees no failed request (group 1 serves)."""
+    args = ["deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinyfail",
+            "--port", "8700", "--replicas", "2", "--api-key-secret", "serve_key",
+            "--timeout", "300"]
+    first = as_json(cli(*args, "--rpc-port", "50062", "--json"))
+    try:
+        groups = {g["hosts"][0]: g for g in first["groups"]}
+        assert len(groups) == 2 and len(first["groups"][0]["hosts"]) == 2   # RPC in group 0
+        url = first["endpoint"] + "/chat/completions"
+        stop, results = threading.Event(), []
+        client = threading.Thread(target=_client_loop, daemon=True,
+                                  args=(url, KEYS["serve_key"], "tinyfail", stop, results))
+        client.start()
+        try:
+            broken = cli(*args, "--rpc-port", "22")
+        finally:
+            stop.set()
+            client.join(timeout=180)
+        assert broken.returncode == 1, broken.stdout + broken.stderr[-3000:]
+        assert "rolling stopped" in broken.stderr and "group 0" in broken.stderr
+        assert "Traceback" not in broken.stderr
+        failed = [r for r in results if r[0] != 200]
+        assert results and not failed, (len(results), failed[:5])
+        code, text = request(url, KEYS["serve_key"], completion("tinyfail"))
+        assert code == 200, text[:300]
+        conf = run_on(inv.head, ["cat", "/etc/nginx/conf.d/clusterctl-tinyfail.conf"])
+        down = [ln.split()[1] for ln in conf.splitlines() if ln.strip().endswith("down;")]
+        assert down == [first["groups"][0]["endpoint"].split("/")[2]], conf
+    finally:
+        ok(cli("undeploy", "tinyfail", "-i", keyed_inventory))
