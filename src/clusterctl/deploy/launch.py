@@ -24,9 +24,8 @@ from ..session import Session, failure_reason, parallel_map
 from ..secret import Secret
 from .commands import (api_key_env_text, api_key_file_text, api_key_problem, chat_request,
                        curl_config, judge_chat, judge_models, nginx_auth_text)
-from .layout import (RECORD_DIR, Access, Deployment, HostInfo,
-                     layout_llamacpp, layout_vllm, parse_record, port_conflicts, record_json,
-                     watch_state_path)
+from .layout import (RECORD_DIR, Access, Deployment, HostInfo, layout_llamacpp, layout_vllm,
+                     lb_config, parse_record, port_conflicts, record_json, watch_state_path)
 from .models import (ModelRef, default_deployment_name, models_dir_of, remote_model_info,
                      resolve_model, sync_to)
 from .modelinfo import ModelInfo, read_model_info
@@ -763,8 +762,8 @@ def group_deployment(dep: Deployment, index: int) -> Deployment:
                    lb=None)
 
 
-def _put_gateway(dep: Deployment, conns, down: list[str], log: Log) -> None:
-    from .layout import lb_config
+def _put_gateway(dep: Deployment, conns, down: list[str]) -> None:
+    """The gateway's config with `down` out of rotation, reloaded gracefully."""
     lb = dep.lb
     assert lb is not None
     c = conns[lb.host]
@@ -815,7 +814,7 @@ def roll(inventory, dep: Deployment, previous: Deployment, groups: list[int], co
         g = dep.groups[index]
         server = f"{g.ip}:{g.port}"
         log(f"rolling: group {index} ({g.host}, {server}) out of the gateway")
-        _put_gateway(dep, conns, [server], log)
+        _put_gateway(dep, conns, [server])
         _drain(dep, index, conns, key, log)
         one = group_deployment(dep, index)
         report = run_units(inventory, one, opts, reporter, session)
@@ -832,7 +831,7 @@ def roll(inventory, dep: Deployment, previous: Deployment, groups: list[int], co
         try:
             seconds, _reply = wait_ready(one, conns, timeout=opts.timeout, log=log, key=key)
         except DeployFailed as exc:
-            record.lb = replace(dep.lb, config=_gateway_text(dep, [server]))
+            record.lb = replace(dep.lb, config=lb_config(dep, down=[server]))
             write_record(head, record)
             raise RollingFailed(
                 f"{dep.name}: rolling stopped: group {index} ({g.host}, {server}) did not "
@@ -841,14 +840,9 @@ def roll(inventory, dep: Deployment, previous: Deployment, groups: list[int], co
                 f"with their old config). Fix and run deploy-model again.\n{exc}") from None
         log(f"rolling: group {index} ({g.host}) answers with the new config after "
             f"{seconds:.1f}s; back in the gateway")
-        _put_gateway(dep, conns, [], log)
+        _put_gateway(dep, conns, [])
         write_record(head, record)
     return reports
-
-
-def _gateway_text(dep: Deployment, down: list[str]) -> str:
-    from .layout import lb_config
-    return lb_config(dep, down=down)
 
 
 # --------------------------------------------------------------------------- deploy
