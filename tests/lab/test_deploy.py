@@ -97,7 +97,8 @@ def test_llamacpp_rpc_across_three_nodes_answers(tiny_deployed, inv):
     assert result["backend"] == "llamacpp"
     assert result["ready_seconds"] > 0 and result["reply"]
     units = {(u["host"], u["kind"]) for u in result["units"]}
-    assert units == {(head.name, "llama-server"), (w1.name, "rpc"), (w2.name, "rpc")}
+    assert units == {(head.name, "llama-server"), (w1.name, "rpc"), (w2.name, "rpc"),
+                     (head.name, "rpc-watch")}        # the watchdog beside llama-server
     assert result["endpoint"] == f"http://{head.address}:8000/v1"
     # the endpoint answers a chat completion from here too (the lab bridge is the
     # controller's leg on the cluster network)
