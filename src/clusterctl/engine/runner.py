@@ -132,6 +132,7 @@ class Runner:
         self.results: list[TaskResult] = []
         self.recap: dict[str, HostRecap] = {}
         self.states: dict[str, HostState] = {}
+        self.warnings: list[str] = []      # role variables close to declared names
         self._stop = False
 
     # results -------------------------------------------------------------
@@ -528,6 +529,10 @@ class Runner:
     def run(self) -> RunReport:
         start = time.monotonic()
         hosts = self.inventory.select(self.options.limit)
+        # role variables against the roles' argument_specs.yaml, before any connection
+        from .specs import check_plays
+        self.warnings = check_plays(self.inventory, self.plays, hosts,
+                                    extra_vars=self.options.extra_vars, targets=self._targets)
         for h in hosts:
             self.recap[h.name] = HostRecap()
         try:
@@ -537,6 +542,9 @@ class Runner:
                 if h.name in connected.failed:
                     self._fail_host(self.states[h.name], None, connected.failed[h.name].reason,
                                     status="unreachable")
+            # a jumbo-frame black hole stalls SSH on large packets: name it, not wait
+            for name, why in mtu.check_paths(self, list(self.states.values())).items():
+                self._fail_host(self.states[name], None, why)
             self.gather_all(list(self.states.values()), first=True)
             for i, play in enumerate(self.plays):
                 if self._stop:
@@ -602,8 +610,9 @@ CLUSTER_STEPS: dict[str, Callable] = {
     "llamacpp_build": build.execute_llamacpp,
     "ray_cluster": raycheck.execute,
 }
-#: cluster steps that run even when nothing changed (checks)
-ALWAYS_STEPS = {"ray_cluster"}
+#: cluster steps that run even when nothing changed (checks; jumbo frames of hosts
+#: already at the target MTU)
+ALWAYS_STEPS = {"ray_cluster", "link_mtu"}
 
 
 def run_playbook(inventory, plays: list[Play], options: RunOptions | None = None,
