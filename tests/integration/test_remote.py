@@ -111,6 +111,16 @@ def test_stdin_and_env_with_secret_masked(conn):
     assert "hf_supersecret" not in str(err.value) and "***" in str(err.value)
 
 
+def test_a_large_stdin_arrives_whole(conn):
+    """Hundreds of KB of stdin (a non-root upload goes this way) arrive intact and in
+    one piece; invoke alone would feed it one byte per 10 ms (hours for this much)."""
+    import hashlib
+    data = "".join(f"line {i} " + "x" * (i % 97) + "\n" for i in range(6000))
+    assert len(data) > 300_000
+    res = conn.run("sha256sum", stdin=data, timeout=120)
+    assert res.stdout.split()[0] == hashlib.sha256(data.encode()).hexdigest()
+
+
 def test_put_is_atomic_with_mode_and_get(conn, tmp_path):
     path = tmp_path / "conf"
     conn.put(b"one\n", str(path), mode=0o640)
