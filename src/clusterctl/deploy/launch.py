@@ -29,7 +29,8 @@ from .layout import (RECORD_DIR, Access, Deployment, HostInfo, layout_llamacpp, 
 from .models import (ModelRef, default_deployment_name, models_dir_of, remote_model_info,
                      resolve_model, sync_to)
 from .modelinfo import ModelInfo, read_model_info
-from ..monitoring import monitoring_enabled, register_deployment, unregister_deployment
+from ..monitoring import (SCRAPE_KEY_FILE, monitoring_enabled, register_deployment,
+                          unregister_deployment)
 from .planner import NodeGPUs, Plan, plan_model
 
 Log = Callable[[str], None]
@@ -1271,7 +1272,12 @@ def register_metrics(inventory, head_conn: Connection, dep: Deployment, log: Log
         return
     try:
         path = register_deployment(head_conn, dep)
-        log(f"metrics: Prometheus scrapes {dep.name} (targets in {path})")
+        key = deployment_key(inventory, dep) if dep.backend == "llamacpp" else None
+        if key is not None:       # llama-server's /metrics needs the key (vLLM's does not)
+            head_conn.put(key.reveal().encode(), SCRAPE_KEY_FILE, mode=0o640, owner="root",
+                          group="prometheus")
+        log(f"metrics: Prometheus scrapes {dep.name} (targets in {path}"
+            + (f", with the key of {dep.name} in {SCRAPE_KEY_FILE}" if key else "") + ")")
     except ClusterctlError as exc:
         log(f"WARNING: metrics of {dep.name} not registered with Prometheus: "
             f"{failure_reason(exc)}")
