@@ -2,17 +2,13 @@
 `monitoring: {enabled: true}` installs node exporters and Prometheus from the lab mirror,
 bound to the cluster IP; a second run changes nothing and --check agrees; every target
 Prometheus knows (node exporters, Prometheus, Ray's metrics agents from Ray's file_sd) is
-healthy; and a tiny llama.cpp deployment registered with
-`clusterctl.monitoring.deployment_targets` shows non-zero generated tokens/s through the
-queries `status` uses, asked over the head's SSH connection.
-
-What the lead wires (not done here): `deploy-model` writing the file_sd file, `undeploy`
-removing it, and `status` showing `metrics_rows`; this test does those steps itself.
+healthy; `deploy-model` registers a tiny llama.cpp deployment with Prometheus, and after a
+few completions `clusterctl status` shows its generated tokens/s; `undeploy` removes the
+registration.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -167,9 +163,8 @@ def chat(endpoint: str, model: str, tokens: int = 16) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_deployed(converged, inventory_path, head_conn, tmp_path_factory):
-    """The tiny llama.cpp model (llama-server on the head, RPC on the workers), with the
-    file_sd file deploy-model will write (written here, as the lead has not wired it)."""
-    from clusterctl.deploy.layout import parse_record
+    """The tiny llama.cpp model (llama-server on the head, RPC on the workers); deploy-model
+    itself writes the file_sd file Prometheus reads."""
     from clusterctl.deploy.tinymodels import find_vocab_gguf, write_tiny_gguf
     vocab = find_vocab_gguf()
     assert vocab is not None, ("no llama.cpp source tarball in ~/.cache/clusterctl/llamacpp "
@@ -179,17 +174,19 @@ def tiny_deployed(converged, inventory_path, head_conn, tmp_path_factory):
                "--timeout", "600")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    record = parse_record(head_conn.get("/etc/clusterctl/deployments/mtiny.json").decode())
-    path, text = mon.deployment_targets(record)
-    head_conn.run(["mkdir", "-p", os.path.dirname(path)])
-    head_conn.put(text.encode(), path, mode=0o644)
+    assert "metrics: Prometheus scrapes mtiny" in proc.stderr, proc.stderr[-2000:]
+    listed = head_conn.run("ls /etc/prometheus/clusterctl.d/", check=False).stdout.split()
+    assert "mtiny.json" in listed, listed
     yield result
-    for p in mon.deployment_targets_paths("mtiny"):
-        head_conn.run(["rm", "-f", p], check=False)
-    cli("undeploy", "-i", inventory_path, "mtiny")
+    proc = cli("undeploy", "-i", inventory_path, "mtiny")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    left = [p for p in mon.deployment_targets_paths("mtiny")
+            if head_conn.run(["test", "-e", p], check=False).exit_code == 0]
+    assert left == [], f"undeploy left the metrics registration: {left}"
 
 
-def test_deployment_target_is_scraped_and_shows_tokens_per_second(client, tiny_deployed, inv):
+def test_deployment_target_is_scraped_and_shows_tokens_per_second(client, tiny_deployed, inv,
+                                                                   inventory_path):
     head = inv.head
     server = f"{head.address}:{tiny_deployed['endpoint'].rsplit(':', 1)[1].split('/')[0]}"
     targets = _targets_until_healthy(client, {"deployments": {server}})
@@ -204,8 +201,9 @@ def test_deployment_target_is_scraped_and_shows_tokens_per_second(client, tiny_d
             answer = chat(endpoint, "mtiny")
             assert answer["usage"]["completion_tokens"] == 16
             sent += 1
-        data = mon.metrics_rows(client, ["mtiny"])
-        [row] = data["deployments"] or [{}]
+        status = cli("status", "-i", inventory_path, "--json")      # what operators see
+        data = json.loads(status.stdout)["metrics"]
+        [row] = [r for r in data["deployments"] if r["name"] == "mtiny"] or [{}]
         if (row.get("tokens_per_s") or 0) > 0:
             break
         if time.monotonic() > deadline:
@@ -213,6 +211,8 @@ def test_deployment_target_is_scraped_and_shows_tokens_per_second(client, tiny_d
         time.sleep(2)
     assert data["problems"] == [], data["problems"]
     assert row["waiting"] is not None and row["running"] is not None   # llama.cpp gauges
-    lines = mon.render_rows(data)
-    assert lines[1].split()[0] == "mtiny", lines
-    print("\n".join(lines))
+    text = cli("status", "-i", inventory_path).stdout
+    print(text)
+    assert "serving metrics" in text, text
+    metrics_part = text.split("serving metrics", 1)[1]
+    assert "tok/s" in metrics_part and "\nmtiny" in metrics_part, text
