@@ -137,6 +137,7 @@ def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, 
     the final exit code); returns the RunReport."""
     from .engine.roles import default_roles_paths, load_playbook
     from .engine.runner import RunOptions, run_playbook
+    from rich.markup import escape
     from .render import LineReporter, console, print_json, print_recap
     from .session import Session
     plays = load_playbook(playbook, default_roles_paths(list(roles_path)))
@@ -144,6 +145,12 @@ def converge(inventory, playbook: str, *, check, diff, as_json, verbose, forks, 
                          accept_new_host_keys=accept_new_host_keys, limit=list(limit) or None,
                          extra_vars=extra_vars or {}, tags=set(tags), skip_tags=set(skip_tags))
     reporter = LineReporter(console(stderr=as_json), verbosity=verbose, diff=diff)
+    # role variables against the roles' argument_specs: exit 2 before any connection (the
+    # lock below is one), near-miss names as warnings
+    from .engine.specs import check_plays
+    for warning in check_plays(inventory, plays, inventory.select(list(limit) or None),
+                               extra_vars=extra_vars or {}):
+        console(stderr=True).print(f"[yellow]warning:[/yellow] {escape(warning)}")
     with Session(inventory, forks=forks, accept_new_host_keys=accept_new_host_keys) as session:
         if not check:
             # what runs, not its whole argv: -e values may hold secrets

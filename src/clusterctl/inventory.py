@@ -1174,7 +1174,11 @@ class _Loader:
                     suggestion = f" (write it nested: '{head}:' then '{rest}:' indented under it)"
                 elif close:
                     suggestion = f" (did you mean {'.'.join(prefix + (close[0],))!r}?)"
-                self.warn(_pos(knode), f"unknown variable {dotted!r}{suggestion}")
+                # a top-level name the inventory does not know is a user's own variable
+                # or a role's (checked against the roles' argument_specs when a play
+                # runs): only a near miss of a known name is worth a warning here
+                if prefix or suggestion:
+                    self.warn(_pos(knode), f"unknown variable {dotted!r}{suggestion}")
                 ok, value = self.construct(vnode, dotted)
                 if ok:
                     out[key] = value

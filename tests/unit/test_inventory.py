@@ -962,10 +962,11 @@ def test_unknown_nested_and_dotted_variables_warn(tmp_path):
             x_site_label: rack7
           hosts: {n1: {role: head}}
         """)
-    assert len(inv.warnings) == 3
+    # a user's own top-level variable (or a role's, checked by the roles' specs when a
+    # play runs) is kept without a warning; near misses and nested unknowns warn
+    assert len(inv.warnings) == 2
     assert "unknown variable 'ray.prot' (did you mean 'ray.port'?)" in inv.warnings[0]
     assert "unknown variable 'ray.port' (write it nested" in inv.warnings[1]
-    assert inv.warnings[2].endswith(":5:5: unknown variable 'x_site_label'")
     assert inv.head.vars["x_site_label"] == "rack7"
 
 

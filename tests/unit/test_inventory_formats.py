@@ -275,7 +275,9 @@ def test_validate_vars(tmp_path):
     values, warnings = validate_vars({"gpus": "3", "x_own": 1, "secrets": {"k": 5}})
     assert values["gpus"] == 3 and values["x_own"] == 1
     assert isinstance(values["secrets"]["k"], Secret)
-    assert warnings == ["--extra-vars: unknown variable 'x_own'"]
+    assert warnings == []                         # a user's own variable: no warning
+    _v, warnings = validate_vars({"gpu": 2})
+    assert warnings == ["--extra-vars: unknown variable 'gpu' (did you mean 'gpus'?)"]
     with pytest.raises(InputError, match=r"^-e: cluster.mtu: expected an integer 68..9216"):
         validate_vars({"cluster": {"mtu": 1}}, label="-e")
     assert json.dumps(values["gpus"]) == "3"
