@@ -169,9 +169,9 @@ def _show(inventory, inventory_opt, limit, as_list, graph, host_name, as_json, e
         rows = host_vars_with_origins(inv, host_name)
         if as_json:
             host = inv.hosts[host_name]
-            click.echo(json.dumps({"host": host_name, "vars": to_jsonable(host.vars),
-                                   "origins": {k: where for k, _, where in rows}},
-                                  indent=2, default=str, ensure_ascii=False))
+            from .render import print_json
+            print_json({"host": host_name, "vars": to_jsonable(host.vars),
+                        "origins": {k: where for k, _, where in rows}})
         else:
             width = max(len(k) + len(_shown(v)) for k, v, _ in rows) + 4
             for key, value, where in rows:

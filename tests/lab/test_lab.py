@@ -384,6 +384,7 @@ def test_status_json_from_the_cli(lab):
     result = CliRunner().invoke(lab_group, ["status", "--name", lab.name, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
+    assert data["schema_version"] == 1
     assert data["name"] == lab.name and data["phase"] == "up"
     assert [n["health"]["running"] for n in data["nodes"]] == [True] * len(lab.nodes)
     assert all(n["health"]["ssh"] for n in data["nodes"])

@@ -88,7 +88,7 @@ def test_host_shows_each_value_with_where_it_was_set(tmp_path):
     assert lines["secrets.hf_token"].startswith("secrets.hf_token: *** ")
     assert lines["x_note.a"].endswith(f"# {tmp_path / 'host_vars' / 'n1.yml'}:2:9")
     data = json.loads(invoke("inventory", "-i", str(inv), "--host", "n1", "--json").stdout)
-    assert data["vars"]["secrets"]["hf_token"] == "***"
+    assert data["schema_version"] == 1 and data["vars"]["secrets"]["hf_token"] == "***"
     assert data["origins"]["ray.port"] == "default"
     assert data["origins"]["ansible_host"] == f"{inv}:10:34"
 

@@ -3,7 +3,6 @@
 rich on a terminal, plain lines otherwise, JSON with --json."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -74,7 +73,8 @@ def up(nodes, name, link, mirror, subnet, mtu, node_mtu, as_json):
     state = core.up(name, nodes, link, mirror, subnet=subnet, mtu=mtu, node_mtu=node_mtu,
                     log=log)
     if as_json:
-        click.echo(json.dumps(state.to_dict(), indent=2))
+        from ..render import print_json
+        print_json(state.to_dict())
         return
     _print_summary(state)
 
@@ -139,7 +139,8 @@ def status(name, as_json):
     names = [name] if name else list_labs()
     if name is None and not names:
         if as_json:
-            click.echo("[]")
+            from ..render import print_json
+            print_json({"labs": []})
         else:
             click.echo("no labs")
         return
@@ -152,7 +153,8 @@ def status(name, as_json):
             for node in d["nodes"]:
                 node["health"] = h[node["name"]]
             out.append(d)
-        click.echo(json.dumps(out[0] if name else out, indent=2))
+        from ..render import print_json
+        print_json(out[0] if name else {"labs": out})      # one lab: its object
         return
     for s, h in zip(states, healths):
         _print_status(s, h)
