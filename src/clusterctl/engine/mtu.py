@@ -51,6 +51,11 @@ def jumbo_ping_argv(ip: str, mtu: int) -> list[str]:
 PING_ROUND_TIMEOUT = 20.0
 
 
+#: the MTU whose don't-fragment pings (56-byte payload) tell "unreachable" from "drops
+#: large frames"
+SMALL_PING_MTU = 84
+
+
 def jumbo_ping_script(ips: list[str], mtu: int) -> str:
     """Don't-fragment pings at MTU-28 to every IP at once (one round trip, bounded by
     ping's own -W); prints the IPs that did not answer, one per line. One reply of
@@ -283,6 +288,15 @@ def execute_safe_mtu(runner, play, role, task, planned_states) -> dict:
                                  check=False, timeout=PING_ROUND_TIMEOUT)
             failing = sorted(peers[ip] for ip in res.stdout.split() if ip in peers)
         if name not in raised_now:
+            if failing:
+                # a peer that small packets do not reach either is cut off (a partition,
+                # a dead node), not a jumbo-frame black hole: not this step's to blame
+                ips = {peer: ip for ip, peer in peers.items()}
+                small = state.conn.run(jumbo_ping_script(sorted(ips[p] for p in failing),
+                                                         SMALL_PING_MTU),
+                                       check=False, timeout=PING_ROUND_TIMEOUT)
+                cut_off = {peers[ip] for ip in small.stdout.split() if ip in peers}
+                failing = [p for p in failing if p not in cut_off]
             return failing, True
         controller_ok = True
         try:
