@@ -202,10 +202,27 @@ def test_a_second_change_of_a_deployment_is_refused_naming_the_first(tiny_deploy
     assert again["reply"]
 
 
-def test_restart_reloads_and_answers(tiny_deployed, inventory_path, tiny_gguf):
+def _rpc_cache(inv) -> dict[str, str]:
+    """worker -> listing (name, size, mtime) of its RPC tensor cache."""
+    return {h.name: run_on(h, "find /var/cache/clusterctl/llama.cpp/rpc -type f "
+                              "-printf '%P %s %T@\\n' | sort")
+            for h in list(inv.hosts.values())[1:]}
+
+
+def test_restart_reloads_and_answers(tiny_deployed, inventory_path, tiny_gguf, inv):
+    """--restart restarts every unit (new PIDs, new start times) and leaves the RPC
+    servers' tensor caches as they were (no file rewritten). The tiny model's tensors are
+    below llama.cpp's hash threshold (10 MB), so its caches may be empty: a cache hit
+    itself is not shown here."""
+    before = _running_since(inv, tiny_deployed["units"])
+    cache = _rpc_cache(inv)
     again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
                         "--json", "--restart", "--timeout", "300"))
     assert again["reply"]
+    after = _running_since(inv, again["units"])
+    restarted = [k for k in before if after.get(k) != before[k]]
+    assert sorted(restarted) == sorted(before), (before, after)
+    assert _rpc_cache(inv) == cache
 
 
 def test_failure_shows_the_units_journal(inventory_path, tiny_gguf, inv):
@@ -239,6 +256,25 @@ def test_replicas_behind_nginx(lab, inventory_path, tiny_gguf, inv):
             assert chat(result["endpoint"], "tiny3")["choices"][0]["message"]["content"]
         conf = run_on(inv.head, ["cat", "/etc/nginx/conf.d/clusterctl-tiny3.conf"])
         assert "least_conn" in conf
+        # one replica stopped: the endpoint still answers, status says degraded and names
+        # the stopped unit; started again: ready
+        last = result["groups"][-1]
+        server = {"host": last["hosts"][0],
+                  "name": next(n for n in last["units"] if "llama-server" in n)}
+        run_on(inv.hosts[server["host"]], ["systemctl", "stop", server["name"]])
+        try:
+            assert chat(result["endpoint"], "tiny3")["choices"]
+            status = cli("status", "-i", inventory_path, "--json")
+            assert status.returncode == 1, status.stderr
+            [row] = [r for r in json.loads(status.stdout)["deployments"]
+                     if r["name"] == "tiny3"]
+            assert row["health"] == "degraded", row
+            key = f"{server['name']}@{server['host']}"
+            assert row["units"][key]["active"] == "inactive", row["units"]
+            text = cli("status", "-i", inventory_path).stdout
+            assert "degraded" in text and server["name"] in text, text
+        finally:
+            run_on(inv.hosts[server["host"]], ["systemctl", "start", server["name"]])
     finally:
         ok(cli("undeploy", "tiny3", "-i", inventory_path))
     assert "clusterctl-tiny3" not in run_on(inv.head, ["ls", "/etc/nginx/conf.d"])
@@ -285,6 +321,25 @@ def test_a_dead_rpc_worker_is_placed_around_and_cleaned_up_later(lab, tiny_deplo
     finally:
         labs.heal(lab.name, victim.name)
     # back: the next deploy-model finishes the removal and places on all three again
+    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                        "--json", "--timeout", "600"))
+    assert victim.name in {u["host"] for u in again["units"]} and again["reply"]
+    assert run_on(inv.head, "ls /etc/clusterctl/deployments").split() == ["tiny.json"]
+    # undeploy with the node down: it removes what it reaches and records the rest
+    labs.fault(lab.name, victim.name, "down", "")
+    try:
+        gone = cli("undeploy", "tiny", "-i", inventory_path)
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert "recorded for removal" in gone.stdout + gone.stderr, gone.stdout + gone.stderr
+        for host in inv.hosts.values():
+            if host.name != victim.name:
+                units = run_on(host, ["systemctl", "list-unit-files", "clusterctl-tiny-*"])
+                assert "clusterctl-tiny-" not in units, (host.name, units)
+        listed = run_on(inv.head, "ls /etc/clusterctl/deployments/pending-removal").split()
+        assert listed and all(n.startswith("tiny-") for n in listed), listed
+    finally:
+        labs.heal(lab.name, victim.name)
+    # back: the next deploy-model finishes that removal first, then serves on all three
     again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
                         "--json", "--timeout", "600"))
     assert victim.name in {u["host"] for u in again["units"]} and again["reply"]
