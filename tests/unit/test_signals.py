@@ -30,8 +30,12 @@ SCRIPT = textwrap.dedent("""
                                            (signal.SIGINT, 130, "SIGINT")])
 def test_signal_ends_the_command_with_a_message(sig, code, name):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    # started as from a terminal: a test run launched in the background (`cmd &` in a
+    # script) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler in the child
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.readline().strip() == "ready"
         proc.send_signal(sig)
