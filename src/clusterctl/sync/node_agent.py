@@ -702,13 +702,17 @@ class _Writer(threading.Thread):
             os.fsync(sf.fd)
         os.fchmod(sf.fd, 0o644)
         os.utime(sf.fd, ns=(int(f["mtime_ns"]), int(f["mtime_ns"])))
+        self._install(sf.partial, f, digest)
+
+    def _install(self, partial, f, digest):
+        """Move a verified partial file to its final path (atomic rename) and count it."""
         final = os.path.join(self.root, f["path"])
         parent = os.path.dirname(final)
         if parent:
             os.makedirs(parent, exist_ok=True)
         if os.path.isdir(final) and not os.path.islink(final):
             raise OSError(errno.EISDIR, "a folder is in the way of %s" % final)
-        os.replace(sf.partial, final)
+        os.replace(partial, final)
         self.status.file_result(f["path"], ok=True, sha256=digest)
         self.status.add("files_done", 1)
 
@@ -817,15 +821,7 @@ class _Writer(threading.Thread):
         self.fh = None
         os.chmod(self._partial, 0o644)
         os.utime(self._partial, ns=(int(f["mtime_ns"]), int(f["mtime_ns"])))
-        final = os.path.join(self.root, f["path"])
-        parent = os.path.dirname(final)
-        if parent:
-            os.makedirs(parent, exist_ok=True)
-        if os.path.isdir(final) and not os.path.islink(final):
-            raise OSError(errno.EISDIR, "a folder is in the way of %s" % final)
-        os.replace(self._partial, final)
-        self.status.file_result(f["path"], ok=True, sha256=digest)
-        self.status.add("files_done", 1)
+        self._install(self._partial, f, digest)
         self.cur = self.h = None
 
     def _abort(self, reason):
