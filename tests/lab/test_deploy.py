@@ -280,6 +280,15 @@ def test_replicas_behind_nginx(lab, inventory_path, tiny_gguf, inv):
     assert "clusterctl-tiny3" not in run_on(inv.head, ["ls", "/etc/nginx/conf.d"])
 
 
+def _deploy_on_all_again(tiny_gguf, inventory_path, inv, victim) -> None:
+    """deploy-model `tiny` with every node back: it finishes the recorded removals first,
+    serves on all three again (the victim included) and leaves only its own record."""
+    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
+                        "--json", "--timeout", "600"))
+    assert victim.name in {u["host"] for u in again["units"]} and again["reply"]
+    assert run_on(inv.head, "ls /etc/clusterctl/deployments").split() == ["tiny.json"]
+
+
 def test_a_dead_rpc_worker_is_placed_around_and_cleaned_up_later(lab, tiny_deployed,
                                                                   inventory_path, tiny_gguf,
                                                                   inv):
@@ -321,10 +330,7 @@ def test_a_dead_rpc_worker_is_placed_around_and_cleaned_up_later(lab, tiny_deplo
     finally:
         labs.heal(lab.name, victim.name)
     # back: the next deploy-model finishes the removal and places on all three again
-    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
-                        "--json", "--timeout", "600"))
-    assert victim.name in {u["host"] for u in again["units"]} and again["reply"]
-    assert run_on(inv.head, "ls /etc/clusterctl/deployments").split() == ["tiny.json"]
+    _deploy_on_all_again(tiny_gguf, inventory_path, inv, victim)
     # undeploy with the node down: it removes what it reaches and records the rest
     labs.fault(lab.name, victim.name, "down", "")
     try:
@@ -340,10 +346,7 @@ def test_a_dead_rpc_worker_is_placed_around_and_cleaned_up_later(lab, tiny_deplo
     finally:
         labs.heal(lab.name, victim.name)
     # back: the next deploy-model finishes that removal first, then serves on all three
-    again = as_json(cli("deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tiny",
-                        "--json", "--timeout", "600"))
-    assert victim.name in {u["host"] for u in again["units"]} and again["reply"]
-    assert run_on(inv.head, "ls /etc/clusterctl/deployments").split() == ["tiny.json"]
+    _deploy_on_all_again(tiny_gguf, inventory_path, inv, victim)
 
 
 def test_undeploy_removes_units_and_record(tiny_deployed, inventory_path, inv):
