@@ -6,8 +6,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from clusterctl.sync.nodes import finish_script
 
 # a stand-in relay: names the run folder in its command line like the agent does, keeps
@@ -33,17 +31,6 @@ while True:
     time.sleep(0.002)
     flush("receiving")
 """
-
-
-@pytest.fixture
-def started():
-    """Every stand-in this test starts; killed at the end whatever happened."""
-    procs = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
 
 
 def start(started, rundir, role="relay", term="slow"):

@@ -183,16 +183,6 @@ while True:
 """
 
 
-@pytest.fixture
-def started():
-    procs = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
 def standin(started, rundir):
     proc = subprocess.Popen([sys.executable, "-c", STANDIN, str(rundir)])
     started.append(proc)
