@@ -17,11 +17,7 @@ import time
 
 import pytest
 
-LAB_NAME = os.environ.get("CLUSTERCTL_TEST_LAB", "citest")
-LAB_LINK = os.environ.get("CLUSTERCTL_TEST_LAB_LINK", "1gbit")
-LAB_MIRROR = os.environ.get("CLUSTERCTL_TEST_LAB_MIRROR", "1") != "0"
-LAB_WAIT = float(os.environ.get("CLUSTERCTL_TEST_LAB_WAIT", "900"))
-LAB_NODES = 3
+from labtools import LAB_LINK, LAB_MIRROR, LAB_NAME, LAB_NODES, LAB_WAIT  # noqa: E402
 
 
 def lab_skip_reason() -> str | None:

@@ -24,10 +24,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from clusterctl.inventory import load_inventory
 from clusterctl.remote import Connection
+from labtools import lab_inventory_data, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -389,14 +389,9 @@ def vllm_inventory(request, lab, inventory_path, tmp_path_factory):
     if not _pip_mirror_has(lab, VLLM_PACKAGE):
         pytest.skip(f"the lab mirror has no {VLLM_PACKAGE} wheels (add {VLLM_PACKAGE}=="
                     f"{VLLM_VERSION} and torch==2.13.0 to lab/mirror_packages.yaml)")
-    data = yaml.safe_load(Path(inventory_path).read_text())
-    base = Path(inventory_path).parent
-    v = data["all"]["vars"]
-    v["ansible_ssh_private_key_file"] = str(base / v["ansible_ssh_private_key_file"])
-    v["ssh_known_hosts_file"] = str(base / v["ssh_known_hosts_file"])
-    v["python"] = {"vllm": VLLM_VERSION, "vllm_package": VLLM_PACKAGE}
-    path = tmp_path_factory.mktemp("vllm") / "inventory.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    data = lab_inventory_data(inventory_path)
+    data["all"]["vars"]["python"] = {"vllm": VLLM_VERSION, "vllm_package": VLLM_PACKAGE}
+    path = write_inventory(tmp_path_factory.mktemp("vllm") / "inventory.yaml", data)
     names = list(load_inventory(path).hosts)[:2]
     ok(cli("bootstrap", path, "--limit", ",".join(names), "--skip-verify", timeout=2400))
     return path

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from labtools import lab_inventory_data, write_inventory
+
 pytestmark = pytest.mark.lab
 
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": ":".join(sys.path)}
@@ -30,8 +32,7 @@ def cli(*args, env=None, cwd=None, timeout=300):
 
 
 def lab_inventory(lab) -> dict:
-    import yaml
-    return yaml.safe_load(Path(lab.inventory_path).read_text())
+    return lab_inventory_data(lab.inventory_path)
 
 
 @pytest.fixture
@@ -41,12 +42,6 @@ def home(tmp_path):
     h = tmp_path / "home"
     (h / ".ssh").mkdir(parents=True, mode=0o700)
     return h
-
-
-def write_yaml(path: Path, data) -> Path:
-    import yaml
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def test_exec_runs_on_every_node(lab, home):
@@ -141,9 +136,7 @@ def agent(lab, tmp_path):
 def inventory_without_key(lab, tmp_path) -> Path:
     data = lab_inventory(lab)
     del data["all"]["vars"]["ansible_ssh_private_key_file"]
-    data["all"]["vars"]["ssh_known_hosts_file"] = str(
-        Path(lab.inventory_path).parent / "known_hosts")
-    return write_yaml(tmp_path / "inventory.yaml", data)
+    return write_inventory(tmp_path / "inventory.yaml", data)
 
 
 def test_a_key_only_in_the_agent_connects(lab, agent, home, tmp_path):
@@ -219,10 +212,7 @@ def ini_inventory(lab, folder: Path) -> Path:
     """The lab's inventory as an Ansible INI file with a host range, plus group_vars/ and
     host_vars/ folders (absolute key paths: group_vars are not beside the lab's files)."""
     data = lab_inventory(lab)
-    lab_dir = Path(lab.inventory_path).parent
     all_vars = dict(data["all"]["vars"])
-    all_vars["ansible_ssh_private_key_file"] = str(lab_dir / "id_ed25519")
-    all_vars["ssh_known_hosts_file"] = str(lab_dir / "known_hosts")
     head = [n for n in lab.nodes if n.role == "head"]
     workers = [n for n in lab.nodes if n.role != "head"]
     prefix = workers[0].name.rstrip("0123456789")
@@ -231,9 +221,9 @@ def ini_inventory(lab, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "group_vars").mkdir(exist_ok=True)
     (folder / "host_vars").mkdir(exist_ok=True)
-    write_yaml(folder / "group_vars" / "all.yaml", all_vars)
+    write_inventory(folder / "group_vars" / "all.yaml", all_vars)
     for n in lab.nodes:
-        write_yaml(folder / "host_vars" / f"{n.name}.yaml", {"ansible_host": n.ip})
+        write_inventory(folder / "host_vars" / f"{n.name}.yaml", {"ansible_host": n.ip})
     ini = folder / "hosts.ini"
     ini.write_text(
         "# the lab, as an Ansible INI inventory\n"

@@ -16,11 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from clusterctl import monitoring as mon
 from clusterctl.inventory import load_inventory
 from clusterctl.remote import Connection
+from labtools import lab_inventory_data, write_inventory
 
 pytestmark = pytest.mark.lab
 
@@ -51,16 +51,9 @@ def run_on(host, cmd) -> str:
 @pytest.fixture(scope="module")
 def inventory_path(lab, tmp_path_factory) -> Path:
     """The lab's inventory with monitoring enabled (paths made absolute)."""
-    data = yaml.safe_load(Path(lab.inventory_path).read_text())
-    base = Path(lab.inventory_path).parent
-    v = data["all"]["vars"]
-    for key in ("ansible_ssh_private_key_file", "ssh_known_hosts_file"):
-        if key in v:
-            v[key] = str(base / v[key])
-    v["monitoring"] = {"enabled": True, "scrape_interval": "5s"}
-    path = tmp_path_factory.mktemp("monitoring") / "inventory.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    data = lab_inventory_data(lab.inventory_path)
+    data["all"]["vars"]["monitoring"] = {"enabled": True, "scrape_interval": "5s"}
+    return write_inventory(tmp_path_factory.mktemp("monitoring") / "inventory.yaml", data)
 
 
 @pytest.fixture(scope="module")

@@ -181,7 +181,7 @@ def secret_playbook(tmp: Path) -> tuple[Path, Path]:
 def ensure_fresh(lab):
     """The module needs nodes no bootstrap has touched: a lab another module already
     bootstrapped is brought up again (same name, so the same inventory path)."""
-    from conftest import LAB_LINK, LAB_MIRROR, LAB_NODES
+    from labtools import LAB_LINK, LAB_MIRROR, LAB_NODES
     inv = load_inventory(lab.inventory_path)
     touched = [h.name for h in inv.hosts.values()
                if node_run(h, "test -e /etc/clusterctl || test -e /opt/clusterctl").ok]

@@ -7,6 +7,7 @@ import sys
 import time
 
 from clusterctl.sync.nodes import finish_script
+from standins import started  # noqa: F401  (the fixture)
 
 # a stand-in relay: names the run folder in its command line like the agent does, keeps
 # its status file fresh (write + rename, as the agent's reporter does), and on SIGTERM

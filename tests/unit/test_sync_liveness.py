@@ -17,6 +17,7 @@ from clusterctl.session import parallel_map
 from clusterctl.sync import run as sync_run
 from clusterctl.sync.nodes import (OTHER_RUN_MARKER, parse_status, stale_runs_script)
 from clusterctl.sync.plan import CONTROLLER, Chain
+from standins import started  # noqa: F401  (the fixture)
 
 # -- the poll loop --------------------------------------------------------------------
 

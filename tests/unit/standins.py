@@ -1,4 +1,5 @@
-"""Fixtures shared by the unit tests."""
+"""Fixtures shared by unit test modules (imported by name: `from standins import started`;
+no tests/unit/conftest.py, since a second conftest module would shadow the lab tier's)."""
 import pytest
 
 
