@@ -27,7 +27,8 @@ __all__ = ["rpc_server_argv", "llama_server_argv", "vllm_server_argv", "systemd_
            "systemd_env", "unit_name", "api_key_problem", "api_key_file_text",
            "api_key_env_text", "nginx_auth_text", "curl_config", "in_flight_from_metrics",
            "nginx_upstream", "chat_request", "judge_models", "judge_chat",
-           "exposure_warning", "parse_tensor_split", "Readiness"]
+           "exposure_warning", "parse_tensor_split", "Readiness", "FREE_MEMORY_SCRIPT",
+           "FreeMemory", "parse_free_memory"]
 
 _SAFE_ARG = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -172,12 +173,15 @@ def systemd_env(key: str, value: str) -> str:
     return f'"{text}"'
 
 
-def unit_name(deployment: str, role: str, index: int | None = None) -> str:
-    """clusterctl-NAME-ROLE[-INDEX].service"""
+def unit_name(deployment: str, role: str, index: int | str | None = None) -> str:
+    """clusterctl-NAME-ROLE[-INDEX].service; INDEX is a replica's number or the slot
+    ("b") of a single replica started beside the old one."""
     if not _NAME_RE.match(deployment):
         raise ValueError(f"deployment name {deployment!r}: letters, digits, _ . - "
                          f"(at most 63, starting with a letter or digit)")
-    suffix = f"-{index}" if index is not None else ""
+    if isinstance(index, str) and index and not re.match(r"^[a-z]$", index):
+        raise ValueError(f"unit slot {index!r}: one lowercase letter")
+    suffix = f"-{index}" if index not in (None, "") else ""
     return f"clusterctl-{deployment}-{role}{suffix}.service"
 
 
@@ -410,6 +414,54 @@ def in_flight_from_metrics(text: str) -> int | None:
             except (IndexError, ValueError):
                 continue
     return int(total) if seen else None
+
+
+# --------------------------------------------------------------------------- free memory
+
+FREE_MEMORY_SCRIPT = r"""awk '/^MemAvailable:/ {print "mem", $2}' /proc/meminfo
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=index,memory.free,memory.total --format=csv,noheader,nounits \
+    2>/dev/null | sed 's/^/gpu /'
+fi
+if command -v nginx >/dev/null 2>&1; then echo "nginx installed"
+elif apt-cache policy nginx 2>/dev/null | grep -q 'Candidate: [0-9]'; then
+  echo "nginx candidate"
+else echo "nginx none"; fi
+"""
+
+
+@dataclass
+class FreeMemory:
+    """What one host has free right now (FREE_MEMORY_SCRIPT's answer): MemAvailable,
+    each GPU's free and total memory (nvidia-smi, MiB, by index), and whether nginx is
+    installed ("installed"), installable ("candidate") or neither ("none")."""
+
+    ram_available_mib: int | None = None
+    gpu_free_mib: list[int] | None = None
+    gpu_total_mib: list[int] | None = None
+    nginx: str = "none"
+
+
+def parse_free_memory(text: str) -> FreeMemory:
+    """FREE_MEMORY_SCRIPT's output; lines it does not know are ignored."""
+    out = FreeMemory(gpu_free_mib=[], gpu_total_mib=[])
+    gpus: dict[int, tuple[int, int]] = {}
+    for line in (text or "").splitlines():
+        word, _, rest = line.strip().partition(" ")
+        try:
+            if word == "mem":
+                out.ram_available_mib = int(rest.strip()) // 1024     # kB -> MiB
+            elif word == "gpu":
+                index, free, total = (int(float(x.strip())) for x in rest.split(",")[:3])
+                gpus[index] = (free, total)
+            elif word == "nginx" and rest.strip() in ("installed", "candidate", "none"):
+                out.nginx = rest.strip()
+        except ValueError:
+            continue
+    for i in sorted(gpus):
+        out.gpu_free_mib.append(gpus[i][0])
+        out.gpu_total_mib.append(gpus[i][1])
+    return out
 
 
 def _clip(text: str, n: int = 200) -> str:

@@ -22,10 +22,13 @@ from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_outpu
 from ..remote import Connection
 from ..session import Session, failure_reason, parallel_map
 from ..secret import Secret
-from .commands import (api_key_env_text, api_key_file_text, api_key_problem, chat_request,
-                       curl_config, judge_chat, judge_models, nginx_auth_text)
-from .layout import (RECORD_DIR, Access, Deployment, HostInfo, layout_llamacpp, layout_vllm,
-                     lb_config, parse_record, port_conflicts, record_json, watch_state_path)
+from .commands import (FREE_MEMORY_SCRIPT, FreeMemory, api_key_env_text, api_key_file_text,
+                       api_key_problem, chat_request, curl_config, judge_chat, judge_models,
+                       nginx_auth_text, parse_free_memory)
+from .layout import (RECORD_DIR, Access, Deployment, HostInfo, beside_fit, beside_obstacle,
+                     beside_probe_hosts, layout_llamacpp, layout_vllm, lb_config, other_slot,
+                     parse_record, port_conflicts, public_address, record_json,
+                     watch_state_path)
 from .models import (ModelRef, default_deployment_name, models_dir_of, remote_model_info,
                      resolve_model, sync_to)
 from .modelinfo import ModelInfo, read_model_info
@@ -893,10 +896,21 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
     if previous is not None:
         _connect_more(inventory, conns, previous.hosts, session, log)
     head_ip = host_infos([head], {head.name: facts[head.name]})[0].cluster_ip
+    single = previous is not None and len(previous.groups) == 1 and opts.replicas == 1
     access = Access(api_key_secrets=list(dict.fromkeys(opts.api_key_secrets)),
-                    tls=tls is not None)
+                    tls=tls is not None,
+                    keep_gateway=previous is not None and previous.lb is not None
+                    and opts.replicas == 1)
+    leftovers: list = []
+    if single:      # units of an interrupted redeploy beside this one: not the old version
+        leftovers = [u for u in previous.units if u.name not in previous.groups[0].units]
+        previous = replace(previous, units=[u for u in previous.units if u not in leftovers])
+    if access.keep_gateway and opts.lb_host is None and \
+            previous.lb.host in {h.name for h in infos}:    # the gateway stays where it is
+        opts = replace(opts, lb_host=previous.lb.host)
     dep = _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others,
-                  previous, head_ip, access)
+                  previous, head_ip, access, slot=previous.slot if single else "",
+                  gpu_ids=_recorded_gpu_ids(previous) if single else None)
     for w in dep.warnings:
         log(w)
     if not keys and dep.lb is not None:
@@ -922,6 +936,34 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
         _check_present(conns, need_model, dep.model_path)
 
     finish_pending_removals(session, inventory, conns[head.name], log)
+    if leftovers:
+        log("removing units of an earlier redeploy that did not finish: "
+            + ", ".join(f"{u.name}@{u.host}" for u in leftovers))
+        _stop_units(leftovers, conns)
+        _remove_key_files([u for u in leftovers if u.key_file not in
+                           {p.key_file for p in previous.units}], conns)
+        write_record(conns[head.name], previous)
+    not_beside = None
+    if single and len(dep.groups) == 1:
+        would = install_secret_files(dep, keys, tls, conns, check=True, forks=opts.forks)
+        if _one_group_changes(previous, dep, opts.restart, _changed_hosts(would)):
+            beside, not_beside = choose_beside(
+                previous, lambda slot, gpu_ids=None: _layout(
+                    name, model, ref, info, plan, infos, inventory,
+                    replace(opts, port=int(public_address(previous).rsplit(":", 1)[1]),
+                            rpc_port=_base_rpc_port(dep),
+                            lb_host=opts.lb_host or (previous.lb.host if previous.lb
+                                                     else previous.groups[0].host)),
+                    backend, others, previous, head_ip,
+                    replace(access, keep_gateway=True), slot=slot, gpu_ids=gpu_ids),
+                lambda hosts: probe_free_memory({h: conns[h] for h in hosts}, opts.forks),
+                info=info, plan=plan, opts=opts)
+            if beside is not None:
+                log(f"one replica: {not_beside}: the new version starts beside the old one")
+                beside.created = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                return deploy_beside(inventory, previous, beside, conns, opts, keys, tls,
+                                     log, reporter, session, plan=plan,
+                                     sync_seconds=sync_seconds)
     if previous is not None:
         _remove_stale(previous, dep, conns, log, conns[head.name])
     start = time.monotonic()
@@ -946,6 +988,7 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
         took = previous.ready_seconds
         log(f"note: one replica: {dep.endpoint} does not answer while {dep.name} restarts"
             + (f" (about {took:.0f}s, its last time to ready)" if took else "")
+            + (f"; not started beside the old one: {not_beside}" if not_beside else "")
             + "; with --replicas 2 or more a redeploy rolls one replica at a time")
     write_record(conns[head.name], dep)
     report = run_units(inventory, dep, opts, reporter, session)
@@ -975,6 +1018,260 @@ def _one_group_changes(previous: Deployment, dep: Deployment, restart: bool,
     old = {(u.host, u.name): u.template_vars() for u in previous.units}
     return any(old.get((u.host, u.name)) != u.template_vars() or
                (u.key_file and u.host in changed_hosts) for u in dep.units)
+
+
+# --------------------------------------------------------------------------- beside
+
+
+def _recorded_gpu_ids(previous: Deployment | None) -> list[int] | None:
+    """The GPUs (CUDA_VISIBLE_DEVICES) of a recorded one-unit vLLM replica, so that a
+    redeploy lays it out on the same ones (they may not be the first after a
+    redeploy beside the old one)."""
+    if previous is None or len(previous.units) != 1 or previous.units[0].kind != "vllm":
+        return None
+    text = previous.units[0].env.get("CUDA_VISIBLE_DEVICES", "")
+    try:
+        return [int(x) for x in text.split(",")] if text else None
+    except ValueError:
+        return None
+
+
+def _usable_gpu_ids(gpu_ids: list[int] | None, plan: Plan, infos: list[HostInfo]
+                    ) -> list[int] | None:
+    """`gpu_ids` when they still suit the plan (one GPU node, as many as it uses, on
+    that host), else None (the layout picks the first GPUs)."""
+    if gpu_ids is None or plan.device != "cuda" or len(plan.nodes) != 1:
+        return None
+    host = next((h for h in infos if h.name == plan.nodes[0]), None)
+    need = plan.tensor_parallel_size * plan.pipeline_parallel_size
+    if host is None or len(gpu_ids) != need or len(set(gpu_ids)) != need or \
+            any(not 0 <= i < host.gpus for i in gpu_ids):
+        return None
+    return list(gpu_ids)
+
+
+def _base_rpc_port(dep: Deployment) -> int | None:
+    """The --rpc-port a layout used (its slot's offset taken off); None without RPC."""
+    from .layout import SLOT_PORT_OFFSET
+    for u in dep.units:
+        if u.kind == "rpc":
+            return int(u.bind.rsplit(":", 1)[1]) - (SLOT_PORT_OFFSET if dep.slot else 0)
+    return None
+
+
+def probe_free_memory(conns: dict[str, Connection], forks: int = 20) -> dict[str, FreeMemory]:
+    """MemAvailable, each GPU's free memory and whether nginx is there (or installable),
+    one round trip per host."""
+    def one(conn: Connection) -> FreeMemory:
+        res = conn.run(["bash", "-c", FREE_MEMORY_SCRIPT], check=False, timeout=60)
+        return parse_free_memory(res.stdout)
+    return _parallel(conns, one, forks)
+
+
+def choose_beside(previous: Deployment, make_layout, probe, *, info, plan: Plan,
+                  opts: DeployOptions) -> tuple[Deployment | None, str]:
+    """The new version of a single-replica deployment laid out in the other slot, to be
+    started beside `previous`, or None with why not (then the redeploy restarts it in
+    place, with the warned downtime). `make_layout(slot, gpu_ids=None)` lays it out
+    with the same endpoint (InputError: its ports are taken); `probe(hosts)` reads
+    their free memory (probe_free_memory). Returns (deployment, why it fits) or
+    (None, why not)."""
+    slot = other_slot(previous.slot)
+    try:
+        beside = make_layout(slot)
+    except InputError as exc:
+        return None, f"it cannot be laid out beside the old one: {exc}"
+    why = beside_obstacle(previous, beside)
+    if why:
+        return None, why
+    assert beside.lb is not None
+    try:
+        free = probe(beside_probe_hosts(beside))
+    except ClusterctlError as exc:
+        return None, f"free memory unknown ({failure_reason(exc)})"
+    gateway = free.get(beside.lb.host)
+    if gateway is not None and gateway.nginx == "none":
+        return None, (f"nginx is not installed on {beside.lb.host} and apt has no "
+                      f"candidate for it (the gateway that switches versions)")
+    fit = beside_fit(beside, free, info=info, plan=plan,
+                     gpu_memory_utilization=opts.gpu_memory_utilization,
+                     kv_cache_dtype=opts.kv_cache_dtype, rpc_on_head=opts.rpc_on_head,
+                     tensor_split=opts.tensor_split, cpu_kvcache_gb=opts.cpu_kvcache_gb)
+    if not fit.fits:
+        return None, fit.why
+    if fit.gpu_ids is not None:
+        try:
+            beside = make_layout(slot, fit.gpu_ids)
+        except (InputError, ValueError) as exc:
+            return None, f"GPUs {fit.gpu_ids}: {exc}"
+    return beside, fit.why
+
+
+def gateway_package_play(dep: Deployment):
+    """The nginx package task of the gateway's role alone, for a deployment that moves
+    behind a gateway: installed before anything stops."""
+    from ..engine.roles import Play
+    role = loadbalancer_role()
+    role = replace(role, tasks=[t for t in role.tasks if t.name == "nginx"], handlers={})
+    assert dep.lb is not None
+    return Play(name=f"{dep.name}: nginx for the gateway", hosts=dep.lb.host, roles=[role],
+                file="<deploy-model>", line=0, vars={})
+
+
+def _halt_units(units, conns) -> None:
+    """Stop units (servers before their RPC servers), leaving them installed."""
+    by_host: dict[str, list[str]] = {}
+    for u in sorted(units, key=lambda u: -u.phase):
+        by_host.setdefault(u.host, []).append(u.name)
+    _parallel({h: conns[h] for h in by_host if h in conns},
+              lambda c: c.run(["systemctl", "stop", *by_host[c.name]], check=False))
+
+
+def _start_units(units, conns) -> None:
+    """Start installed units again (RPC servers before their servers)."""
+    for phase in sorted({u.phase for u in units}):
+        by_host: dict[str, list[str]] = {}
+        for u in units:
+            if u.phase == phase:
+                by_host.setdefault(u.host, []).append(u.name)
+        _parallel({h: conns[h] for h in by_host if h in conns},
+                  lambda c: c.run(["systemctl", "start", *by_host[c.name]], check=False))
+
+
+def _workers_shutting_down(conn: Connection) -> int:
+    res = conn.run("pgrep -c -f '^nginx: worker process is shutting down' || true",
+                   check=False, timeout=30)
+    return _int(res.stdout.strip())
+
+
+def drain_after_switch(previous: Deployment, gateway: Connection, via: Connection,
+                       key: Secret | None, log: Log, *, timeout: float = 120.0,
+                       clock=time.monotonic, sleep=time.sleep) -> None:
+    """After the gateway's graceful reload: until the old version has no request left,
+    at most `timeout`. Done when nginx has no old worker left (they exit once their
+    requests end) or, when old workers linger for other sites' long requests, when the
+    old server's /metrics shows nothing in flight twice in a row."""
+    from .commands import in_flight_from_metrics
+    url = previous.groups[0].endpoint[:-len("/v1")] + "/metrics"
+    start, idle = clock(), 0
+    sleep(0.5)
+    while True:
+        if _workers_shutting_down(gateway) == 0:
+            return
+        code, body = http_get(via, url, timeout=5, key=key)
+        busy = in_flight_from_metrics(body) if code == 200 else None
+        idle = idle + 1 if busy == 0 else 0
+        if idle >= 2:
+            return
+        if clock() - start > timeout:
+            log(f"{previous.name}: the old version still has requests after {timeout:.0f}s;"
+                " stopping it anyway")
+            return
+        sleep(1.0)
+
+
+class BesideFailed(DeployFailed):
+    """The new version of a single replica never became ready beside the old one,
+    which keeps serving."""
+
+
+def _undo_beside(previous: Deployment, beside: Deployment, conns, head: Connection) -> None:
+    _stop_units(beside.units, conns)
+    keep = {(u.host, u.key_file) for u in previous.units}
+    _remove_key_files([u for u in beside.units if (u.host, u.key_file) not in keep], conns)
+    write_record(head, previous)
+
+
+def deploy_beside(inventory, previous: Deployment, beside: Deployment, conns,
+                  opts: DeployOptions, keys: list[Secret], tls, log: Log, reporter=None,
+                  session: Session | None = None, *, plan: Plan | None = None,
+                  sync_seconds: float = 0.0) -> DeployResult:
+    """Redeploy a single replica without stopping it first: the new version's units
+    (the other slot: own unit names and ports) start beside the old ones, a real chat
+    completion sent to the new server directly must return text, then the gateway's
+    upstream switches to it (graceful nginx reload: requests in flight finish on the
+    old one), the old version drains and stops. A deployment without a gateway yet
+    gets one on its endpoint's address: the old server has that port, so it stops
+    just before nginx takes the port (a few seconds without an answer, once).
+
+    A new version that never becomes ready (or whose units cannot be installed) is
+    removed; the old one keeps serving and BesideFailed says why. The record names
+    the units of both while both run, so undeploy and status know them."""
+    head = conns[beside.head]
+    assert beside.lb is not None
+    convert = previous.lb is None
+    key = keys[0] if keys else None
+    start = time.monotonic()
+    servers = replace(beside, lb=None)              # the new version alone, no gateway
+    old_text = f"the old one keeps serving {previous.endpoint}"
+    if convert:
+        log(f"note: {previous.name} has no gateway yet: its new version starts beside the "
+            f"old one, then nginx on {beside.lb.host} takes {public_address(previous)} "
+            "from the old server: a few seconds without an answer this once; later "
+            "redeploys switch without any")
+        from ..engine.runner import RunOptions, run_playbook
+        prep = run_playbook(inventory, [gateway_package_play(beside)], RunOptions(
+            forks=opts.forks, accept_new_host_keys=opts.accept_new_host_keys,
+            limit=[beside.lb.host]), reporter, session)
+        if prep.failed_hosts:
+            raise BesideFailed(f"{beside.name}: nginx could not be installed on "
+                               f"{beside.lb.host} ({prep.recap[beside.lb.host].error}); "
+                               f"nothing was changed and {old_text}")
+    write_record(head, replace(previous, units=previous.units + beside.units))
+    install_secret_files(servers, keys, tls, conns, forks=opts.forks)
+    log("starting the new version beside the old one: "
+        + ", ".join(f"{u.name}@{u.host}" for u in beside.units)
+        + f" ({beside.groups[0].endpoint})")
+    try:
+        report = run_units(inventory, servers, opts, reporter, session)
+        if report.failed_hosts:
+            raise DeployFailed("units could not be installed on " + ", ".join(
+                f"{h} ({report.recap[h].error})" for h in report.failed_hosts))
+        seconds, _reply = wait_ready(servers, conns, timeout=opts.timeout, log=log, key=key)
+    except DeployFailed as exc:
+        _undo_beside(previous, beside, conns, head)
+        raise BesideFailed(f"{beside.name}: the new version did not become ready beside the "
+                           f"old one; it was removed and {old_text}. Fix and run "
+                           f"deploy-model again.\n{exc}") from None
+    log(f"the new version answers after {seconds:.1f}s; switching the gateway on "
+        f"{beside.lb.host} to it")
+    if convert:                       # nginx takes the port: the old server lets it go
+        _halt_units(previous.units, conns)
+    install_secret_files(beside, keys, tls, conns, forks=opts.forks)
+    gate = run_units(inventory, replace(beside, units=[]), opts, reporter, session)
+    if gate.failed_hosts:
+        error = gate.recap[beside.lb.host].error
+        if convert:
+            _undo_beside(previous, beside, conns, head)
+            _start_units(previous.units, conns)
+            raise BesideFailed(f"{beside.name}: the gateway on {beside.lb.host} could not "
+                               f"start ({error}); the new version was removed and the old "
+                               f"one was started again")
+        conns[beside.lb.host].put(previous.lb.config, previous.lb.config_path, mode=0o644)
+        conns[beside.lb.host].run("nginx -t -q && systemctl reload nginx.service",
+                                  check=False)
+        _undo_beside(previous, beside, conns, head)
+        raise BesideFailed(f"{beside.name}: the gateway on {beside.lb.host} could not switch "
+                           f"({error}); the new version was removed and {old_text}")
+    if not convert:
+        drain_after_switch(previous, conns[beside.lb.host], head, key, log)
+    _stop_units(previous.units, conns)
+    log("the old version stopped: " + ", ".join(f"{u.name}@{u.host}"
+                                                 for u in previous.units if u.host in conns))
+    gone = [u for u in previous.units if u.host not in conns]
+    if gone:
+        record_pending_removal(head, previous, gone)
+    still = {(u.host, u.key_file) for u in beside.units}
+    _remove_key_files([u for u in previous.units if (u.host, u.key_file) not in still], conns)
+    write_record(head, beside)
+    launch_seconds = time.monotonic() - start
+    _seconds, reply = wait_ready(beside, conns, timeout=opts.timeout, log=log, key=key)
+    beside.ready_seconds = round(time.monotonic() - start, 2)
+    write_record(head, beside)
+    register_metrics(inventory, head, beside, log)
+    return DeployResult(beside, plan, False, changed=report.changed + gate.changed,
+                        sync_seconds=sync_seconds, launch_seconds=launch_seconds,
+                        ready_seconds=time.monotonic() - start, reply=reply, report=report)
 
 
 def _connect_more(inventory, conns: dict[str, Connection], names: list[str],
@@ -1024,7 +1321,8 @@ def _model_info(inventory, ref: ModelRef, head_conn: Connection, head: str,
 
 
 def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, others, previous,
-            head_ip, access: Access | None = None):
+            head_ip, access: Access | None = None, slot: str = "",
+            gpu_ids: list[int] | None = None):
     network = (inventory.head.vars.get("cluster") or {}).get("network")
     head_vars = inventory.head.vars
     plan_summary = {"tensor_parallel_size": plan.tensor_parallel_size,
@@ -1044,7 +1342,7 @@ def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, other
                                   ctx_size=plan.max_model_len or None,
                                   rpc_on_head=opts.rpc_on_head, rpc_cache=opts.rpc_cache,
                                   lb_host=opts.lb_host, network=network, plan=plan_summary,
-                                  record_host=inventory.head.name, access=access)
+                                  record_host=inventory.head.name, access=access, slot=slot)
         else:
             ray_port = (head_vars.get("ray") or {}).get("port", 6379)
             dep = layout_vllm(name, model, ref.remote_path, served, plan, infos, port=port,
@@ -1053,7 +1351,8 @@ def _layout(name, model, ref, info, plan, infos, inventory, opts, backend, other
                               enforce_eager=opts.enforce_eager,
                               cpu_kvcache_gb=opts.cpu_kvcache_gb, extra_args=opts.extra_args,
                               record_host=inventory.head.name, ray_head_ip=head_ip,
-                              access=access)
+                              access=access, slot=slot, gpu_ids=_usable_gpu_ids(
+                                  gpu_ids, plan, infos))
         conflicts = port_conflicts(dep, others)
         if not conflicts:
             planner_warnings = [w for w in plan.warnings if backend == "vllm"

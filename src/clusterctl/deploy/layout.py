@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ..errors import InputError
 from .commands import (exposure_warning, llama_server_argv, nginx_upstream, rpc_server_argv,
                        systemd_env, systemd_exec, unit_name, vllm_server_argv)
-from .planner import Plan
+from .planner import Plan, SecondCopy, llamacpp_second_copy, vllm_second_copy
 
 RECORD_DIR = "/etc/clusterctl/deployments"
 RECORD_VERSION = 1
@@ -34,6 +34,11 @@ KEY_DIR = "/etc/clusterctl/keys"                      # 0700: the servers' key f
 WATCH_SCRIPT = "/usr/local/lib/clusterctl/rpcwatch.py"  # deploy/rpcwatch.py on the node
 WATCH_STATE_DIR = "/run/clusterctl/deployments"        # the watchdogs' state files
 DEFAULT_MASTER_PORT = 29501
+# A single replica redeployed beside the old one alternates between two slots: "" (the
+# first deploy's unit names and ports) and "b" (unit names with -b, the group one port
+# higher, RPC servers and vLLM's master port SLOT_PORT_OFFSET higher).
+SLOTS = ("", "b")
+SLOT_PORT_OFFSET = 100
 
 
 @dataclass
@@ -149,6 +154,7 @@ class Deployment:
     created: str = ""
     ready_seconds: float | None = None
     api_key_secrets: list[str] = field(default_factory=list)   # names under secrets:
+    slot: str = ""                     # "" | "b": see SLOTS (one replica only)
 
     @property
     def endpoint(self) -> str:
@@ -220,9 +226,24 @@ def _split(hosts: list[HostInfo], groups: int) -> list[list[HostInfo]]:
     return out
 
 
-def _group_port(port: int, index: int, gateway: bool) -> int:
-    """With a load balancer (gateway) on `port`, group i serves on port+1+i."""
-    return port + 1 + index if gateway else port
+def _group_port(port: int, index: int, gateway: bool, slot: str = "") -> int:
+    """With a load balancer (gateway) on `port`, group i serves on port+1+i; a single
+    replica in slot "b" on port+2 (beside slot "" on port+1)."""
+    if slot and not gateway:
+        raise ValueError("a replica in slot b is always behind the gateway")
+    return port + 1 + index + (1 if slot else 0) if gateway else port
+
+
+def other_slot(slot: str) -> str:
+    """The slot a single replica's new version starts in, beside the old one."""
+    return SLOTS[1 - SLOTS.index(slot)] if slot in SLOTS else SLOTS[0]
+
+
+def _check_slot(slot: str, replicas: int) -> None:
+    if slot not in SLOTS:
+        raise ValueError(f"unknown slot {slot!r} (one of {SLOTS})")
+    if slot and replicas != 1:
+        raise ValueError("slots are for a single replica")
 
 
 @dataclass
@@ -233,15 +254,21 @@ class Access:
 
     api_key_secrets: list[str] = field(default_factory=list)
     tls: bool = False
+    keep_gateway: bool = False        # the deployment already has one: keep it
 
     @property
     def gateway(self) -> bool:
-        """A key (or TLS) puts the nginx gateway in front, also of one replica."""
-        return bool(self.api_key_secrets) or self.tls
+        """A key (or TLS) puts the nginx gateway in front, also of one replica; a
+        single replica that has a gateway (since a redeploy beside the old one)
+        keeps it, so its endpoint and next redeploys stay the same."""
+        return bool(self.api_key_secrets) or self.tls or self.keep_gateway
 
 
-def key_file_path(name: str, kind: str) -> str:
-    return posixpath.join(KEY_DIR, f"{name}.{'env' if kind.startswith('vllm') else 'keys'}")
+def key_file_path(name: str, kind: str, slot: str = "") -> str:
+    """The servers' 0600 key file; each slot has its own, so the old version keeps
+    its keys while the new one starts beside it."""
+    stem = f"{name}-{slot}" if slot else name
+    return posixpath.join(KEY_DIR, f"{stem}.{'env' if kind.startswith('vllm') else 'keys'}")
 
 
 def _lb(name: str, groups: list[Group], hosts: dict[str, HostInfo], lb_host: str | None,
@@ -299,14 +326,19 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
                     rpc_on_head: bool = False, rpc_cache: bool = True,
                     lb_host: str | None = None, network: str | None = None,
                     plan: dict | None = None, record_host: str | None = None,
-                    access: Access | None = None) -> Deployment:
+                    access: Access | None = None, slot: str = "") -> Deployment:
     """llama.cpp RPC: per group, rpc-server units on the group's other hosts (bound to
     their cluster IPs, local cache on) and llama-server on the group's first host with
-    --rpc listing them and every layer offloaded. Only the first host needs the GGUF."""
+    --rpc listing them and every layer offloaded. Only the first host needs the GGUF.
+    `slot` "b": the units of a single replica started beside slot "" (see SLOTS)."""
     if not hosts:
         raise InputError("no hosts to deploy on")
     _check_ips(hosts)
+    _check_slot(slot, replicas)
     access = access or Access()
+    if slot:                           # slot b is always behind the gateway
+        access = replace(access, keep_gateway=True)
+        rpc_port += SLOT_PORT_OFFSET
     gateway = replicas > 1 or access.gateway
     by_name = {h.name: h for h in hosts}
     head = record_host or next((h.name for h in hosts if h.is_head), hosts[0].name)
@@ -315,7 +347,7 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
     for gi, members in enumerate(_split(hosts, replicas)):
         server = members[0]
         rpc_hosts = members[1:] + ([server] if rpc_on_head else [])
-        suffix = gi if replicas > 1 else None
+        suffix = gi if replicas > 1 else (slot or None)
         rpc_units = []
         for h in rpc_hosts:
             binary = posixpath.join(h.llamacpp_prefix, "bin", "rpc-server")
@@ -330,9 +362,10 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
         if tensor_split and len(tensor_split) > max(1, n_devices):
             raise InputError(f"--tensor-split has {len(tensor_split)} proportions but group "
                              f"{gi} has {n_devices} RPC devices", key="--tensor-split")
-        gport = _group_port(port, gi, gateway)
+        gport = _group_port(port, gi, gateway, slot)
         binary = posixpath.join(server.llamacpp_prefix, "bin", "llama-server")
-        key_file = key_file_path(name, "llama-server") if access.api_key_secrets else None
+        key_file = key_file_path(name, "llama-server", slot) if access.api_key_secrets \
+            else None
         argv = llama_server_argv(binary, model_path, server.cluster_ip, gport,
                                  rpc=[u.bind for u in rpc_units], n_gpu_layers=999,
                                  tensor_split=tensor_split, alias=served_name,
@@ -352,7 +385,7 @@ def layout_llamacpp(name: str, model: str, model_path: str, served_name: str,
     dep = Deployment(name=name, backend="llamacpp", model=model, model_path=model_path,
                      served_name=served_name, head=head, groups=groups, units=units, lb=lb,
                      plan=plan or {}, warnings=_warnings(hosts, network),
-                     api_key_secrets=list(access.api_key_secrets))
+                     api_key_secrets=list(access.api_key_secrets), slot=slot)
     return dep
 
 
@@ -362,7 +395,7 @@ def watch_state_path(unit: str) -> str:
 
 
 def rpc_watch_unit(name: str, server: UnitSpec, rpc_units: list[UnitSpec], group: int,
-                   suffix: int | None) -> UnitSpec:
+                   suffix: int | str | None) -> UnitSpec:
     """The watchdog beside a llama-server that uses RPC workers (deploy/rpcwatch.py): it
     stops llama-server within seconds of losing a worker, so requests fail fast instead
     of hanging in llama.cpp's RPC client, and starts it again when every worker is back."""
@@ -406,7 +439,8 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                 network: str | None = None, enforce_eager: bool = False,
                 cpu_kvcache_gb: int | None = None, extra_args: list[str] | None = None,
                 record_host: str | None = None, ray_head_ip: str | None = None,
-                access: Access | None = None) -> Deployment:
+                access: Access | None = None, slot: str = "",
+                gpu_ids: list[int] | None = None) -> Deployment:
     """vLLM groups from a plan.
 
     * GPU plan on one node using some of its GPUs: each replica gets its own GPUs
@@ -415,11 +449,19 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
       node uses the bootstrap Ray cluster (RAY_ADDRESS = the Ray head); with mp, one unit
       per node (rank 0 serves, the others --headless).
     * CPU plan: mp executor; PP > 1 spans PP nodes with --nnodes (one rank per node).
+
+    `slot` "b": the units of a single replica started beside slot "" (see SLOTS);
+    `gpu_ids`: the GPUs of a single replica on one node (CUDA_VISIBLE_DEVICES), instead
+    of the first ones.
     """
     _check_ips(hosts)
+    _check_slot(slot, replicas)
     access = access or Access()
+    if slot:                           # slot b is always behind the gateway
+        access = replace(access, keep_gateway=True)
+        master_port += SLOT_PORT_OFFSET
     gateway = replicas > 1 or access.gateway
-    key_file = key_file_path(name, "vllm") if access.api_key_secrets else None
+    key_file = key_file_path(name, "vllm", slot) if access.api_key_secrets else None
     by_name = {h.name: h for h in hosts}
     head_host = next((h for h in hosts if h.is_head), hosts[0])
     for n in plan.nodes:
@@ -446,6 +488,14 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
         need = tp * pp
         order = [by_name[plan.nodes[0]]] + [h for h in hosts if h.name != plan.nodes[0]]
         free = {h.name: list(range(h.gpus)) for h in order}
+        if gpu_ids is not None:
+            first = by_name[plan.nodes[0]]
+            if replicas != 1 or len(gpu_ids) != need or len(set(gpu_ids)) != need or \
+                    any(not 0 <= i < first.gpus for i in gpu_ids):
+                raise ValueError(f"GPUs {gpu_ids} for one replica of {need} GPUs on "
+                                 f"{first.name} ({first.gpus} GPUs)")
+            free = {first.name: list(gpu_ids)}
+            order = [first]
         for _ in range(replicas):
             for h in order:
                 if len(free[h.name]) >= need and (h.gpu_memory_mib or 0) >= \
@@ -472,8 +522,8 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
 
     for gi, (members, gpu_ids) in enumerate(placements):
         server = members[0]
-        suffix = gi if replicas > 1 else None
-        gport = _group_port(port, gi, gateway)
+        suffix = gi if replicas > 1 else (slot or None)
+        gport = _group_port(port, gi, gateway, slot)
         vllm_bin = posixpath.join(server.venv, "bin", "vllm")
         group_units: list[UnitSpec] = []
         multi = len(members) > 1
@@ -526,7 +576,7 @@ def layout_vllm(name: str, model: str, model_path: str, served_name: str, plan: 
                       groups=groups,
                       units=units, lb=lb, executor=exe, plan=plan_dict,
                       warnings=_warnings(hosts, network),
-                      api_key_secrets=list(access.api_key_secrets))
+                      api_key_secrets=list(access.api_key_secrets), slot=slot)
 
 
 def _check_unique_binds(units: list[UnitSpec]) -> None:
@@ -559,6 +609,72 @@ def port_conflicts(new: Deployment, others: list[Deployment]) -> list[tuple[str,
     if new.lb:
         mine.append((f"{new.lb.ip}:{new.lb.port}", "api"))
     return [(b, kind, taken[b]) for b, kind in mine if b in taken]
+
+
+# --------------------------------------------------------------------------- beside
+
+
+def public_address(dep: Deployment) -> str:
+    """IP:PORT of the deployment's endpoint (its gateway, or its one group)."""
+    if dep.lb is not None:
+        return f"{dep.lb.ip}:{dep.lb.port}"
+    return f"{dep.groups[0].ip}:{dep.groups[0].port}"
+
+
+def beside_obstacle(previous: Deployment, beside: Deployment) -> str | None:
+    """Why `beside` (the new version of a single-replica deployment, laid out in the
+    other slot with a gateway) cannot start next to `previous` and then take over its
+    endpoint through the gateway; None when it can (free memory is checked apart:
+    planner.llamacpp_second_copy / vllm_second_copy)."""
+    if len(previous.groups) != 1 or len(beside.groups) != 1:
+        return "it has more than one replica"
+    if beside.lb is None or not beside.slot or beside.slot == previous.slot:
+        return "the new version has no slot of its own"
+    if public_address(previous) != public_address(beside):
+        return (f"the endpoint moves ({public_address(previous)} -> "
+                f"{public_address(beside)})")
+    if previous.lb is not None and previous.lb.host != beside.lb.host:
+        return f"the gateway moves ({previous.lb.host} -> {beside.lb.host})"
+    if beside.backend == "vllm":
+        if beside.executor == "ray":
+            return "vLLM's Ray executor would run both copies on one Ray cluster"
+        if len(beside.units) != 1:
+            return "its vLLM replica spans several nodes"
+    old = {u.bind: u for u in previous.units if u.bind and not u.bind.endswith(":-")}
+    for u in beside.units:
+        if u.bind in old:
+            return f"{u.bind} is in use by the running {old[u.bind].name}"
+    old_names = {(u.host, u.name) for u in previous.units}
+    for u in beside.units:
+        if (u.host, u.name) in old_names:
+            return f"{u.name} on {u.host} is a unit of the running version"
+    return None
+
+
+def beside_probe_hosts(beside: Deployment) -> list[str]:
+    """Hosts whose free memory decides whether the second copy fits (those that load
+    weights or take layers), then the gateway's host (nginx)."""
+    out = [h for h in beside.groups[0].hosts]
+    if beside.lb is not None and beside.lb.host not in out:
+        out.append(beside.lb.host)
+    return out
+
+
+def beside_fit(beside: Deployment, free: dict, *, info, plan: Plan,
+               gpu_memory_utilization: float = 0.90, kv_cache_dtype: str = "auto",
+               rpc_on_head: bool = False, tensor_split: list[float] | None = None,
+               cpu_kvcache_gb: int | None = None) -> SecondCopy:
+    """Whether the new version (`beside`, one group) fits in what its hosts have free
+    while the old one runs. `free`: host -> commands.FreeMemory; `info`: the model's
+    ModelInfo; `plan`: the deployment's plan."""
+    g = beside.groups[0]
+    if beside.backend == "llamacpp":
+        return llamacpp_second_copy(info, list(g.hosts), free,
+                                    max_model_len=plan.max_model_len or None,
+                                    gpu_memory_utilization=gpu_memory_utilization,
+                                    kv_cache_dtype=kv_cache_dtype, rpc_on_head=rpc_on_head,
+                                    tensor_split=tensor_split)
+    return vllm_second_copy(plan, g.host, free, cpu_kvcache_gib=cpu_kvcache_gb)
 
 
 def record_json(dep: Deployment) -> str:

@@ -47,7 +47,8 @@ from .modelinfo import ModelInfo
 __all__ = ["NodeGPUs", "Plan", "PlanError", "plan_model", "plan_llamacpp", "render_plan",
            "render_bars", "render_svg", "plan_to_dict", "estimate_weight_bytes",
            "kv_cache_bytes", "bits_per_weight", "DEFAULT_MAX_MODEL_LEN_CAP",
-           "DEFAULT_OVERHEAD_GB_PER_GPU", "GB", "GIB", "PLAN_SCHEMA_VERSION", "MAX_NODES"]
+           "DEFAULT_OVERHEAD_GB_PER_GPU", "GB", "GIB", "PLAN_SCHEMA_VERSION", "MAX_NODES",
+           "SecondCopy", "llamacpp_second_copy", "vllm_second_copy"]
 
 GB = 1e9
 GIB = 2**30
@@ -1189,6 +1190,99 @@ def plan_llamacpp(info: ModelInfo, nodes: list[NodeGPUs], *, max_model_len: int 
         raise PlanError(f"{info.name} does not fit with llama.cpp on these devices:\n"
                         + "\n".join(f"  - {s}" for s in plan.suggestions), plan=plan)
     return plan
+
+
+# --------------------------------------------------------------------------- second copy
+
+
+@dataclass
+class SecondCopy:
+    """Whether a second copy of a running single-replica deployment fits in what its
+    hosts have free now (the old copy keeps running until the new one answers).
+    `why`: the figures that decided; `gpu_ids`: the free GPUs a vLLM copy gets."""
+
+    fits: bool
+    why: str
+    gpu_ids: list[int] | None = None
+
+
+def _free_of(free: dict, host: str):
+    f = free.get(host)
+    if f is None or f.ram_available_mib is None:
+        return None
+    return f
+
+
+def llamacpp_second_copy(info: ModelInfo, hosts: list[str], free: dict, *,
+                         max_model_len: int | None = None,
+                         gpu_memory_utilization: float = 0.90,
+                         kv_cache_dtype: str = "auto", rpc_on_head: bool = False,
+                         tensor_split: list[float] | None = None) -> SecondCopy:
+    """A llama.cpp group (llama-server on hosts[0], RPC servers on the others) placed
+    again by plan_llamacpp on the memory the hosts have free now: MemAvailable for RAM
+    devices (x 0.80, as the planner counts RAM) and, on GPU hosts, the least free GPU
+    memory (x utilization). `free`: host -> commands.FreeMemory."""
+    nodes = []
+    for h in hosts:
+        f = _free_of(free, h)
+        if f is None:
+            return SecondCopy(False, f"{h}: free memory unknown")
+        gpus = list(f.gpu_free_mib or [])
+        nodes.append(NodeGPUs(h, len(gpus), min(gpus) if gpus else 0,
+                              ram_mib=f.ram_available_mib))
+    try:
+        plan = plan_llamacpp(info, nodes, max_model_len=max_model_len,
+                             gpu_memory_utilization=gpu_memory_utilization,
+                             kv_cache_dtype=kv_cache_dtype, rpc_on_head=rpc_on_head,
+                             tensor_split=tensor_split, strict=False)
+    except PlanError as exc:
+        return SecondCopy(False, str(exc).splitlines()[0])
+    used = [d for d in plan.devices if d["layers"] or d["output"]]
+    figures = ", ".join(f"{d['host']}/{d['device']} {_gb(_need(d))} of "
+                        f"{_gb(d['usable'])} GiB" for d in used)
+    if plan.fits:
+        return SecondCopy(True, f"a second copy fits in the free memory ({figures})")
+    over = [d for d in used if _need(d) > d["usable"]]
+    return SecondCopy(False, "a second copy does not fit in the free memory: " + ", ".join(
+        f"{d['host']}/{d['device']} needs {_gb(_need(d))} GiB, "
+        f"{_gb(d['usable'])} GiB usable" for d in over))
+
+
+def _need(d: dict) -> float:
+    return d["weights"] + d["kv_cache"] + d["overhead"]
+
+
+def vllm_second_copy(plan: Plan, host: str, free: dict, *,
+                     cpu_kvcache_gib: float | None = None) -> SecondCopy:
+    """A one-node vLLM replica (`plan`) started again on `host` beside the running one.
+    GPU: vLLM takes memory x utilization of each GPU it uses and will not start on a
+    GPU with less free, so the copy needs TP x PP GPUs with that much free (the old
+    copy's GPUs are not). CPU: weights + its KV space (VLLM_CPU_KVCACHE_SPACE) + the
+    overhead allowance within MemAvailable x 0.80."""
+    f = _free_of(free, host)
+    if f is None:
+        return SecondCopy(False, f"{host}: free memory unknown")
+    if plan.device == "cuda":
+        need = plan.tensor_parallel_size * plan.pipeline_parallel_size
+        util = plan.gpu_memory_utilization
+        frees, totals = list(f.gpu_free_mib or []), list(f.gpu_total_mib or [])
+        ids = [i for i, (fr, tot) in enumerate(zip(frees, totals)) if fr >= util * tot]
+        if len(ids) < need:
+            return SecondCopy(False, f"a second copy needs {need} GPU(s) with "
+                                     f"{util:.0%} of their memory free on {host}; "
+                                     f"{len(ids)} of {len(frees)} have it (free MiB: "
+                                     + ", ".join(map(str, frees)) + ")")
+        return SecondCopy(True, f"a second copy fits on {host}'s free GPU(s) "
+                                + ",".join(map(str, ids[:need])), gpu_ids=ids[:need])
+    kv = (cpu_kvcache_gib * GIB) if cpu_kvcache_gib else plan.kv_cache_gb_per_gpu * GB
+    need_bytes = plan.weight_gb_per_gpu * GB + kv + plan.overhead_gb_per_gpu * GB
+    usable = f.ram_available_mib * MIB * CPU_RAM_FRACTION
+    if need_bytes > usable:
+        return SecondCopy(False, f"a second copy does not fit in the free memory: {host} "
+                                 f"needs {_gb(need_bytes)} GiB, {_gb(usable)} GiB usable "
+                                 f"(MemAvailable x {CPU_RAM_FRACTION:.2f})")
+    return SecondCopy(True, f"a second copy fits in the free memory ({host} "
+                            f"{_gb(need_bytes)} of {_gb(usable)} GiB)")
 
 
 # --------------------------------------------------------------------------- render
