@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from clusterctl.errors import EXIT_BAD_INPUT, InputError
@@ -115,13 +117,19 @@ def test_agent_argv_round_trips_through_the_agents_parser():
         (2, 3, "10.0.0.1", 29500)
     assert args.sizes == [8192, 1 << 20] and args.iters == [50, 20]
     assert args.ifname == "eth1" and args.join_timeout == 30 and args.host == "w2"
+    assert args.ops == list(C.OPS) and "--ops" not in argv          # the default: both
+    only = C.agent_argv("p", "a", rank=0, world=2, master_addr="10.0.0.1", master_port=1,
+                        backend="gloo", sizes=[4], iters=[5], ifname=None, join_timeout=1,
+                        host="h", ops=("all_reduce",))
+    assert parse_args(only[2:]).ops == ["all_reduce"]
     assert "--ifname" not in C.agent_argv("p", "a", rank=0, world=2, master_addr="fd00::1",
                                           master_port=1, backend="nccl", sizes=[4],
                                           iters=[5], ifname=None, join_timeout=1, host="h")
 
 
 @pytest.mark.parametrize("kw", [dict(master_addr="10.0.0.1; rm -rf /"),
-                                dict(backend="mpi"), dict(rank=3), dict(iters=[1])])
+                                dict(backend="mpi"), dict(rank=3), dict(iters=[1]),
+                                dict(ops=()), dict(ops=("broadcast",))])
 def test_agent_argv_refuses_what_it_cannot_pass_on(kw):
     base = dict(rank=0, world=3, master_addr="10.0.0.1", master_port=1, backend="gloo",
                 sizes=[4, 8], iters=[5, 5], ifname=None, join_timeout=1, host="h")
@@ -205,6 +213,153 @@ def test_slowest_link_is_the_slowest_single_flow_among_the_ranks():
     assert C.slowest_link([Link("a", "b")], ["a", "b"]) is None
 
 
+# -- a slow group: reference, bandwidth-bound, the bisect plan ------------------------------
+def test_reference_is_the_median_nodes_best_link_so_one_slow_node_cannot_hide():
+    # w2's port is slow: 4 of the 6 directions touch it, so the slowest link (and even
+    # the median link) is w2's; each node's best link says what the others carry
+    links = [Link(a, b, gbps=0.1 if "w2" in (a, b) else 0.95,
+                  single_stream_gbps=0.09 if "w2" in (a, b) else 0.9)
+             for a in ("h", "w1", "w2") for b in ("h", "w1", "w2") if a != b]
+    assert C.node_capacity(links, ["h", "w1", "w2"]) == {"h": 0.9, "w1": 0.9, "w2": 0.09}
+    assert C.reference_gbps(links, ["h", "w1", "w2"]) == 0.9
+    assert C.reference_gbps(links, ["h", "w2"]) == 0.09          # only the pair's link
+    assert C.reference_gbps([Link("h", "w1", gbps=2.0)], ["h", "w1"]) == 2.0  # multi only
+    assert C.reference_gbps([], ["h", "w1"]) is None
+    assert C.is_slow(0.3, 0.9) and not C.is_slow(0.5, 0.9) and not C.is_slow(0.1, None)
+
+
+def test_bandwidth_bound_needs_a_message_that_dwarfs_the_latency():
+    lat = C.SizeResult("all_reduce", 8192, 0.0176, 3)          # the loaded lab's latency
+    one_m = C.SizeResult("all_reduce", 1 << 20, 0.0285, 3)     # 0.39 Gbit/s busbw
+    big = C.SizeResult("all_reduce", 32 << 20, 0.5, 3)
+    assert not C.bandwidth_bound(one_m, lat, 0.9)                # 12 ms ideal < 4 x 17.6
+    assert C.bandwidth_bound(big, lat, 0.9)                      # 0.4 s ideal
+    assert C.bandwidth_bound(big, None, 0.9) and not C.bandwidth_bound(big, lat, None)
+    assert C.ideal_seconds("all_reduce", 125_000_000, 2, 1.0) == pytest.approx(1.0)
+
+
+def world(caps, scale=0.8):
+    """A stand-in cluster: a ring runs at its slowest member's rate (times Gloo's share)."""
+    return lambda group: scale * min(caps[h] for h in group)
+
+
+def bisect(hosts, busbw, good=0.45, max_rounds=30):
+    """Drive bisect_plan as run_collective does; returns (plan, runs measured)."""
+    measured = {tuple(hosts): busbw(hosts)}
+    runs = 0
+    for _ in range(max_rounds):
+        plan = C.bisect_plan(hosts, measured, good)
+        if not plan.measure:
+            return plan, runs
+        for g in plan.measure:
+            assert g not in measured and len(g) >= 2 and set(g) <= set(hosts)
+            assert list(g) == [h for h in hosts if h in g]          # rank order
+            measured[g] = busbw(g)
+            runs += 1
+    raise AssertionError("the plan did not end")
+
+
+def test_three_nodes_one_slow_is_leave_one_out():
+    hosts = ["h", "w1", "w2"]
+    plan = C.bisect_plan(hosts, {tuple(hosts): 0.07}, 0.45)
+    assert plan.measure == (("h", "w1"), ("h", "w2"), ("w1", "w2")) and not plan.blamed
+    for victim in hosts:
+        caps = {h: 0.09 if h == victim else 0.9 for h in hosts}
+        plan, runs = bisect(hosts, world(caps))
+        assert plan.blamed == (victim,) and runs == 3 and not plan.unresolved
+        assert set(plan.cleared) == set(hosts) - {victim}
+
+
+def test_halves_then_pairs_with_a_node_known_at_speed():
+    hosts = [f"n{i}" for i in range(8)]
+    caps = {h: 0.1 if h == "n5" else 1.0 for h in hosts}
+    measured = {tuple(hosts): 0.08}
+    plan = C.bisect_plan(hosts, measured, 0.45)
+    assert plan.measure == (("n0", "n1", "n2", "n3"), ("n4", "n5", "n6", "n7"))
+    measured.update({g: world(caps)(g) for g in plan.measure})
+    plan = C.bisect_plan(hosts, measured, 0.45)
+    assert plan.measure == (("n4", "n5"), ("n6", "n7"))            # the slow half, halved
+    plan, runs = bisect(hosts, world(caps))
+    assert plan.blamed == ("n5",) and runs == 6                     # 2 + 2 + 2 pairs
+
+
+@pytest.mark.parametrize("n", range(3, 17))
+def test_one_slow_node_is_named_alone_for_every_size_and_place(n):
+    hosts = [f"n{i}" for i in range(n)]
+    for victim in hosts:
+        plan, runs = bisect(hosts, world({h: 0.1 if h == victim else 1.0 for h in hosts}))
+        assert plan.blamed == (victim,), (n, victim)
+        assert runs <= C.BISECT_MAX_RUNS and runs <= 2 * n
+
+
+def test_two_slow_nodes_are_both_named():
+    hosts = [f"n{i}" for i in range(8)]
+    for slow in (("n1", "n6"), ("n2", "n3"), ("n0", "n7")):
+        caps = {h: 0.1 if h in slow else 1.0 for h in hosts}
+        plan, _ = bisect(hosts, world(caps))
+        assert plan.blamed == slow
+    # 4 nodes, one slow in each half: no half at speed, then the pairs find an anchor
+    hosts = ["a", "b", "c", "d"]
+    plan, runs = bisect(hosts, world({"a": 1, "b": 0.1, "c": 1, "d": 0.1}))
+    assert plan.blamed == ("b", "d")
+
+
+@given(st.integers(3, 14).flatmap(lambda n: st.tuples(
+    st.just(n), st.sets(st.integers(0, n - 1), max_size=n))))
+@settings(max_examples=150, deadline=None)
+def test_bisect_ends_and_blames_only_slow_nodes(case):
+    n, slow = case
+    hosts = [f"n{i}" for i in range(n)]
+    caps = {h: 0.1 if i in slow else 1.0 for i, h in enumerate(hosts)}
+    plan, runs = bisect(hosts, world(caps))
+    assert set(plan.blamed) <= {hosts[i] for i in slow}
+    assert runs <= 3 * n
+    if len(slow) == 1:
+        assert plan.blamed == (hosts[min(slow)],)
+    if len(slow) >= n - 1:
+        assert plan.blamed == () and plan.unresolved        # nothing at speed to compare
+
+
+def test_everything_slow_or_two_nodes_is_unresolved_not_blamed():
+    plan, runs = bisect(["h", "w1", "w2"], world({"h": 0.1, "w1": 0.1, "w2": 0.1}))
+    assert runs == 3 and plan.blamed == () and "no node" in plan.unresolved[0]
+    plan = C.bisect_plan(["h", "w1"], {("h", "w1"): 0.1}, 0.45)
+    assert plan.measure == () and plan.blamed == () and "h, w1" in plan.unresolved[0]
+
+
+def test_a_group_that_failed_is_evidence_of_nothing_and_not_retried():
+    hosts = ["h", "w1", "w2"]
+    measured = {tuple(hosts): 0.07, ("h", "w1"): 0.8, ("h", "w2"): None, ("w1", "w2"): 0.07}
+    plan = C.bisect_plan(hosts, measured, 0.45)
+    assert plan.measure == () and plan.blamed == ("w2",)     # from (w1, w2) and the whole
+
+
+def test_slow_together_though_each_is_at_speed_elsewhere_is_the_path():
+    hosts = ["a", "b", "c", "d"]
+    measured = {tuple(hosts): 0.1, ("a", "b"): 0.9, ("c", "d"): 0.9}
+    plan = C.bisect_plan(hosts, measured, 0.45)
+    assert plan.measure == () and plan.blamed == ()
+    assert "the path between them" in plan.unresolved[0]
+
+
+def test_the_bisect_result_says_who_with_and_without():
+    b = C.Bisect(bytes=16 << 20, reference_gbps=0.9, good_gbps=0.45,
+                 full=C.BisectRun(("h", "w1", "w2"), 0.07))
+    b.runs = [C.BisectRun(("h", "w1"), 0.78, 4.0), C.BisectRun(("h", "w2"), 0.08, 12.0),
+              C.BisectRun(("w1", "w2"), 0.08, 12.0)]
+    plan = C.conclude(b, ["h", "w1", "w2"])
+    assert plan.measure == () and b.blamed == ["w2"] and b.stopped is None
+    assert b.without_blamed().hosts == ("h", "w1")
+    data = b.to_json()
+    assert data["blamed"] == ["w2"] and len(data["runs"]) == 4
+    assert data["runs"][0] == {"hosts": ["h", "w1", "w2"], "busbw_gbps": 0.07,
+                               "seconds": None, "error": None}
+    cut = C.Bisect(bytes=1, reference_gbps=0.9, good_gbps=0.45,
+                   full=C.BisectRun(("h", "w1", "w2"), 0.07))
+    C.conclude(cut, ["h", "w1", "w2"])                 # stopped before any run
+    assert cut.stopped and cut.blamed == []
+
+
 # -- findings --------------------------------------------------------------------------------
 def done_rank(rank, host, torch="2.13.0", ifname="eth1"):
     return C.RankReport(rank, host, started=True, joined=True, done=True, torch=torch,
@@ -244,6 +399,30 @@ def test_busbw_far_below_the_slowest_link_is_a_warning_with_the_figures():
     assert f.code == "collective-slow" and f.severity == "warning"
     assert "0.27 Gbit/s" in f.message and "8.00 Gbit/s" in f.message and "w1->w2" in f.message
     assert f.hosts == ["h", "w1", "w2"] and "GLOO_SOCKET_IFNAME" in f.fix
+
+
+def test_slow_group_with_two_named_draggers_and_an_unresolved_one():
+    ranks = [done_rank(i, n.name) for i, n in enumerate(NODES)]
+    big = C.SizeResult("all_reduce", 32 << 20, (32 << 20) * 8 / 0.06e9, 3)  # busbw 0.08
+    res = result_of(ranks, [big], Link("h", "w2", gbps=0.1, single_stream_gbps=0.09))
+    res.reference_gbps = 0.9
+    b = C.Bisect(bytes=32 << 20, reference_gbps=0.9, good_gbps=0.45,
+                 full=C.BisectRun(("h", "w1", "w2"), 0.08))
+    b.runs = [C.BisectRun(g, v) for g, v in ((("h", "w1"), 0.08), (("h", "w2"), 0.08),
+                                             (("w1", "w2"), 0.08))]
+    C.conclude(b, res.hosts)
+    res.bisect = b
+    (f,) = C.collective_findings(res, NODES, 29500)
+    assert f.hosts == ["h", "w1", "w2"] and "no node stands out" in f.message
+    assert "slowest link (h->w2)" in f.message and "pair matrix" in f.fix
+
+
+def test_small_messages_alone_say_nothing_about_bandwidth():
+    ranks = [done_rank(i, n.name) for i, n in enumerate(NODES)]
+    sizes = [C.SizeResult("all_reduce", 8192, 0.0176, 3),
+             C.SizeResult("all_reduce", 1 << 20, 0.0285, 3)]   # 0.39 of 0.9: latency
+    res = result_of(ranks, sizes, Link("w1", "w2", gbps=0.95, single_stream_gbps=0.9))
+    assert C.collective_findings(res, NODES, 29500) == []
 
 
 def test_wrong_nic_names_the_rank_and_the_fix():
@@ -363,6 +542,22 @@ def test_report_shows_busbw_latency_and_the_slowest_link_side_by_side():
     assert "slowest link w1->w2 by iperf3: 0.900 Gbit/s with one stream" in text
 
 
+def test_report_shows_the_bisect_runs_and_who_drags():
+    res = full_result()
+    b = C.Bisect(bytes=32 << 20, reference_gbps=0.9, good_gbps=0.45,
+                 full=C.BisectRun(("h", "w1", "w2"), 0.07))
+    b.runs = [C.BisectRun(("h", "w1"), 0.78), C.BisectRun(("h", "w2"), 0.08),
+              C.BisectRun(("w1", "w2"), None)]
+    C.conclude(b, res.hosts)
+    res.bisect = b
+    con = Console(record=True, width=140)
+    C.render_collective(res, con)
+    text = con.export_text()
+    assert "bisect (all_reduce of 32 MiB; at speed from 0.450 Gbit/s, 50% of 0.900)" in text
+    assert "h, w1: 0.780 Gbit/s  at speed" in text and "h, w2: 0.080 Gbit/s  slow" in text
+    assert "w1, w2: did not finish" in text and "drags the group: w2" in text
+
+
 def test_report_of_a_failed_rank():
     res = result_of([done_rank(0, "h"), failed_rank(1, "w1", "refused")])
     con = Console(record=True, width=140)
@@ -415,10 +610,16 @@ FAKE_PYTHON = textwrap.dedent("""\
     emit(event="joined", rank=rank, seconds=0.1)
     sizes = [int(s) for s in args[args.index("--sizes") + 1].split(",")]
     iters = [int(s) for s in args[args.index("--iters") + 1].split(",")]
+    ops = (args[args.index("--ops") + 1].split(",") if "--ops" in args
+           else ["all_reduce", "all_gather"])
+    rate = 1e7 if host in os.environ.get("FAKE_COLLECTIVE_DRAG", "").split(",") else 1e8
+    if os.environ.get("FAKE_COLLECTIVE_LOG"):
+        with open(os.environ["FAKE_COLLECTIVE_LOG"], "a") as log:
+            log.write(f"{host} {rank} {','.join(ops)}\\n")
     for size, n in zip(sizes, iters):
-        for op in ("all_reduce", "all_gather"):
+        for op in ops:
             emit(event="result", rank=rank, op=op, bytes=size, iters=n,
-                 seconds=size / 1e8 + 1e-4 * (rank + 1))
+                 seconds=size / rate + 1e-4 * (rank + 1))
     print("a stray line")
     emit(event="done", rank=rank)
 """)
@@ -461,6 +662,55 @@ def test_run_collective_end_to_end_with_a_fake_agent(local_run):
     assert res.master.startswith("h 127.0.0.1:") and res.slowest_link is links[0]
     assert all(r.ifname["GLOO_SOCKET_IFNAME"] == "lo" for r in res.ranks)  # --ifname
     assert not list(tmp.glob("run-*"))                             # cleaned up
+
+
+LAB_LINKS = [Link(a, b, gbps=0.95, single_stream_gbps=0.9)
+             for a in ("h", "w1", "w2") for b in ("h", "w1", "w2") if a != b]
+
+
+def test_a_healthy_group_is_not_bisected(local_run, monkeypatch, tmp_path):
+    run, _ = local_run
+    monkeypatch.setenv("FAKE_COLLECTIVE_LOG", str(tmp_path / "log"))
+    res = C.run_collective(run, LAB_LINKS, [8192, 1 << 20], join_timeout=5)
+    assert res.reference_gbps == 0.9 and res.largest().busbw_gbps > 0.45
+    assert res.bisect is None and res.findings == []
+    assert len((tmp_path / "log").read_text().splitlines()) == 3     # one group only
+
+
+def test_run_collective_bisects_a_slow_group_and_names_the_node(local_run, monkeypatch,
+                                                                 tmp_path):
+    run, tmp = local_run
+    monkeypatch.setenv("FAKE_COLLECTIVE_DRAG", "w2")          # w2 runs at a tenth
+    monkeypatch.setenv("FAKE_COLLECTIVE_LOG", str(tmp_path / "log"))
+    said = []
+    run.options.progress = said.append
+    res = C.run_collective(run, LAB_LINKS, [8192, 1 << 20], join_timeout=5)
+    b = res.bisect
+    assert b.blamed == ["w2"] and b.bytes == 1 << 20 and b.stopped is None
+    assert [r.hosts for r in b.runs] == [("h", "w1"), ("h", "w2"), ("w1", "w2")]
+    assert b.runs[0].busbw_gbps > 0.45 > b.runs[1].busbw_gbps
+    log = (tmp_path / "log").read_text().splitlines()
+    assert len(log) == 3 + 6 and all(ln.endswith(" all_reduce") for ln in log[3:])
+    assert "h 0 all_reduce" in log and "w2 1 all_reduce" in log   # fresh ranks per group
+    (f,) = res.findings
+    assert f.code == "collective-slow" and f.hosts == ["w2"] and f.severity == "warning"
+    assert "w2 drags the collective" in f.message and "without (h, w1)" in f.message
+    assert "pair matrix" in f.fix and "ethtool lo" in f.fix
+    data = res.to_json()
+    assert data["bisect"]["blamed"] == ["w2"] and data["reference_gbps"] == 0.9
+    assert [r["hosts"] for r in data["bisect"]["runs"]][0] == ["h", "w1", "w2"]
+    assert any("bisecting" in m for m in said)
+    assert not list(tmp.glob("run-*"))                             # every group cleaned
+
+
+def test_the_bisect_stops_at_its_time_bound(local_run, monkeypatch):
+    run, _ = local_run
+    monkeypatch.setenv("FAKE_COLLECTIVE_DRAG", "w2")
+    res = C.run_collective(run, LAB_LINKS, [8192, 1 << 20], join_timeout=5,
+                           bisect_seconds=0)
+    assert res.bisect.runs == [] and "time bound" in res.bisect.stopped
+    (f,) = res.findings
+    assert f.hosts == ["h", "w1", "w2"] and "time bound" in f.message
 
 
 def test_run_collective_names_the_rank_that_failed(local_run, monkeypatch):

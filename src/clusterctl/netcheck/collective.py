@@ -139,10 +139,13 @@ def venv_python(venv: str) -> str:
 
 def agent_argv(python: str, agent_path: str, *, rank: int, world: int, master_addr: str,
                master_port: int, backend: str, sizes: Sequence[int], iters: Sequence[int],
-               ifname: str | None, join_timeout: float, host: str) -> list[str]:
+               ifname: str | None, join_timeout: float, host: str,
+               ops: Sequence[str] = OPS) -> list[str]:
     """The rank's command line (no secrets: addresses, sizes, a host name)."""
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend {backend!r}")
+    if not ops or any(op not in OPS for op in ops):
+        raise ValueError(f"operations {ops!r}")
     if len(sizes) != len(iters) or not sizes:
         raise ValueError("one iteration count per size")
     if not 0 <= rank < world:
@@ -155,14 +158,16 @@ def agent_argv(python: str, agent_path: str, *, rank: int, world: int, master_ad
             "--join-timeout", f"{float(join_timeout):g}", "--host", host]
     if ifname:
         argv += ["--ifname", ifname]
+    if tuple(ops) != OPS:
+        argv += ["--ops", ",".join(ops)]
     return argv
 
 
 def lifetime(sizes: Sequence[int], iters: Sequence[int], join_timeout: float,
-             warmup: int = 2) -> int:
+             warmup: int = 2, ops: int = len(OPS)) -> int:
     """Seconds a rank may live: joining, then every size and operation at WORST_GBPS
     (twice the message per operation, what a ring all_reduce moves), plus a margin."""
-    moved = sum(2 * s * (i + warmup + 1) for s, i in zip(sizes, iters)) * len(OPS)
+    moved = sum(2 * s * (i + warmup + 1) for s, i in zip(sizes, iters)) * ops
     return int(join_timeout + 30 + moved * 8 / (WORST_GBPS * 1e9))
 
 
@@ -346,6 +351,8 @@ class CollectiveResult:
     slowest_link: Link | None = None               # the link with the lowest 1-stream figure
     findings: list[Finding] = field(default_factory=list)
     seconds: float | None = None
+    reference_gbps: float | None = None            # what a healthy group should reach
+    bisect: "Bisect | None" = None                 # who drags a slow group
 
     @property
     def world(self) -> int:
@@ -381,6 +388,8 @@ class CollectiveResult:
                 "small_latency_us": round(lat.latency_us, 1) if lat else None,
                 "slowest_link": ({"src": ln.src, "dst": ln.dst, "gbps": r3(many),
                                   "single_stream_gbps": r3(one)} if ln else None),
+                "reference_gbps": r3(self.reference_gbps),
+                "bisect": self.bisect.to_json() if self.bisect else None,
                 "ranks": [r.to_json() for r in self.ranks]}
 
 
@@ -407,6 +416,206 @@ def slowest_link(links: Sequence[Link], hosts: Sequence[str]) -> Link | None:
     if not cands:
         return None
     return min(cands, key=lambda ln: ln.single_stream_gbps or ln.gbps or 0.0)
+
+
+# -- a slow group: the reference it is judged by, and the bisect that names who drags it --
+BANDWIDTH_BOUND = 4.0      # the largest message must take this many small-message
+#                            latencies at the reference rate to say anything about bandwidth
+BISECT_SECONDS = 300.0     # no new subgroup run starts after this long
+BISECT_MAX_RUNS = 24       # nor after this many (8 nodes with one slow node take 7)
+PAIR_ALL_MAX = 6           # suspects with no node known at speed: all pairs up to this many
+
+
+def link_figure(ln: Link) -> float | None:
+    """What a collective's flow gets on a link: the single-stream figure, else the
+    multi-stream one (None: not measured)."""
+    v = ln.single_stream_gbps or ln.gbps
+    return v if v and v > 0 else None
+
+
+def node_capacity(links: Sequence[Link], hosts: Sequence[str]) -> dict[str, float]:
+    """Per host, its best iperf3 link to another of the hosts (either direction): what its
+    NIC and port carry when the far end is not the limit."""
+    inside = set(hosts)
+    best: dict[str, float] = {}
+    for ln in links:
+        v = link_figure(ln)
+        if v is None or ln.src not in inside or ln.dst not in inside or ln.src == ln.dst:
+            continue
+        for h in (ln.src, ln.dst):
+            best[h] = max(best.get(h, 0.0), v)
+    return best
+
+
+def reference_gbps(links: Sequence[Link], hosts: Sequence[str]) -> float | None:
+    """The bus bandwidth a healthy group of these hosts should reach: the (upper) median
+    of the hosts' best links. One slow node drags every link it is on, so the slowest
+    link would hide it; the median node is what most of the group's links carry."""
+    caps = sorted(node_capacity(links, hosts).values())
+    return caps[len(caps) // 2] if caps else None
+
+
+def ideal_seconds(op: str, size: int, world: int, gbps: float) -> float:
+    """Time of one operation whose bus bandwidth is exactly `gbps`."""
+    return size * 8 * bus_factor(op, world) / (gbps * 1e9)
+
+
+def bandwidth_bound(big: "SizeResult | None", small: "SizeResult | None",
+                    reference: float | None) -> bool:
+    """Whether the largest all_reduce says anything about bandwidth: at the reference rate
+    it must take at least BANDWIDTH_BOUND times the small-message latency (else its busbw
+    is mostly latency, e.g. --collective-sizes 8K,1M on a loaded Gloo group)."""
+    if big is None or not reference or big.world < 2:
+        return False
+    ideal = ideal_seconds(big.op, big.bytes, big.world, reference)
+    if small is None or small.bytes >= big.bytes:
+        return True
+    return ideal >= BANDWIDTH_BOUND * small.seconds
+
+
+def is_slow(busbw: float | None, reference: float | None) -> bool:
+    return busbw is not None and bool(reference) and busbw < SLOW_RATIO * reference
+
+
+Group = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BisectPlan:
+    """The next subgroups to measure (empty: done), and what the figures so far say."""
+    measure: tuple[Group, ...]
+    blamed: tuple[str, ...]          # nodes that drag: in a slow group whose others are fine
+    cleared: tuple[str, ...]         # nodes seen in a group at speed
+    unresolved: tuple[str, ...]      # why some slowness is pinned on no node (when done)
+
+
+def group_key(hosts: Sequence[str], members) -> Group:
+    """A subgroup in rank order (its first member hosts the store)."""
+    order = {h: i for i, h in enumerate(hosts)}
+    return tuple(sorted(set(members), key=order.__getitem__))
+
+
+def bisect_plan(hosts: Sequence[str], measured: dict[Group, float | None],
+                good_gbps: float) -> BisectPlan:
+    """Pure: from the bus bandwidths measured so far (group -> busbw; None: the group did
+    not finish, which is evidence of nothing), the subgroups to measure next and who is
+    to blame. A group is at speed when its busbw reaches `good_gbps`.
+
+    A ring is as slow as its slowest member, so every member of a group at speed is
+    cleared, and a slow group whose other members are all cleared names its one
+    uncleared member. Each slow group's uncleared, unblamed members (its suspects) are
+    narrowed down: 4 or more are split into halves in rank order (each half a group of
+    its own); with a cleared node known, each of 2-3 suspects is paired with it; with
+    none known, the suspects of such groups are measured in all pairs when they are
+    3..PAIR_ALL_MAX (for 3 nodes: leave-one-out), else they cannot be told apart. Groups
+    already measured are never proposed again, so the loop ends.
+    """
+    measured = {group_key(hosts, g): v for g, v in measured.items()}
+    good = [g for g, v in measured.items() if v is not None and v >= good_gbps]
+    slow = [g for g, v in measured.items() if v is not None and v < good_gbps]
+    cleared = {h for g in good for h in g}
+    blamed = {x for g in slow for x in g
+              if x not in cleared and all(y in cleared for y in g if y != x)}
+    anchor = next((h for h in hosts if h in cleared), None)
+    order = {h: i for i, h in enumerate(hosts)}
+    proposals: list[Group] = []
+    unresolved: list[str] = []
+    loose: list[str] = []            # 2-3 suspects of a slow group, no anchor to pair with
+    for g in sorted(slow, key=lambda g: (-len(g), [order[h] for h in g])):
+        sus = [h for h in g if h not in cleared and h not in blamed]
+        if not sus:
+            if not any(h in blamed for h in g):
+                unresolved.append(f"{', '.join(g)} run slowly together although each of "
+                                  f"them runs at speed in another group: the path "
+                                  f"between them")
+            continue
+        if len(sus) >= 4:
+            half = (len(sus) + 1) // 2
+            proposals += [group_key(hosts, sus[:half]), group_key(hosts, sus[half:])]
+        elif anchor is not None:
+            proposals += [group_key(hosts, (x, anchor)) for x in sus]
+        elif not any(h in blamed for h in g):
+            loose += [h for h in sus if h not in loose]
+    if loose and 3 <= len(loose) <= PAIR_ALL_MAX:
+        # no node known at speed: measure the suspects in pairs (for 3 nodes, this is
+        # leave-one-out); one pair at speed gives the anchor the rest is paired with
+        proposals += [group_key(hosts, (a, b)) for i, a in enumerate(loose)
+                      for b in loose[i + 1:]]
+    elif loose:
+        unresolved.append(f"{', '.join(loose)}: every group of them is slow and no "
+                          f"node is known to be at speed to pair them with")
+    todo: list[Group] = []
+    for grp in proposals:
+        if grp not in measured and grp not in todo and len(grp) >= 2:
+            todo.append(grp)
+    if todo:
+        unresolved = []
+    elif slow and not blamed and not unresolved:
+        unresolved.append("every subgroup measured is slow: no node stands out (the "
+                          "nodes' CPUs, the switch, or the backend's settings)")
+    return BisectPlan(measure=tuple(todo), blamed=tuple(h for h in hosts if h in blamed),
+                      cleared=tuple(h for h in hosts if h in cleared),
+                      unresolved=tuple(dict.fromkeys(unresolved)))
+
+
+@dataclass
+class BisectRun:
+    hosts: Group
+    busbw_gbps: float | None          # None: the group did not finish
+    seconds: float | None = None      # wall time of the run
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {"hosts": list(self.hosts), "busbw_gbps": None if self.busbw_gbps is None
+                else round(self.busbw_gbps, 4),
+                "seconds": None if self.seconds is None else round(self.seconds, 1),
+                "error": self.error}
+
+
+@dataclass
+class Bisect:
+    """What the bisect of a slow group measured and concluded."""
+    bytes: int                         # the all_reduce size every subgroup ran
+    reference_gbps: float
+    good_gbps: float                   # a group at or above this is at speed
+    full: BisectRun                    # the whole group's figure (from the main run)
+    runs: list[BisectRun] = field(default_factory=list)
+    blamed: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+    unresolved: list[str] = field(default_factory=list)
+    stopped: str | None = None         # why it ended before the figures said enough
+    seconds: float | None = None
+
+    def measured(self) -> dict[Group, float | None]:
+        out: dict[Group, float | None] = {self.full.hosts: self.full.busbw_gbps}
+        for r in self.runs:
+            out[r.hosts] = r.busbw_gbps
+        return out
+
+    def without_blamed(self) -> BisectRun | None:
+        """The largest group measured without any blamed node (the fastest of those)."""
+        cands = [r for r in self.runs if r.busbw_gbps is not None
+                 and not set(r.hosts) & set(self.blamed)]
+        return max(cands, key=lambda r: (len(r.hosts), r.busbw_gbps)) if cands else None
+
+    def to_json(self) -> dict:
+        r3 = lambda v: None if v is None else round(v, 3)  # noqa: E731
+        return {"bytes": self.bytes, "reference_gbps": r3(self.reference_gbps),
+                "good_gbps": r3(self.good_gbps), "blamed": list(self.blamed),
+                "cleared": list(self.cleared), "unresolved": list(self.unresolved),
+                "stopped": self.stopped, "seconds": r3(self.seconds),
+                "runs": [self.full.to_json()] + [r.to_json() for r in self.runs]}
+
+
+def conclude(bisect: Bisect, hosts: Sequence[str]) -> BisectPlan:
+    """Fold the bisect's figures into blame (pure; also what the loop asks next)."""
+    plan = bisect_plan(hosts, bisect.measured(), bisect.good_gbps)
+    bisect.blamed, bisect.cleared = list(plan.blamed), list(plan.cleared)
+    bisect.unresolved = list(plan.unresolved)
+    if plan.measure and not bisect.stopped:
+        bisect.stopped = "ended before the figures said enough"
+    return plan
+
 
 
 # -- findings -------------------------------------------------------------------------------
@@ -495,23 +704,10 @@ def collective_findings(result: CollectiveResult, nodes: Sequence[NodeInfo],
                 f"nodes, and torch is the same version everywhere"))
     big = result.largest()
     one, many = result.link_gbps()
-    ref = one or many
-    if not failed and big and big.busbw_gbps is not None and ref and \
-            big.busbw_gbps < SLOW_RATIO * ref:
-        ln = result.slowest_link
-        off = [r.host for r in result.ranks if r.ifname and by_name.get(r.host) and
-               not _ifname_ok(r.ifname.get(key), key, by_name[r.host].interface)]
-        out.append(Finding(
-            "collective-slow", WARNING, off or list(result.hosts),
-            f"all_reduce of {human_bytes(big.bytes)} over {result.world} ranks "
-            f"({result.backend}): bus bandwidth {big.busbw_gbps:.2f} Gbit/s, below "
-            f"{int(SLOW_RATIO * 100)}% of the slowest link's iperf3 figure "
-            f"({ref:.2f} Gbit/s {'with one stream' if one else ''} {ln.src}->{ln.dst})",
-            ("NCCL: raise NCCL_SOCKET_NTHREADS / NCCL_NSOCKS_PERTHREAD, and check "
-             "NCCL_SOCKET_IFNAME; " if result.backend == "nccl" else
-             "Gloo reduces on the CPU: check that the nodes' CPUs are not saturated "
-             "(other work, interrupts), and ") + f"that {key} names the cluster NIC"
-            + (f" on {_names(off)}" if off else "")))
+    ref = result.reference_gbps or one or many
+    if not failed and big and big.busbw_gbps is not None and \
+            bandwidth_bound(big, result.latency(), ref) and is_slow(big.busbw_gbps, ref):
+        out.append(_slow_finding(result, by_name, key, big, ref))
     if result.backend == "gloo" and any(by_name.get(h) and by_name[h].gpus
                                         for h in result.hosts):
         out.append(Finding("collective-backend", INFO, list(result.hosts),
@@ -519,6 +715,71 @@ def collective_findings(result: CollectiveResult, nodes: Sequence[NodeInfo],
                            "give every node a GPU (or --limit to the GPU nodes) to "
                            "measure NCCL"))
     return out
+
+
+def _slow_finding(result: CollectiveResult, by_name: dict[str, NodeInfo], key: str,
+                  big: SizeResult, ref: float) -> Finding:
+    """`collective-slow`: naming the nodes the bisect found to drag the group, with the
+    busbw with and without them; else the whole group, with what the bisect saw."""
+    one, many = result.link_gbps()
+    ln = result.slowest_link
+    b = result.bisect
+    what = (f"all_reduce of {human_bytes(big.bytes)} over {result.world} ranks "
+            f"({result.backend})")
+    if b and b.blamed:
+        them = b.blamed
+        without = b.without_blamed()
+        pairs = []
+        for x in them:
+            runs = [r for r in b.runs if x in r.hosts and r.busbw_gbps is not None
+                    and r.busbw_gbps < b.good_gbps and all(y in b.cleared for y in r.hosts
+                                                          if y != x)]
+            if runs:
+                r = min(runs, key=lambda r: len(r.hosts))
+                pairs.append(f"{', '.join(r.hosts)}: {r.busbw_gbps:.2f}")
+        ifaces = sorted({by_name[h].interface for h in them
+                         if by_name.get(h) and by_name[h].interface})
+        dev = ifaces[0] if len(ifaces) == 1 else "IFACE"
+        verb = "drags" if len(them) == 1 else "drag"
+        return Finding(
+            "collective-slow", WARNING, list(them),
+            f"{_names(them)} {verb} the collective: {what} reaches a bus bandwidth of "
+            f"{big.busbw_gbps:.2f} Gbit/s with {'it' if len(them) == 1 else 'them'}, "
+            + (f"{without.busbw_gbps:.2f} without ({', '.join(without.hosts)})"
+               if without else "no group without them was measured")
+            + f"; a healthy group should reach about {ref:.2f} Gbit/s (the median node's "
+            f"best iperf3 link), under {int(SLOW_RATIO * 100)}% of it is slow"
+            + (f"; their groups: {'; '.join(pairs)} Gbit/s" if pairs else "")
+            + f" (bisect: {len(b.runs)} subgroup run{'s' if len(b.runs) != 1 else ''} of "
+            f"{human_bytes(b.bytes)}" + (f", {b.seconds:.0f} s" if b.seconds else "") + ")",
+            f"check the NIC and link of {_names(them)}: {'its' if len(them) == 1 else 'their'}"
+            f" row and column in `clusterctl netcheck`'s pair matrix (slow-link, "
+            f"single-stream-slow), the cable and switch port (`ethtool {dev}`: speed and "
+            f"duplex; `ethtool -S {dev}`: errors, drops), the MTU against the peers', and "
+            f"traffic shaping (`tc qdisc show dev {dev}`); {key} must name the cluster NIC")
+    off = [r.host for r in result.ranks if r.ifname and by_name.get(r.host) and
+           not _ifname_ok(r.ifname.get(key), key, by_name[r.host].interface)]
+    below_link = bool(one or many) and big.busbw_gbps < SLOW_RATIO * (one or many)
+    msg = (f"{what}: bus bandwidth {big.busbw_gbps:.2f} Gbit/s, below "
+           f"{int(SLOW_RATIO * 100)}% of what a healthy group of these nodes reaches "
+           f"({ref:.2f} Gbit/s, the median node's best iperf3 link)")
+    if ln:
+        msg += (f"; the slowest link ({ln.src}->{ln.dst}) carries {one or many:.2f} "
+                f"Gbit/s {'with one stream' if one else ''}".rstrip())
+    if b:
+        msg += (f"; bisect ({len(b.runs)} subgroup runs of {human_bytes(b.bytes)}): "
+                + "; ".join(b.unresolved or [b.stopped or "no node named"]))
+        if b.stopped and b.unresolved:
+            msg += f" ({b.stopped})"
+    fix = (("NCCL: raise NCCL_SOCKET_NTHREADS / NCCL_NSOCKS_PERTHREAD, and check "
+            "NCCL_SOCKET_IFNAME; " if result.backend == "nccl" else
+            "Gloo reduces on the CPU: check that the nodes' CPUs are not saturated "
+            "(other work, interrupts), and ") + f"that {key} names the cluster NIC"
+           + (f" on {_names(off)}" if off else ""))
+    if not below_link:
+        fix += ("; the group runs at its slowest link's pace: check that link's NIC, "
+                "cable, MTU and shaping (`clusterctl netcheck` pair matrix)")
+    return Finding("collective-slow", WARNING, off or list(result.hosts), msg, fix)
 
 
 _KEYS_RE = re.compile(r"keys: \[?([^\]]*)")
@@ -645,6 +906,19 @@ def render_collective(result: CollectiveResult, console) -> None:
         if not r.done:
             console.print(f"[red]rank {r.rank} ({r.host}) did not finish:[/red] "
                           f"{_first_error([r])}")
+    b = result.bisect
+    if b:
+        console.print(f"bisect (all_reduce of {human_bytes(b.bytes)}; at speed from "
+                      f"{b.good_gbps:.3f} Gbit/s, {int(SLOW_RATIO * 100)}% of "
+                      f"{b.reference_gbps:.3f}):")
+        for run in [b.full] + b.runs:
+            fig = "did not finish" if run.busbw_gbps is None else \
+                f"{run.busbw_gbps:.3f} Gbit/s"
+            mark = "" if run.busbw_gbps is None else \
+                ("  at speed" if run.busbw_gbps >= b.good_gbps else "  slow")
+            console.print(f"  {', '.join(run.hosts)}: {fig}{mark}")
+        console.print("  " + (f"drags the group: {_names(b.blamed)}" if b.blamed else
+                              "; ".join(b.unresolved or [b.stopped or "no node named"])))
 
 
 def _fmt(v: float | None) -> str:
@@ -678,11 +952,12 @@ FREE_PORT = ("import socket,sys; a=sys.argv[1]; s=socket.socket(socket.AF_INET6 
 
 
 def run_collective(run, links: Sequence[Link], sizes: Sequence[int] | None = None,
-                   join_timeout: float = JOIN_TIMEOUT) -> CollectiveResult | None:
+                   join_timeout: float = JOIN_TIMEOUT,
+                   bisect_seconds: float = BISECT_SECONDS) -> CollectiveResult | None:
     """The collective over netcheck's reachable nodes (`run` is its `_Run`): pick the
-    master port, start every rank, wait with a deadline, stop and clean up (always)."""
+    master port, start every rank, wait with a deadline, stop and clean up (always).
+    When the group finished but is slow, bisect it to name the nodes that drag it."""
     import time
-    import uuid
     t0 = time.monotonic()
     nodes = rank_order([run.nodes[n] for n in run.up() if run.nodes[n].cluster_ip])
     if len(nodes) < 2:
@@ -697,6 +972,77 @@ def run_collective(run, links: Sequence[Link], sizes: Sequence[int] | None = Non
     backend, why = choose_backend(nodes)
     names = [n.name for n in nodes]
     result = CollectiveResult(backend=backend, backend_why=why, hosts=names)
+    result.ranks, result.master, port = run_group(run, nodes, backend, sizes, iters,
+                                                  join_timeout)
+    result.sizes = summarize(result.ranks, len(names))
+    result.slowest_link = slowest_link(links, names)
+    result.reference_gbps = reference_gbps(links, names)
+    big = result.largest()
+    if len(names) >= 3 and all(r.done for r in result.ranks) and big is not None and \
+            bandwidth_bound(big, result.latency(), result.reference_gbps) and \
+            is_slow(big.busbw_gbps, result.reference_gbps):
+        result.bisect = bisect_collective(run, nodes, backend, big.bytes,
+                                          result.reference_gbps, big.busbw_gbps,
+                                          join_timeout, bisect_seconds)
+    result.findings = collective_findings(result, list(run.nodes.values()), port)
+    result.seconds = time.monotonic() - t0
+    return result
+
+
+def bisect_collective(run, nodes: Sequence[NodeInfo], backend: str, size: int,
+                      reference: float, full_busbw: float | None,
+                      join_timeout: float = JOIN_TIMEOUT,
+                      budget: float = BISECT_SECONDS,
+                      max_runs: int = BISECT_MAX_RUNS) -> Bisect:
+    """Run the subgroups bisect_plan asks for (each a fresh torch.distributed group on
+    its own port, the first member holding the store; all_reduce of `size` alone), one
+    after another, until the plan is done, `max_runs` ran, or `budget` seconds passed."""
+    import time
+    t0 = time.monotonic()
+    names = [n.name for n in nodes]
+    by_name = {n.name: n for n in nodes}
+    b = Bisect(bytes=size, reference_gbps=reference, good_gbps=SLOW_RATIO * reference,
+               full=BisectRun(tuple(names), full_busbw))
+    iters = [iterations(size)]
+    run.say(f"collective: bus bandwidth {full_busbw or 0:.3f} Gbit/s is under "
+            f"{int(SLOW_RATIO * 100)}% of {reference:.3f}: bisecting with all_reduce of "
+            f"{human_bytes(size)} (at most {budget:.0f} s)")
+    while not b.stopped:
+        plan = bisect_plan(names, b.measured(), b.good_gbps)
+        if not plan.measure:
+            break
+        for group in plan.measure:
+            if len(b.runs) >= max_runs:
+                b.stopped = f"stopped after {max_runs} subgroup runs"
+                break
+            if time.monotonic() - t0 >= budget:
+                b.stopped = f"stopped at the time bound ({budget:.0f} s)"
+                break
+            t = time.monotonic()
+            ranks, _, _ = run_group(run, [by_name[h] for h in group], backend, [size],
+                                    iters, join_timeout, ops=("all_reduce",))
+            failed = [r for r in ranks if not r.done]
+            got = [s for s in summarize(ranks, len(group)) if s.op == "all_reduce"]
+            fig = got[0].busbw_gbps if got and not failed else None
+            b.runs.append(BisectRun(group, fig, time.monotonic() - t,
+                                    _first_error(failed) if failed else None))
+            run.say(f"collective bisect: {', '.join(group)}: "
+                    + (f"{fig:.3f} Gbit/s" if fig is not None else "did not finish"))
+    conclude(b, names)
+    b.seconds = time.monotonic() - t0
+    return b
+
+
+def run_group(run, nodes: Sequence[NodeInfo], backend: str, sizes: Sequence[int],
+              iters: Sequence[int], join_timeout: float,
+              ops: Sequence[str] = OPS) -> tuple[list[RankReport], str, int]:
+    """One torch.distributed group over `nodes` (rank order: the first holds the store
+    on a port free there now): start every rank, wait with a deadline, then stop and
+    clean up (always, also on Ctrl-C). Returns (the ranks' reports, "host ip:port",
+    port)."""
+    import uuid
+    venv = run.settings.venv or "/opt/clusterctl/venv"
+    names = [n.name for n in nodes]
     master = nodes[0]
     python = venv_python(venv)
     res = run.conns[master.name].run([python, "-c", FREE_PORT, master.cluster_ip],
@@ -707,8 +1053,8 @@ def run_collective(run, links: Sequence[Link], sizes: Sequence[int] | None = Non
                               f"{master.cluster_ip} with {python}: "
                               f"{_tail(res.stdout + res.stderr) or f'exit {res.exit_code}'}")
     port = int(m.group(1))
-    result.master = f"{master.name} {master.cluster_ip}:{port}"
-    seconds = lifetime(sizes, iters, join_timeout)
+    where = f"{master.name} {master.cluster_ip}:{port}"
+    seconds = lifetime(sizes, iters, join_timeout, ops=len(ops))
     token = uuid.uuid4().hex[:10]
     agent = AGENT_FILE.read_bytes()
     rundirs = {n.name: f"{RUN_PREFIX}{token}-{n.name}" for n in nodes}
@@ -722,7 +1068,7 @@ def run_collective(run, links: Sequence[Link], sizes: Sequence[int] | None = Non
         argv = agent_argv(python, f"{rundirs[name]}/agent.py", rank=names.index(name),
                           world=len(names), master_addr=master.cluster_ip, master_port=port,
                           backend=backend, sizes=sizes, iters=iters, ifname=node.interface,
-                          join_timeout=join_timeout, host=name)
+                          join_timeout=join_timeout, host=name, ops=ops)
         out = run.conns[name].run(start_script(rundirs[name], agent, argv, seconds),
                                   timeout=60, check=False)
         if "no-python" in out.stdout.split():
@@ -747,6 +1093,7 @@ def run_collective(run, links: Sequence[Link], sizes: Sequence[int] | None = Non
             run.conns[name].run(stop_script(rundirs[name], pids.get(name)), timeout=30,
                                 check=False)
         run.parallel(stop, [n for n in names if n in run.conns], timeout=35)
+    ranks = []
     for i, name in enumerate(names):
         if name in outputs:
             r = parse_rank_output(outputs[name], i, name)
@@ -754,9 +1101,5 @@ def run_collective(run, links: Sequence[Link], sizes: Sequence[int] | None = Non
                 r.note = f"no python at {python} on {name}"
         else:
             r = RankReport(rank=i, host=name, note="lost: the node stopped answering")
-        result.ranks.append(r)
-    result.sizes = summarize(result.ranks, len(names))
-    result.slowest_link = slowest_link(links, names)
-    result.findings = collective_findings(result, list(run.nodes.values()), port)
-    result.seconds = time.monotonic() - t0
-    return result
+        ranks.append(r)
+    return ranks, where, port

@@ -5,7 +5,7 @@ Run with the cluster venv's python (the one with torch), one process per node:
 
     python agent.py --rank R --world N --master-addr IP --master-port P
                     --backend gloo|nccl --sizes 8192,1048576 --iters 50,20
-                    [--ifname NIC] [--join-timeout S]
+                    [--ifname NIC] [--join-timeout S] [--ops all_reduce,all_gather]
 
 It joins a torch.distributed group (TCP store on the head's cluster IP), then for each
 message size times all_reduce and all_gather. Every line it prints is one JSON object:
@@ -29,6 +29,7 @@ import sys
 import time
 
 IFNAME_KEYS = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+OPS = ("all_reduce", "all_gather")
 EXIT_NO_TORCH, EXIT_FAILED = 3, 4
 
 
@@ -51,7 +52,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "file sets no GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME")
     p.add_argument("--join-timeout", type=float, default=60.0)
     p.add_argument("--host", default="")
+    p.add_argument("--ops", default=",".join(OPS), help="operations to time, comma "
+                   "separated (the bisect of a slow group times all_reduce alone)")
     args = p.parse_args(argv)
+    args.ops = [o for o in args.ops.split(",") if o]
+    if not args.ops or any(o not in OPS for o in args.ops):
+        p.error(f"--ops: choose from {', '.join(OPS)}")
     args.sizes = [int(s) for s in args.sizes.split(",") if s]
     args.iters = [int(s) for s in args.iters.split(",") if s]
     if len(args.iters) != len(args.sizes):
@@ -111,7 +117,7 @@ def main(argv: list[str]) -> int:
     emit(event="joined", rank=rank, seconds=round(time.monotonic() - t0, 3))
     try:
         for size, iters in zip(args.sizes, args.iters):
-            for op in ("all_reduce", "all_gather"):
+            for op in args.ops:
                 seconds = timed(torch, dist, device, op, size, iters, args.warmup, args.world)
                 emit(event="result", rank=rank, op=op, bytes=size, iters=iters,
                      seconds=seconds)
