@@ -79,3 +79,47 @@ def test_lookups():
     assert st.node_by_name("t-node3").index == 3
     assert [f.describe() for f in st.faults_of("t-node2")] == ["block-port 22"]
     assert st.faults_of("t-node3")[0].describe() == "down"
+
+
+# -- read-only binds (a CUDA toolkit for GPU-less build nodes) -------------------------
+
+def test_binds_round_trip_and_old_state_files_have_none(roots):
+    st = make_state()
+    st.binds = [["/var/cache/clusterctl/cuda/cuda-13.0-x", "/usr/local/cuda-13.0"]]
+    st.save()
+    assert load_state("t").binds == st.binds
+    data = make_state().to_dict()
+    del data["binds"]                        # written before binds existed
+    assert LabState.from_dict(data).binds == []
+
+
+def test_binds_reach_the_nspawn_command_line(roots):
+    from clusterctl.lab.node import nspawn_argv
+    st = make_state()
+    assert not any(a.startswith("--bind") for a in nspawn_argv(st, st.nodes[0]))
+    st.binds = [["/srv/cuda", "/usr/local/cuda-13.0"], ["/srv/x", "/opt/x"]]
+    argv = nspawn_argv(st, st.nodes[1])
+    assert [a for a in argv if a.startswith("--bind")] == [
+        "--bind-ro=/srv/cuda:/usr/local/cuda-13.0", "--bind-ro=/srv/x:/opt/x"]
+
+
+def test_check_binds_normalises_and_refuses_bad_pairs(roots):
+    from clusterctl.errors import InputError
+    from clusterctl.lab.core import check_binds
+    src = roots / "toolkit"
+    src.mkdir()
+    assert check_binds([(str(src) + "/", "/usr/local/cuda-13.0/")]) == \
+        [[str(src), "/usr/local/cuda-13.0"]]
+    assert check_binds([]) == []
+    bad = {
+        "absolute path": [("toolkit", "/x")],
+        "without ':'": [(str(src), "/a:b")],
+        "node's root": [(str(src), "/")],
+        "does not exist": [(str(roots / "missing"), "/x")],
+        "bound twice": [(str(src), "/x"), (str(src), "/x/")],
+        "pair": [(str(src),)],
+    }
+    for words, binds in bad.items():
+        with pytest.raises(InputError, match=words) as err:
+            check_binds(binds)
+        assert err.value.key == "binds"

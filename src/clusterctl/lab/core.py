@@ -75,17 +75,19 @@ def _parallel(fn, items, workers: int = 16) -> list:
 def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan.DEFAULT_LINK,
        mirror: bool = True, *, subnet: str | None = None, mtu: int = netplan.DEFAULT_MTU,
        node_mtu: int | None = None, boot_timeout: float = BOOT_TIMEOUT,
-       log: Log = print) -> LabState:
+       binds: list[tuple[str, str]] | None = None, log: Log = print) -> LabState:
     """Bring lab `name` up with `nodes` nodes and return its state.
 
     Builds (once) the node image and, with `mirror`, the offline mirror; boots the nodes in
-    parallel; writes the lab's inventory. On failure, removes what it created and raises.
-    If the lab is already up with the same shape, returns it unchanged.
+    parallel; writes the lab's inventory. `binds`: (controller folder, path in the node)
+    pairs, bound read-only into every node (`check_binds`). On failure, removes what it
+    created and raises. If the lab is already up with the same shape, returns it unchanged.
     """
     naming.validate_lab_name(name)
     if not 1 <= int(nodes) <= naming.MAX_NODES:
         raise InputError(f"--nodes must be 1..{naming.MAX_NODES} (got {nodes})", key="nodes")
     netplan.link_rate(link)
+    bind_list = check_binds(binds or [])
     if not 1280 <= mtu <= 65535:
         raise InputError(f"mtu must be 1280..65535 (got {mtu})", key="mtu")
     node_mtu = mtu if node_mtu is None else node_mtu
@@ -98,13 +100,15 @@ def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan
     if existing is not None:
         if existing.phase == "up" and _all_nodes_running(existing):
             if len(existing.nodes) == nodes and existing.link == link \
-                    and (existing.mirror is not None) == bool(mirror):
+                    and (existing.mirror is not None) == bool(mirror) \
+                    and existing.binds == bind_list:
                 log(f"lab {name} is already up")
                 return existing
+            binds_text = ", ".join(f"{s}:{d}" for s, d in existing.binds) or "none"
             raise ClusterctlError(
                 f"lab {name} is already up with {len(existing.nodes)} nodes, link "
-                f"{existing.link}, mirror {'on' if existing.mirror else 'off'}; "
-                f"run `clusterctl lab down --name {name}` first")
+                f"{existing.link}, mirror {'on' if existing.mirror else 'off'}, read-only "
+                f"binds {binds_text}; run `clusterctl lab down --name {name}` first")
         log(f"lab {name}: removing the leftovers of an earlier run")
         down(name, log=log)
 
@@ -120,7 +124,7 @@ def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan
 
     with _labs_lock():
         host.require_inotify(nodes)
-        state = _new_state(name, nodes, link, subnet, mtu, node_mtu, image)
+        state = _new_state(name, nodes, link, subnet, mtu, node_mtu, image, bind_list)
         try:
             _boot(state, mdir, boot_timeout, log)
         except BaseException as exc:
@@ -149,7 +153,35 @@ def _other_labs_subnets(name: str) -> list[ipaddress.IPv4Network]:
     return nets
 
 
-def _new_state(name, count, link, subnet, mtu, node_mtu, image: Path) -> LabState:
+def check_binds(binds) -> list[list[str]]:
+    """Validated read-only binds as [[SOURCE, DEST], ...]: SOURCE an existing folder or file
+    of the controller, DEST an absolute path in the node other than `/`; no `:` (nspawn's
+    separator), no newline, no DEST twice. Pure but for the existence check."""
+    out: list[list[str]] = []
+    for item in binds:
+        try:
+            src, dst = (str(x) for x in item)
+        except (TypeError, ValueError):
+            raise InputError(f"bind {item!r}: expected a (controller path, node path) pair",
+                             key="binds") from None
+        for what, path in (("source", src), ("destination", dst)):
+            if not path.startswith("/") or any(c in path for c in ":\n\0"):
+                raise InputError(f"bind {src}:{dst}: the {what} must be an absolute path "
+                                 "without ':' or newlines", key="binds")
+        dst = os.path.normpath(dst)
+        if dst == "/":
+            raise InputError(f"bind {src}:{dst}: cannot bind over the node's root", key="binds")
+        if not os.path.exists(src):
+            raise InputError(f"bind {src}:{dst}: {src} does not exist on this machine",
+                             key="binds")
+        if any(d == dst for _s, d in out):
+            raise InputError(f"bind {src}:{dst}: {dst} is bound twice", key="binds")
+        out.append([os.path.normpath(src), dst])
+    return out
+
+
+def _new_state(name, count, link, subnet, mtu, node_mtu, image: Path,
+               binds: list[list[str]] | None = None) -> LabState:
     used = host.used_networks() + _other_labs_subnets(name)
     net = netplan.allocate_subnet(used, subnet)
     d = lab_dir(name)
@@ -158,7 +190,7 @@ def _new_state(name, count, link, subnet, mtu, node_mtu, image: Path) -> LabStat
     state = LabState(
         name=name, subnet=str(net), bridge=naming.bridge_name(name),
         bridge_ip=str(netplan.bridge_address(net)), link=link, mtu=mtu, node_mtu=node_mtu,
-        image=str(image), nft_table=naming.nft_table(name),
+        image=str(image), nft_table=naming.nft_table(name), binds=list(binds or []),
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         owner_pid=os.getpid(), owner_start=procs.start_time(os.getpid()))
     for k in range(1, count + 1):

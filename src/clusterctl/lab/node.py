@@ -78,6 +78,7 @@ def nspawn_argv(state: LabState, node: NodeState) -> list[str]:
         f"--network-veth-extra={node.port}:eth0",    # implies a private network namespace
         "--link-journal=no", "--resolv-conf=off", "--timezone=off",
         "--console=read-only",
+        *(f"--bind-ro={src}:{dst}" for src, dst in state.binds),
     ]
 
 

@@ -84,6 +84,9 @@ class LabState:
     interfaces: list[str] = field(default_factory=list)     # created by us, in order
     nft_tables: list[str] = field(default_factory=list)     # "FAMILY TABLE" created by us
     faults: list[FaultState] = field(default_factory=list)
+    # controller folders bound read-only into every node: [[SOURCE, DEST], ...]
+    # (`lab up --bind-ro`, e.g. a CUDA toolkit for a GPU-less build node)
+    binds: list[list[str]] = field(default_factory=list)
     mirror: ServedMirror | None = None
     owner_pid: int | None = None     # the process that ran `up` (a test session, the CLI)
     owner_start: int | None = None
@@ -161,6 +164,7 @@ class LabState:
         extra = set(data) - known
         for key in extra:          # written by a newer clusterctl: keep what we know
             data.pop(key)
+        data["binds"] = [list(b) for b in data.get("binds") or []]
         return cls(nodes=nodes, faults=faults,
                    mirror=ServedMirror(**mirror) if mirror else None, **data)
 
