@@ -45,30 +45,98 @@ def cache_dir() -> Path:
     return Path(base)
 
 
+_ARCH = re.compile(r"^(\d{2,3})([af]?)(-real|-virtual)?$")
+
+
+def check_architectures(value) -> list[str] | None:
+    """The inventory's `llamacpp.cuda_architectures` as CMake wants them (None: not given).
+    Entries as CMAKE_CUDA_ARCHITECTURES writes them: `90` (SASS + PTX), `90-real`,
+    `90-virtual`, `90a`; `native`/`all` need a GPU at build time or build for every
+    architecture, so they are refused."""
+    if value is None:
+        return None
+    if isinstance(value, (str, int)):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ValueError("cuda_architectures: expected a non-empty list such as [\"90\"] "
+                         f"(compute capability 9.0 -> 90), got {value!r}")
+    out = []
+    for item in value:
+        text = str(item).strip().replace(".", "") if isinstance(item, (str, int)) else ""
+        if not _ARCH.match(text):
+            raise ValueError(f"cuda_architectures: {item!r} is not a CUDA architecture; "
+                             "write the compute capability without the dot (8.6 -> \"86\"), "
+                             "optionally with -real or -virtual")
+        if text not in out:
+            out.append(text)
+    return out
+
+
 def cuda_architectures(facts: Facts) -> list[str]:
+    """The compute capabilities of the node's GPUs (facts), as CMake architectures."""
     caps = sorted({str(g.compute_cap).replace(".", "") for g in facts.gpus
                    if getattr(g, "compute_cap", None)})
     return caps
 
 
-def build_flags(facts: Facts, cuda: str | bool) -> tuple[list[str], bool]:
+def covers(archs: list[str], cap: str) -> bool:
+    """Can a build for `archs` run on a GPU of compute capability `cap` ("86")? SASS runs
+    on the same major at an equal or higher minor; PTX (plain or -virtual) is compiled by
+    the driver for any equal or newer GPU; `a`/`f` variants only on their own family."""
+    want = int(cap)
+    for a in archs:
+        m = _ARCH.match(a)
+        if not m:
+            continue
+        num, variant, kind = int(m.group(1)), m.group(2), m.group(3)
+        if variant:
+            if num == want or (variant == "f" and num // 10 == want // 10 and num <= want):
+                return True
+            continue
+        if kind != "-real" and num <= want:                   # PTX: forward compatible
+            return True
+        if kind != "-virtual" and num // 10 == want // 10 and num <= want:   # SASS
+            return True
+    return False
+
+
+def target_architectures(facts: Facts, given: list[str] | None) -> list[str]:
+    """The architectures a CUDA build is made for: the inventory's list when given (a build
+    node without a GPU, or one class built for several GPU models), else the node's GPUs.
+    A GPU of the node that the given list cannot run on is refused (the build would fail at
+    the first kernel with "no kernel image is available")."""
+    found = cuda_architectures(facts)
+    if given is None:
+        return found
+    missed = [c for c in found if not covers(given, c)]
+    if missed:
+        from ..ops.base import PlanError
+        raise PlanError(f"llamacpp.cuda_architectures {given} cannot run on this node's "
+                        f"GPU(s) of compute capability {', '.join(missed)}; add "
+                        f"{', '.join(repr(c) for c in missed)} to the list or leave it unset "
+                        "to build for the GPUs found")
+    return list(given)
+
+
+def build_flags(facts: Facts, cuda: str | bool,
+                architectures: list[str] | None = None) -> tuple[list[str], bool]:
     use_cuda = (cuda is True or cuda == "on" or
                 (cuda in ("auto", None) and bool(facts.gpus) and bool(facts.nvcc)))
     flags = ["-DGGML_RPC=ON", "-DGGML_NATIVE=OFF", "-DLLAMA_CURL=OFF",
              "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release"]
     if use_cuda:
         flags.append("-DGGML_CUDA=ON")
-        archs = cuda_architectures(facts)
+        archs = target_architectures(facts, architectures)
         if archs:
             flags.append("-DCMAKE_CUDA_ARCHITECTURES=" + ";".join(archs))
     return flags, use_cuda
 
 
-def node_class(facts: Facts, use_cuda: bool) -> dict:
+def node_class(facts: Facts, use_cuda: bool, architectures: list[str] | None = None) -> dict:
     os_info = facts.os or {}
     return {"os": f"{os_info.get('id', '?')}-{os_info.get('version_id', '?')}",
             "arch": facts.arch, "cuda": facts.nvcc if use_cuda else None,
-            "gpu_arch": cuda_architectures(facts) if use_cuda else []}
+            "gpu_arch": target_architectures(facts, architectures) if use_cuda else []}
 
 
 def build_id(source: str, ref: str | None, flags: list[str], klass: dict) -> str:
@@ -84,6 +152,9 @@ class LlamaCppBuild(Op):
         "ref": Param((str, type(None)), help="git ref (tag/commit) for a git URL"),
         "prefix": Param(str, required=True, help="install prefix, the same on every node"),
         "cuda": Param((str, bool), default="auto", help="auto | true | false"),
+        "cuda_architectures": Param((list, str, int, type(None)),
+                                    help="CMAKE_CUDA_ARCHITECTURES, e.g. [\"90\"]; default: "
+                                         "the node's GPUs"),
         "jobs": Param((int, type(None)), help="parallel build jobs (default: CPUs)"),
     }
 
@@ -96,14 +167,16 @@ class LlamaCppBuild(Op):
             args["cuda"] = True
         elif args["cuda"] in ("false", "off"):
             args["cuda"] = False
+        args["cuda_architectures"] = check_architectures(args.get("cuda_architectures"))
         return args
 
     def requests(self, args):
         return [FactRequest("file", f"{args['prefix']}/{BUILD_INFO}")]
 
     def desired(self, facts: Facts, args) -> dict:
-        flags, use_cuda = build_flags(facts, args["cuda"])
-        klass = node_class(facts, use_cuda)
+        archs = args.get("cuda_architectures")
+        flags, use_cuda = build_flags(facts, args["cuda"], archs)
+        klass = node_class(facts, use_cuda, archs)
         return {"id": build_id(args["source"], args["ref"], flags, klass), "flags": flags,
                 "class": klass, "cuda": use_cuda, "source": args["source"], "ref": args["ref"]}
 
@@ -191,6 +264,20 @@ def _controller_run(cmd: list[str], what: str) -> None:
 
 # -- node side: the build script ---------------------------------------------------
 
+# The toolkit of the nvcc the node has: nvcc on PATH is often a wrapper script or a link
+# (/usr/local/bin/nvcc, /usr/bin/nvcc), from which CMake's FindCUDAToolkit would take the
+# wrong root; nvcc's own dry run names the folder it runs from (`_HERE_`).
+_CUDA_LOCATE = r"""nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+[ -x "$nvcc" ] || { echo "GGML_CUDA=ON but no nvcc on PATH or in /usr/local/cuda/bin" >&2; exit 4; }
+here=$("$nvcc" -dryrun -c -x cu /dev/null -o /dev/null 2>&1 | sed -n 's/^#\$ _HERE_=//p' | head -n 1)
+[ -n "$here" ] && [ -x "$here/nvcc" ] || here=$(dirname "$nvcc")
+here=$(dirname "$(readlink -f "$here/nvcc")")
+export CUDACXX="$here/nvcc"
+cuda_args="-DCUDAToolkit_ROOT=$(dirname "$here")"
+echo "CUDA toolkit: $(dirname "$here"), $("$here/nvcc" --version | grep release)"
+"""
+
+
 def build_script(src_tar: str, workdir: str, prefix: str, flags: list[str], jobs: int | None,
                  info: dict) -> str:
     q = shlex.quote
@@ -202,13 +289,17 @@ root=$(dirname "$(find "$work/src" -maxdepth 6 -path '*/ggml/CMakeLists.txt' | a
 root=$(dirname "$root")
 [ -f "$root/CMakeLists.txt" ] || {{ echo "no llama.cpp tree (ggml/CMakeLists.txt) in the source" >&2; exit 3; }}
 cd "$root"
-cmake -B build {' '.join(q(f) for f in flags)}
+{_CUDA_LOCATE if "-DGGML_CUDA=ON" in flags else 'cuda_args=""'}
+echo "STEP configure $(date +%s)"
+cmake -B build {' '.join(q(f) for f in flags)} $cuda_args
 targets=$(cmake --build build --target help)
 want=""
 has_target() {{ printf '%s\\n' "$targets" | grep -Eq -- "(^|[[:space:]])$1(:|[[:space:]]|\\$)"; }}
 if has_target ggml-rpc-server; then want="ggml-rpc-server"; else want="rpc-server"; fi
 for t in llama-server llama-cli; do if has_target "$t"; then want="$want $t"; fi; done
+echo "STEP build $(date +%s)"
 cmake --build build -j{jobs or '"$(nproc)"'} --target $want
+echo "STEP install $(date +%s)"
 mkdir -p "$prefix/bin.new"
 for t in $want; do cp "build/bin/$t" "$prefix/bin.new/$t"; done
 if [ -x "$prefix/bin.new/ggml-rpc-server" ] && [ ! -e "$prefix/bin.new/rpc-server" ]; then
@@ -301,6 +392,7 @@ def execute_llamacpp(runner, play, role, task, planned_states) -> dict:
             if name == built_on:
                 continue
             try:
+                t_copy = time.monotonic()
                 remote = f"{REMOTE_CACHE}/llamacpp-{want['id']}.tar.gz"
                 state.conn.run(["mkdir", "-p", REMOTE_CACHE, args["prefix"]])
                 state.conn.put(data, remote)
@@ -308,7 +400,9 @@ def execute_llamacpp(runner, play, role, task, planned_states) -> dict:
                                f"tar -xzf {shlex.quote(remote)}")
                 src_host = f" from {built_on}" if built_on else " from the controller's cache"
                 out[name] = TaskResult(name, task, "changed",
-                                       f"installed llama.cpp build {want['id']}{src_host}")
+                                       f"installed llama.cpp build {want['id']}{src_host} "
+                                       f"({len(data) / 1e6:.1f} MB in "
+                                       f"{time.monotonic() - t_copy:.1f}s)")
             except ClusterctlError as exc:
                 out[name] = TaskResult(name, task, "failed", _message(exc))
         return out
