@@ -54,7 +54,7 @@ from clusterctl.inventory import load_inventory             # noqa: E402
 from clusterctl.lab import netplan                          # noqa: E402
 from clusterctl.remote import Connection                    # noqa: E402
 from clusterctl.sync import sync_model                      # noqa: E402
-from clusterctl.sync.cli import parse_rate                  # noqa: E402
+from clusterctl.cli.common import parse_rate              # noqa: E402
 from clusterctl.sync.run import local_hash_cache            # noqa: E402
 
 WORK = Path(os.environ.get("CLUSTERCTL_BENCH_DIR", "/var/tmp/clusterctl-bench-sync"))

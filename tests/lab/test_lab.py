@@ -380,7 +380,7 @@ def test_heal_without_faults_and_unknown_nodes(lab):
 
 def test_status_json_from_the_cli(lab):
     from click.testing import CliRunner
-    from clusterctl.lab.cli import lab_group
+    from clusterctl.cli.lab import lab_group
     result = CliRunner().invoke(lab_group, ["status", "--name", lab.name, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
@@ -454,7 +454,7 @@ def test_down_after_a_crash_of_lab_up_leaves_no_trace(lab, lab_name_for):
     labs.down(name)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(labs.__file__).parents[2])] + sys.path))
-    proc = subprocess.Popen([sys.executable, "-m", "clusterctl.lab.cli", "lab", "up",
+    proc = subprocess.Popen([sys.executable, "-m", "clusterctl.cli.lab", "lab", "up",
                              "--name", name, "--nodes", "2", "--no-mirror"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = None

@@ -1,7 +1,8 @@
 """The CLI: exit codes and one clear message for bad input, no traceback."""
 from click.testing import CliRunner
 
-from clusterctl.cli import LAZY_COMMANDS, exit_code_for, main
+from clusterctl.cli import LAZY_COMMANDS, main
+from clusterctl.cli.engine import exit_code_for
 from clusterctl.engine.runner import HostRecap, RunReport
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from clusterctl.deploy.cli import deploy_model_command, plan_model_command
+from clusterctl.cli.deploy import deploy_model_command, plan_model_command
 from clusterctl.deploy.tinymodels import write_tiny_hf
 
 

@@ -529,7 +529,7 @@ def test_deploy_gate_passes_healthy_and_cpu_only_clusters(stub_tools):
 
 
 def test_deploy_model_has_a_force_flag():
-    from clusterctl.deploy.cli import deploy_model_command
+    from clusterctl.cli.deploy import deploy_model_command
     assert "force" in {p.name for p in deploy_model_command.params}
 
 

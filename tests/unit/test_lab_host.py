@@ -112,7 +112,7 @@ def test_up_refuses_without_root_before_touching_anything(monkeypatch, tmp_path)
 
 def test_cli_errors_are_one_line_with_exit_code(monkeypatch, tmp_path):
     from click.testing import CliRunner
-    from clusterctl.lab.cli import lab_group
+    from clusterctl.cli.lab import lab_group
     monkeypatch.setenv("CLUSTERCTL_LAB_ROOT", str(tmp_path / "labs"))
     result = CliRunner().invoke(lab_group, ["status", "--name", "nope"])
     assert result.exit_code == 1

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterctl.options import (BoundedInt, FiniteFloat, Proportions, Rate, SafeName,
-                                parse_proportions, parse_rate)
+from clusterctl.cli.common import (BoundedInt, FiniteFloat, Proportions, Rate, SafeName,
+                                   parse_proportions, parse_rate)
 
 
 def _cmd(param_type):

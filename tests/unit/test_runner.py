@@ -253,7 +253,7 @@ def test_a_stalled_change_is_cut_at_the_ops_deadline_and_named(project, local, m
 def test_extra_vars_reach_templates_checked_and_masked(tmp_path, monkeypatch):
     """-e values go through the inventory's checks before the runner sees them: typed,
     and a secret given with -e stays a Secret (*** in what is shown)."""
-    from clusterctl import cli
+    from clusterctl.cli import engine as cli
     seen = {}
 
     def fake_converge(inv, playbook, **kw):

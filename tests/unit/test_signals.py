@@ -11,7 +11,8 @@ import pytest
 SCRIPT = textwrap.dedent("""
     import sys, time
     import click
-    from clusterctl.cli import handle_errors, main
+    from clusterctl.cli import main
+    from clusterctl.cli.common import handle_errors
 
     @main.command(name="sleepy")
     @handle_errors

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from rich.console import Console
 
 from clusterctl.facts import FactRequest, Facts, Interface
-from clusterctl.sync.cli import node_states_text, parse_rate, short_names, sync_model_command
+from clusterctl.cli.sync import node_states_text, parse_rate, short_names, sync_model_command
 from clusterctl.sync.manifest import Manifest
 from clusterctl.sync.nodes import cluster_ip_of, guess_cluster_ip
 from clusterctl.sync.report import (FAILED, SYNCED, UNCHANGED, NodeReport, RoundReport,

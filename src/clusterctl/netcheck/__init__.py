@@ -3,7 +3,7 @@
 Pure parts: `schedule` (round-robin tournament), `classify` (link classes and
 TP/PP verdicts), `findings` (measurements -> findings with fixes), `report`
 (rich tables, JSON, SVG/HTML). I/O: `probe` (the commands and their parsers),
-`run` (orchestration over `clusterctl.remote`). CLI: `cli.netcheck_command`.
+`run` (orchestration over `clusterctl.remote`). CLI: `clusterctl.cli.netcheck`.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`clusterctl plan-model | deploy-model | undeploy | status`: parse options, call one
-function of deploy.launch (or the planner), render the result."""
+function of clusterctl.deploy (launch or the planner), render the result."""
 from __future__ import annotations
 
 import sys
@@ -7,10 +7,10 @@ import time
 
 import click
 
-from ..cli import handle_errors, inventory_options, load_inventory_arg
+from ..deploy.planner import MAX_NODES
 from ..errors import EXIT_BAD_INPUT, EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, InputError
-from ..options import BoundedInt, FiniteFloat, Proportions, SafeName
-from .planner import MAX_NODES
+from .common import (BoundedInt, FiniteFloat, Proportions, SafeName, handle_errors,
+                     inventory_options, load_inventory_arg)
 
 
 def _inventory_options(fn):
@@ -93,10 +93,10 @@ def plan_model_command(model, inventory_opt, limit, accept_new_host_keys, max_mo
     nvidia-smi), or from --nodes/--gpus-per-node/--gpu-memory-gb for a what-if."""
     from pathlib import Path
 
-    from ..options import parse_proportions
-    from .modelinfo import read_model_info
-    from .planner import (NodeGPUs, plan_llamacpp, plan_model, plan_to_dict, render_plan,
-                          render_svg)
+    from ..deploy.modelinfo import read_model_info
+    from ..deploy.planner import (NodeGPUs, plan_llamacpp, plan_model, plan_to_dict,
+                                  render_plan, render_svg)
+    from .common import parse_proportions
 
     if report_path and not report_path.lower().endswith(".svg"):
         raise click.BadParameter("give a file ending in .svg", param_hint="--report")
@@ -156,7 +156,7 @@ class _NeedsHead(Exception):
 def _stated_nodes(inv, targets, backend: str):
     """NodeGPUs from the inventory alone, or None when a host does not state its GPUs
     (`gpus`, and `gpu_memory_mib` when gpus > 0) or when RAM matters (CPU hosts)."""
-    from .planner import NodeGPUs
+    from ..deploy.planner import NodeGPUs
     hosts = sorted(targets, key=lambda h: not h.is_head)
     nodes = []
     for h in hosts:
@@ -173,9 +173,9 @@ def _stated_nodes(inv, targets, backend: str):
 def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "auto"):
     from pathlib import Path
     from ..session import Session
-    from .launch import _connect, gather_facts, host_infos, node_gpus
-    from .modelinfo import read_model_info
-    from .models import models_dir_of, remote_model_info, resolve_model
+    from ..deploy.launch import _connect, gather_facts, host_infos, node_gpus
+    from ..deploy.modelinfo import read_model_info
+    from ..deploy.models import models_dir_of, remote_model_info, resolve_model
     targets = inv.select(list(limit) or None)
     if backend == "auto":
         p = Path(model).expanduser()
@@ -289,8 +289,8 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
     Ready means /v1/models lists it AND a chat completion returns text; then the endpoint
     and the time to ready are printed. On failure, the unit's journal tail is shown."""
     from ..render import LineReporter, print_json
-    from .commands import parse_tensor_split
-    from .launch import DeployOptions, deploy_model
+    from ..deploy.commands import parse_tensor_split
+    from ..deploy.launch import DeployOptions, deploy_model
     inv = _load_inventory(inventory_opt)
     try:
         split = parse_tensor_split(tensor_split)
@@ -361,7 +361,7 @@ def undeploy_command(name, inventory_opt, limit, accept_new_host_keys, all_, ver
     """Stop and remove deployment NAME (its units on every host, its load balancer and
     its record). NAME may be left out when only one model is deployed. llama.cpp RPC
     caches stay on disk, so a later deploy does not resend the weights."""
-    from .launch import undeploy
+    from ..deploy.launch import undeploy
     inv = _load_inventory(inventory_opt)
     if limit:
         raise InputError("undeploy removes a whole deployment; --limit does not apply "
@@ -395,7 +395,7 @@ def status_command(inventory_opt, limit, accept_new_host_keys, as_json, watch, w
     queue from Prometheus on the head. Works from any controller: the records live on
     the head."""
     from ..monitoring import metric_queries
-    from .launch import _session
+    from ..deploy.launch import _session
     inv = _load_inventory(inventory_opt)
     selected = {h.name for h in inv.select(list(limit))} if limit else None   # exit 2 first
     metric_queries(window)                       # a bad --window: exit 2 before connecting
@@ -419,7 +419,7 @@ def status_command(inventory_opt, limit, accept_new_host_keys, as_json, watch, w
 
 
 def _status_once(inv, session, selected, window):
-    from .launch import deployment_metrics, status
+    from ..deploy.launch import deployment_metrics, status
     rows = status(inv, session=session)
     if selected is not None:       # the deployments that run on any of the selected hosts
         rows = [r for r in rows if selected & set(r.deployment.hosts)]

@@ -1,18 +1,20 @@
 """`clusterctl inventory`: show the inventory as clusterctl reads it (like
 ansible-inventory): --list (JSON of groups, hosts and their merged variables), --graph
 (the tree of groups), --host NAME (one host's variables, each with the file:line it came
-from). Secrets show as ***. Nothing here connects to a host."""
+from). Secrets show as ***. And `clusterctl example-inventory`. Nothing here connects to
+a host."""
 from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import sys
 
 import click
 
-from .cli import CONTEXT, handle_errors, inventory_options, load_inventory_arg
-from .errors import InputError
-from .secret import MASK, Secret, to_jsonable
+from ..errors import InputError
+from ..secret import MASK, Secret, to_jsonable
+from .common import CONTEXT, handle_errors, inventory_options, load_inventory_arg
 
 
 def inventory_list(inv, selected: list[str]) -> dict:
@@ -88,7 +90,7 @@ def _flatten(value, prefix: tuple = ()):
 def _schema_dict(path: tuple) -> bool:
     """Whether `path` is a dict-valued variable of the schema (ray, cluster...): its keys
     are merged one by one, so a key set nowhere keeps its default."""
-    from .inventory import KNOWN_VARS
+    from ..inventory import KNOWN_VARS
     spec = KNOWN_VARS
     for part in path:
         if not isinstance(spec, dict) or part not in spec:
@@ -155,7 +157,7 @@ def inventory_command(inventory, inventory_opt, limit, as_list, graph, host_name
 def _show(inventory, inventory_opt, limit, as_list, graph, host_name, as_json, extra_vars):
     if sum(bool(x) for x in (as_list, graph, host_name)) != 1:
         raise click.UsageError("give exactly one of --list, --graph or --host NAME")
-    from .inventory import parse_extra_vars
+    from ..inventory import parse_extra_vars
     extra = parse_extra_vars(list(extra_vars)) if extra_vars else None
     inv = load_inventory_arg(inventory, inventory_opt, extra_vars=extra) if extra \
         else load_inventory_arg(inventory, inventory_opt)
@@ -169,7 +171,7 @@ def _show(inventory, inventory_opt, limit, as_list, graph, host_name, as_json, e
         rows = host_vars_with_origins(inv, host_name)
         if as_json:
             host = inv.hosts[host_name]
-            from .render import print_json
+            from ..render import print_json
             print_json({"host": host_name, "vars": to_jsonable(host.vars),
                         "origins": {k: where for k, _, where in rows}})
         else:
@@ -177,3 +179,26 @@ def _show(inventory, inventory_opt, limit, as_list, graph, host_name, as_json, e
             for key, value, where in rows:
                 text = f"{key}: {_shown(value)}"
                 click.echo(f"{text:<{width}}# {where}")
+
+
+@click.command(name="example-inventory")
+@click.argument("dest", required=False, metavar="[DEST]")
+@handle_errors
+def example_inventory_cmd(dest):
+    """Print the example inventory (every cluster variable with its default and a line
+    of doc), or write it to DEST (never over an existing file)."""
+    from ..resources import example_inventory
+    text = example_inventory().read_text()
+    if not dest:
+        click.echo(text, nl=False)
+        return
+    path = Path(dest)
+    if path.exists():
+        raise InputError(f"{path} exists; choose another name or remove it first",
+                         key="DEST")
+    path.write_text(text)
+    click.echo(f"wrote {path}: list your hosts, mark one `role: head`, set cluster.network")
+
+
+__all__ = ["inventory_command", "example_inventory_cmd", "inventory_list", "inventory_graph",
+           "host_vars_with_origins"]

@@ -1,6 +1,6 @@
-"""Click commands: `clusterctl lab ...` (lab_group) and `clusterctl mirror ...`
-(mirror_group). Each command parses options, calls one function, renders the result:
-rich on a terminal, plain lines otherwise, JSON with --json."""
+"""`clusterctl lab ...` (lab_group, over clusterctl.lab) and `clusterctl mirror ...`
+(mirror_group, over clusterctl.mirror). Each command parses options, calls one function,
+renders the result: rich on a terminal, plain lines otherwise, JSON with --json."""
 from __future__ import annotations
 
 import os
@@ -9,25 +9,9 @@ import sys
 import click
 
 from ..errors import ClusterctlError, InputError
+from .common import CONTEXT, ExpectedErrorsGroup
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 LINK_CHOICES = ["1gbit", "10gbit", "25gbit", "100gbit", "none"]
-
-
-class _Group(click.Group):
-    """Expected errors: one clear message and their exit code (also when this group is
-    used on its own, without the main `clusterctl` command)."""
-
-    def invoke(self, ctx):
-        try:
-            return super().invoke(ctx)
-        except ClusterctlError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:
-            from ..errors import interrupted_exit_code, interrupted_message
-            click.secho(interrupted_message(exc), fg="red", err=True)
-            ctx.exit(interrupted_exit_code(exc))
 
 
 def _default_name() -> str:
@@ -45,7 +29,7 @@ def _fancy() -> bool:
 
 # ----------------------------------------------------------------------------- lab
 
-@click.group(name="lab", cls=_Group, context_settings=CONTEXT)
+@click.group(name="lab", cls=ExpectedErrorsGroup, context_settings=CONTEXT)
 def lab_group():
     """A real multi-node cluster on this machine: systemd-nspawn nodes with systemd, sshd,
     their own network namespace and disk, on a shaped bridge, with an offline mirror."""
@@ -68,7 +52,7 @@ def lab_group():
 @click.option("--json", "as_json", is_flag=True, help="Print the lab's state as JSON.")
 def up(nodes, name, link, mirror, subnet, mtu, node_mtu, as_json):
     """Boot NODES nodes (builds the node image and the mirror the first time)."""
-    from . import core
+    from ..lab import core
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     state = core.up(name, nodes, link, mirror, subnet=subnet, mtu=mtu, node_mtu=node_mtu,
                     log=log)
@@ -109,7 +93,7 @@ def _print_summary(state) -> None:
 
 
 def _ssh_display(state) -> list[str]:
-    from .core import ssh_argv
+    from ..lab.core import ssh_argv
     return ssh_argv(state, "1")
 
 
@@ -119,8 +103,8 @@ def _ssh_display(state) -> list[str]:
 def down(name, all_labs):
     """Remove the lab: nodes, ports, bridge, nft tables, mirror server, state. Safe to
     repeat, also after a crash."""
-    from . import core
-    from .state import list_labs
+    from ..lab import core
+    from ..lab.state import list_labs
     names = list_labs() if all_labs else [name]
     for lab_name in names:
         if core.down(lab_name):
@@ -134,8 +118,8 @@ def down(name, all_labs):
 @click.option("--json", "as_json", is_flag=True)
 def status(name, as_json):
     """Nodes, addresses, ports, faults and whether each node answers."""
-    from . import core
-    from .state import list_labs
+    from ..lab import core
+    from ..lab.state import list_labs
     names = [name] if name else list_labs()
     if name is None and not names:
         if as_json:
@@ -193,7 +177,7 @@ def _print_status(state, health) -> None:
 @click.argument("name", required=False)
 def inventory(name):
     """Print the path of the lab's inventory file."""
-    from . import core
+    from ..lab import core
     state = core.status(name or _default_name())
     if not state.inventory_path.exists():
         raise ClusterctlError(f"lab {state.name} has no inventory yet (phase {state.phase})")
@@ -206,7 +190,7 @@ def inventory(name):
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def ssh(name, node, command):
     """Log into NODE (node1, 1 or NAME-node1) with the lab's key and known_hosts."""
-    from . import core
+    from ..lab import core
     argv = core.ssh_argv(core.status(name), node, list(command))
     os.execvp(argv[0], argv)
 
@@ -227,7 +211,7 @@ def fault(name, node, kind, arg):
       down             take the node's switch port down (node unreachable)
       partition        the node reaches the controller, no other node
     """
-    from . import core
+    from ..lab import core
     f = core.fault(name, node, kind, arg)
     click.echo(f"{f.node}: {f.describe()} (undo: clusterctl lab heal --name {name} {node})")
 
@@ -237,7 +221,7 @@ def fault(name, node, kind, arg):
 @click.argument("node", required=False)
 def heal(name, node):
     """Remove the faults of NODE (default: of every node)."""
-    from . import core
+    from ..lab import core
     removed = core.heal(name, node)
     if not removed:
         click.echo("no faults to heal")
@@ -247,7 +231,7 @@ def heal(name, node):
 
 # ----------------------------------------------------------------------------- mirror
 
-@click.group(name="mirror", cls=_Group, context_settings=CONTEXT)
+@click.group(name="mirror", cls=ExpectedErrorsGroup, context_settings=CONTEXT)
 def mirror_group():
     """Offline apt repository + pip wheelhouse for hosts without internet."""
 
@@ -276,7 +260,7 @@ def _split(values) -> list[str]:
 def build(apt, pip, from_file, dest, image, force):
     """Download packages with apt-get and pip into a servable mirror."""
     from .. import mirror
-    from .core import PACKAGES_FILE
+    from ..lab.core import PACKAGES_FILE
     apt_list, pip_list = _split(apt), list(pip)
     if from_file or not (apt_list or pip_list):
         file_apt, file_pip = mirror.read_package_lists(from_file or PACKAGES_FILE)
@@ -307,7 +291,7 @@ def serve(directory, bind):
 
 
 def main() -> None:
-    """`python -m clusterctl.lab.cli lab ...` / `... mirror ...` without the main CLI."""
+    """`python -m clusterctl.cli.lab lab ...` / `... mirror ...` without the main CLI."""
     root = click.Group(name="clusterctl", context_settings=CONTEXT)
     root.add_command(lab_group)
     root.add_command(mirror_group)

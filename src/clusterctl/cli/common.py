@@ -1,22 +1,113 @@
-"""Click parameter types shared by every command: numbers that are finite and in a sane
-range, bounded counts, rates, names and lists of proportions.
+"""What every command of the command line shares: error handling (one clear message and
+its exit code, no traceback for expected errors), the inventory options and loading, and
+the click parameter types (numbers that are finite and in a sane range, bounded counts,
+rates, names and lists of proportions).
 
 click's own FloatRange lets ``nan`` through (every comparison with NaN is false) and
-IntRange without a maximum lets ``--nodes 100000000`` grow a plan without bound; these
-types refuse both with a usage error (exit 2) that names the option and the range.
-Layer 1: imports nothing from the project.
+IntRange without a maximum lets ``--nodes 100000000`` grow a plan without bound; the types
+here refuse both with a usage error (exit 2) that names the option and the range.
+
+Command-family modules (``cli/engine.py``, ``cli/deploy.py``, ...) import this module,
+never the package ``clusterctl.cli`` itself. Output goes through ``clusterctl.render``
+(terminal and JSON).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
+import sys
+import traceback
 from typing import Any
 
 import click
 
-__all__ = ["FiniteFloat", "BoundedInt", "Rate", "Proportions", "SafeName", "parse_rate",
+from ..errors import (EXIT_HOST_FAILED, ClusterctlError, interrupted_exit_code,
+                      interrupted_message)
+
+__all__ = ["CONTEXT", "handle_errors", "ExpectedErrorsGroup", "echo_error",
+           "inventory_options", "load_inventory_arg",
+           "FiniteFloat", "BoundedInt", "Rate", "Proportions", "SafeName", "parse_rate",
            "parse_proportions", "NAME_PATTERN"]
 
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# ------------------------------------------------------------------------ error handling
+
+def echo_error(exc: ClusterctlError) -> None:
+    """An expected error as the one line every command prints: `error: ...` in red."""
+    click.secho(f"error: {exc}", fg="red", err=True)
+
+
+def handle_errors(fn):
+    """Expected errors: one clear message and their exit code. Bugs: a traceback with -v."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose", 0)
+        try:
+            return fn(*args, **kwargs)
+        except ClusterctlError as exc:
+            echo_error(exc)
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException):
+            raise  # click reports its own usage errors
+        except KeyboardInterrupt as exc:
+            click.secho(interrupted_message(exc), fg="red", err=True)
+            sys.exit(interrupted_exit_code(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug: say so plainly
+            if verbose:
+                traceback.print_exc()
+            click.secho(f"internal error: {type(exc).__name__}: {exc}"
+                        + ("" if verbose else " (run with -v for the traceback)"),
+                        fg="red", err=True)
+            sys.exit(EXIT_HOST_FAILED)
+    return wrapper
+
+
+class ExpectedErrorsGroup(click.Group):
+    """A group whose commands' expected errors become one clear message and their exit
+    code (also when the group is used on its own, without the main `clusterctl` command)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except ClusterctlError as exc:
+            echo_error(exc)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt as exc:
+            click.secho(interrupted_message(exc), fg="red", err=True)
+            ctx.exit(interrupted_exit_code(exc))
+
+
+# ------------------------------------------------------------------------ the inventory
+
+def inventory_options(fn):
+    """-i/--inventory and --limit: the hosts a command works on."""
+    fn = click.option("-i", "--inventory", "inventory_opt", metavar="FILE",
+                      help="Inventory file (default ./inventory.yaml, then "
+                           "$CLUSTERCTL_INVENTORY).")(fn)
+    fn = click.option("-l", "--limit", multiple=True, metavar="PATTERN",
+                      help="Only hosts matching PATTERN (host, group, glob, !exclude); "
+                           "repeatable.")(fn)
+    return fn
+
+
+def load_inventory_arg(positional: str | None, option: str | None,
+                       extra_vars: dict | None = None):
+    """The inventory named by a command's [INVENTORY] argument or -i (they must agree),
+    its warnings printed on stderr."""
+    from ..errors import InputError
+    from ..inventory import load_inventory, resolve_inventory_path
+    if positional and option and positional != option:
+        raise InputError(f"two inventories given: {positional} and -i {option}")
+    inv = load_inventory(resolve_inventory_path(positional or option), extra_vars=extra_vars)
+    for warning in inv.warnings:
+        click.secho(f"warning: {warning}", fg="yellow", err=True)
+    return inv
+
+
+# ------------------------------------------------------------------------ parameter types
 
 def _fmt(x: float) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)

@@ -1,14 +1,13 @@
-"""`clusterctl netcheck`: parse options, run the checks, render the result."""
+"""`clusterctl netcheck`: parse options, run the checks (clusterctl.netcheck), render the
+result."""
 from __future__ import annotations
 
 import sys
 
 import click
-from rich.console import Console
 
-from ..cli import handle_errors, load_inventory_arg
 from ..errors import EXIT_BAD_INPUT
-from ..options import BoundedInt, FiniteFloat
+from .common import BoundedInt, FiniteFloat, handle_errors, load_inventory_arg
 
 
 @click.command(name="netcheck")
@@ -55,10 +54,12 @@ def netcheck_command(inventory_opt, limit, as_json, report_path, duration, paral
     """Prove the network is fit for distributed inference: bandwidth matrix (iperf3),
     jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
     skew, InfiniBand. Exit 1 when any finding is an error."""
+    from rich.console import Console
+
+    from ..netcheck.collective import parse_sizes
+    from ..netcheck.report import render, write_report
+    from ..netcheck.run import NetcheckOptions, run_netcheck
     from ..render import print_json
-    from .collective import parse_sizes
-    from .report import render, write_report
-    from .run import NetcheckOptions, run_netcheck
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     if report_path and not report_path.lower().endswith((".svg", ".html", ".htm")):

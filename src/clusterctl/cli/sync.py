@@ -1,14 +1,18 @@
-"""`clusterctl sync-model SOURCE`: parse options, run sync_model with a live bar, render."""
+"""`clusterctl sync-model SOURCE`: parse options, run clusterctl.sync's sync_model with a
+live bar, render."""
 from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import ClusterctlError
-from ..options import Rate, parse_rate
-from .report import SyncProgress
+from .common import Rate, echo_error, parse_rate
+
+if TYPE_CHECKING:       # a type only: importing clusterctl.sync loads SSH (slow start-up)
+    from ..sync.report import SyncProgress
 
 
 def short_names(names: list[str]) -> dict[str, str]:
@@ -101,8 +105,8 @@ def sync_model_command(source, inventory_opt, limit, name, verify, bwlimit, as_j
 
     from ..inventory import load_inventory, resolve_inventory_path
     from ..render import print_json
-    from .report import render
-    from .run import sync_model
+    from ..sync.report import render
+    from ..sync.run import sync_model
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
@@ -118,7 +122,7 @@ def sync_model_command(source, inventory_opt, limit, name, verify, bwlimit, as_j
             report = sync_model(inv, source, name, hosts=hosts, verify=verify, progress=bar,
                                 bwlimit=rate, accept_new_host_keys=accept_new_host_keys)
     except ClusterctlError as exc:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        echo_error(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:
         from ..errors import interrupted_exit_code, interrupted_message
