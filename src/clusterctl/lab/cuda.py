@@ -121,17 +121,21 @@ def _soname_links(lib: Path) -> None:
 
 def cuda_root(toolkit: str | Path, wheels: list[str | Path] = (), *,
               log: Callable[[str], None] = print) -> Path:
-    """The merged toolkit folder (cached under the lab cache) for `lab.up(binds=...)`."""
+    """The merged toolkit folder (cached under the lab cache) for `lab.up(binds=...)`.
+    `wheels`: NVIDIA wheel files, or folders where such wheels are installed (a
+    site-packages with `nvidia/cu13/...`, as PyTorch brings them)."""
     toolkit = Path(toolkit).resolve()
     if not (toolkit / "bin" / "nvcc").exists():
         raise InputError(f"{toolkit}: no bin/nvcc, not a CUDA toolkit", key="cuda")
     release = nvcc_release(toolkit)
     wheel_paths = [Path(w).resolve() for w in wheels]
     for w in wheel_paths:
-        if not w.is_file():
-            raise InputError(f"{w}: no such wheel", key="cuda")
+        if not w.exists():
+            raise InputError(f"{w}: no such wheel or folder", key="cuda")
     key = hashlib.sha256(json.dumps(
-        [RECIPE, str(toolkit), release, [(w.name, w.stat().st_size) for w in wheel_paths]]
+        [RECIPE, str(toolkit), release,
+         [(str(w), int(w.stat().st_mtime)) if w.is_dir() else (w.name, w.stat().st_size)
+          for w in wheel_paths]]
     ).encode()).hexdigest()[:12]
     out = cache_root() / "cuda" / f"cuda-{release}-{key}"
     if (out / MARKER).is_file():
@@ -144,9 +148,12 @@ def cuda_root(toolkit: str | Path, wheels: list[str | Path] = (), *,
         root = Path(tmp) / "root"
         _link_tree(toolkit, root)
         for w in wheel_paths:
-            ext = Path(tmp) / ("wheel-" + w.stem)
-            with zipfile.ZipFile(w) as z:
-                z.extractall(ext)
+            if w.is_dir():                  # an installed one: site-packages (nvidia/...)
+                ext = w
+            else:
+                ext = Path(tmp) / ("wheel-" + w.stem)
+                with zipfile.ZipFile(w) as z:
+                    z.extractall(ext)
             for wroot in _wheel_roots(ext):
                 for part in ("include", "lib"):
                     if (wroot / part).is_dir():
