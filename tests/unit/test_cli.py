@@ -88,3 +88,62 @@ def test_example_inventory_prints_and_writes_but_never_overwrites(tmp_path):
     assert dest.read_text() == printed
     again = invoke("example-inventory", str(dest))
     assert again.exit_code == 2 and "exists" in again.output
+
+
+def test_inventory_warnings_are_printed_verbatim_by_every_command(tmp_path):
+    """A warning quoting the user's text (here a key with rich markup in it) is printed
+    as it is, never parsed as markup (sync-model crashed on '[/y]')."""
+    inv = tmp_path / "inv.yaml"
+    inv.write_text('all:\n  vars:\n    cluster:\n      "x[/y]": 1\n  hosts:\n'
+                   '    a: {ansible_host: 198.18.0.250, role: head}\n')
+    for args in (["sync-model", str(tmp_path / "missing"), "-i", str(inv)],
+                 ["inventory", "-i", str(inv), "--graph"],
+                 ["apply", "no-such-playbook", "-i", str(inv)]):
+        res = invoke(*args)
+        assert "unknown variable 'cluster.x[/y]'" in res.output, (args, res.output)
+        assert "Traceback" not in res.output
+        assert res.exit_code == (0 if args[0] == "inventory" else 2), (args, res.output)
+
+
+def test_sync_live_bar_shows_paths_and_names_verbatim():
+    """The sync-model bar is rich markup: a source path or node name with brackets in it
+    is shown as it is (a '[/x]' in a path crashed the bar)."""
+    import io
+
+    from rich.console import Console
+
+    from clusterctl.cli.sync import LiveBar, node_states_text
+    from clusterctl.sync.report import SyncProgress
+    out = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with LiveBar(out) as bar:
+        bar(SyncProgress(phase="scanning", message="listing /m/[/x]", total=0, done=0,
+                         round=0, nodes={"n-[/z]": "failed", "n-b": "synced"}))
+    shown = out.file.getvalue()
+    assert "listing /m/[/x]" in shown and "[/z] ✗" in shown
+    assert node_states_text({"lab-node1": "verified", "lab-node2": "unchanged"}) == \
+        "[green]node1 ✓[/green]  node2 ="
+
+
+def test_lock_warning_shows_the_reason_verbatim():
+    """An unreachable head is a warning naming the reason as it is (a reason holding
+    '[/x]' is text, not rich markup); a lock held by another run is an error."""
+    import io
+
+    import pytest
+    from rich.console import Console
+
+    from clusterctl.cli.engine import take_cluster_lock
+    from clusterctl.errors import ClusterctlError
+    from clusterctl.session import LockBusy
+
+    class Head:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def lock(self, name, command, break_stale=False):
+            raise self.exc
+    err = Console(file=io.StringIO(), width=200)
+    take_cluster_lock(Head(ClusterctlError("head: ssh said [/x] no")), "c", False, err)
+    assert "running without the cluster lock: head: ssh said [/x] no" in err.file.getvalue()
+    with pytest.raises(LockBusy):
+        take_cluster_lock(Head(LockBusy("held by pid 1")), "c", False, err)

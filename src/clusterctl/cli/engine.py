@@ -119,13 +119,15 @@ def take_cluster_lock(session, command: str, break_lock: bool, err) -> None:
     """The cluster-wide lock for a command that changes hosts. Held by another run:
     LockBusy naming it. Head unreachable: a warning (a dead head must not block work on
     the other nodes; the run will name it)."""
+    from rich.markup import escape
     from ..session import LockBusy
     try:
         session.lock("cluster", command, break_stale=break_lock)
     except LockBusy:
         raise
     except ClusterctlError as exc:
-        err.print(f"[yellow]warning:[/yellow] running without the cluster lock: {exc}")
+        err.print(f"[yellow]warning:[/yellow] running without the cluster lock: "
+                  f"{escape(str(exc))}")
 
 
 def exit_code_for(report) -> int:

@@ -55,6 +55,7 @@ def netcheck_command(inventory_opt, limit, as_json, report_path, duration, paral
     jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
     skew, InfiniBand. Exit 1 when any finding is an error."""
     from rich.console import Console
+    from rich.markup import escape
 
     from ..netcheck.collective import parse_sizes
     from ..netcheck.report import render, write_report
@@ -73,7 +74,7 @@ def netcheck_command(inventory_opt, limit, as_json, report_path, duration, paral
         single_stream_seconds=1.0 if single_stream else 0.0,
         accept_new_host_keys=accept_new_host_keys, collective=collective,
         collective_sizes=sizes,
-        progress=(lambda m: err.print(f"[dim]{m}[/dim]")) if verbose or not as_json
+        progress=(lambda m: err.print(f"[dim]{escape(m)}[/dim]")) if verbose or not as_json
         else None)
     result = run_netcheck(inv, hosts, options)
     if as_json:
@@ -86,5 +87,5 @@ def netcheck_command(inventory_opt, limit, as_json, report_path, duration, paral
         except OSError as exc:
             click.secho(f"error: cannot write {report_path}: {exc}", fg="red", err=True)
             sys.exit(EXIT_BAD_INPUT)
-        err.print(f"report written to {path}")
+        err.print(f"report written to {escape(str(path))}")
     sys.exit(result.exit_code)

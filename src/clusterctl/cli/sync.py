@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..errors import ClusterctlError
-from .common import Rate, echo_error, parse_rate
+from .common import Rate, echo_error, load_inventory_arg, parse_rate
 
 if TYPE_CHECKING:       # a type only: importing clusterctl.sync loads SSH (slow start-up)
     from ..sync.report import SyncProgress
@@ -27,14 +27,16 @@ def short_names(names: list[str]) -> dict[str, str]:
 
 
 def node_states_text(nodes: dict[str, str]) -> str:
-    """'node1 ✓ node2 42% node3 failed' — the per-node part of the live bar."""
+    """'node1 ✓ node2 42% node3 failed' — the per-node part of the live bar (rich markup;
+    the names are escaped)."""
+    from rich.markup import escape
     short = short_names(list(nodes))
     marks = {"verified": "✓", "synced": "✓", "unchanged": "=", "failed": "✗"}
     parts = []
     for name, state in nodes.items():
         mark = marks.get(state, state)
         style = "red" if state == "failed" else "green" if mark == "✓" else ""
-        text = f"{short[name]} {mark}"
+        text = escape(f"{short[name]} {mark}")
         parts.append(f"[{style}]{text}[/{style}]" if style else text)
     return "  ".join(parts)
 
@@ -61,6 +63,7 @@ class LiveBar:
         self.progress.__exit__(*exc)
 
     def __call__(self, p: SyncProgress) -> None:
+        from rich.markup import escape
         nodes = node_states_text(p.nodes)
         if p.phase == "transferring":
             if self.round != p.round:
@@ -72,7 +75,7 @@ class LiveBar:
         elif p.phase == "done":
             self.progress.update(self.task, description="done", nodes=nodes)
         else:
-            desc = p.phase + (f": {p.message}" if p.message else "")
+            desc = p.phase + (f": {escape(p.message)}" if p.message else "")   # a path
             self.progress.update(self.task, description=desc, nodes=nodes)
 
 
@@ -103,7 +106,6 @@ def sync_model_command(source, inventory_opt, limit, name, verify, bwlimit, as_j
     """
     from rich.console import Console
 
-    from ..inventory import load_inventory, resolve_inventory_path
     from ..render import print_json
     from ..sync.report import render
     from ..sync.run import sync_model
@@ -114,9 +116,7 @@ def sync_model_command(source, inventory_opt, limit, name, verify, bwlimit, as_j
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--bwlimit") from None
     try:
-        inv = load_inventory(resolve_inventory_path(inventory_opt))
-        for warning in inv.warnings:
-            err.print(f"[yellow]warning:[/yellow] {warning}")
+        inv = load_inventory_arg(None, inventory_opt)   # warnings verbatim (no markup)
         hosts = inv.select(list(limit)) if limit else None
         with LiveBar(err) as bar:
             report = sync_model(inv, source, name, hosts=hosts, verify=verify, progress=bar,
