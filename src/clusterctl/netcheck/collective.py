@@ -736,20 +736,21 @@ def _slow_finding(result: CollectiveResult, by_name: dict[str, NodeInfo], key: s
                                                           if y != x)]
             if runs:
                 r = min(runs, key=lambda r: len(r.hosts))
-                pairs.append(f"{', '.join(r.hosts)}: {r.busbw_gbps:.2f}")
+                pairs.append(f"{'+'.join(r.hosts)} {r.busbw_gbps:.2f}")
         ifaces = sorted({by_name[h].interface for h in them
                          if by_name.get(h) and by_name[h].interface})
         dev = ifaces[0] if len(ifaces) == 1 else "IFACE"
         verb = "drags" if len(them) == 1 else "drag"
+        one_of = len(them) == 1
         return Finding(
             "collective-slow", WARNING, list(them),
-            f"{_names(them)} {verb} the collective: {what} reaches a bus bandwidth of "
-            f"{big.busbw_gbps:.2f} Gbit/s with {'it' if len(them) == 1 else 'them'}, "
-            + (f"{without.busbw_gbps:.2f} without ({', '.join(without.hosts)})"
-               if without else "no group without them was measured")
-            + f"; a healthy group should reach about {ref:.2f} Gbit/s (the median node's "
-            f"best iperf3 link), under {int(SLOW_RATIO * 100)}% of it is slow"
-            + (f"; their groups: {'; '.join(pairs)} Gbit/s" if pairs else "")
+            f"{_names(them)} {verb} the collective: {what} reaches "
+            f"{big.busbw_gbps:.2f} Gbit/s bus bandwidth with {'it' if one_of else 'them'}"
+            + (f" and {without.busbw_gbps:.2f} without ({', '.join(without.hosts)})"
+               if without else " (no group without them was measured)")
+            + f", where a healthy group of these nodes reaches about {ref:.2f} (the median "
+            f"node's best iperf3 link; slow: under {int(SLOW_RATIO * 100)}%)"
+            + (f"; with a node at speed: {', '.join(pairs)} Gbit/s" if pairs else "")
             + f" (bisect: {len(b.runs)} subgroup run{'s' if len(b.runs) != 1 else ''} of "
             f"{human_bytes(b.bytes)}" + (f", {b.seconds:.0f} s" if b.seconds else "") + ")",
             f"check the NIC and link of {_names(them)}: {'its' if len(them) == 1 else 'their'}"
