@@ -96,6 +96,7 @@ DEFAULTS: dict[str, Any] = {
         "prefix": "/opt/clusterctl/llama.cpp",
         "rpc_port": 50052,
         "cuda": "auto",
+        "cuda_architectures": None,
     },
     "vllm": {"port": 8000},
     "netcheck": {"iperf_port": 5201},
