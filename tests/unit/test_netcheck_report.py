@@ -110,3 +110,9 @@ def test_empty_result_renders():
                                         "links": [], "findings": []}
     to_html(res)
     render(res, Console(record=True, width=100))
+
+
+def test_the_report_follows_the_capability_convention():
+    result = result_with_faults()
+    assert result.to_dict() == result.to_json()
+    assert result.exit_code == 1      # the faults include errors

@@ -154,3 +154,7 @@ class NetcheckResult:
         if self.collective is not None:
             out["collective"] = self.collective.to_json()
         return out
+
+    def to_dict(self) -> dict:
+        """The report as plain data (the capability convention; same as to_json)."""
+        return self.to_json()
