@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import json
@@ -839,7 +840,7 @@ class Facts:
             if "/" not in network:
                 return self.interface(network)
             try:
-                net = ipaddress.ip_network(network, strict=False)
+                net = _network(network)
             except ValueError:
                 raise ValueError(f"network {network!r} is neither a CIDR nor an interface name") from None
             inside = [i for i in self.interfaces
@@ -861,8 +862,16 @@ class Facts:
         return f"Facts({', '.join(str(r) for r in self._values)})"
 
 
+@functools.lru_cache(maxsize=65536)
 def _ip(text: str):
+    """The address in `text` (a scope after % left out), None if it is not one. Cached:
+    the cluster view asks it for every address of every host on each gathering."""
     try:
         return ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _network(text: str):
+    return ipaddress.ip_network(text, strict=False)

@@ -24,8 +24,10 @@ from .results import (HostRecap, Reporter, RunReport, TaskResult,  # noqa: F401 
                       _NullReporter)
 from .roles import Play, Role, Task
 from ..ops.base import mask_outcome
-from .templating import (evaluate_condition, find_template, render_file, render_value,
-                         tracking_reveals)
+from .templating import (RenderCache, evaluate_condition, file_dependencies, find_template,
+                         is_templated, render_cache_enabled, render_file, render_value,
+                         revealed_any, text_dependencies, tracking_reveals,
+                         value_dependencies)
 
 
 @dataclass
@@ -40,6 +42,9 @@ class RunOptions:
     connect_timeout: float = 10.0
     tags: set = field(default_factory=set)          # --tags
     skip_tags: set = field(default_factory=set)     # --skip-tags
+    #: memoize renders across hosts (templating.RenderCache); None: unless the
+    #: environment sets CLUSTERCTL_RENDER_CACHE=0
+    render_cache: bool | None = None
 
 
 @dataclass
@@ -74,10 +79,136 @@ class PlannedTask:
     shown: list[str] | None = None    # the change's steps as shown (secrets ***)
 
 
+# -- memoized plans -----------------------------------------------------------
+
+class _RecordingFacts(Facts):
+    """Facts that note every read (fact, exit code, presence) of one op's plan, so the
+    plan can be reused for a host whose facts give the same answers to those reads."""
+
+    def __init__(self, inner: Facts):      # noqa: D107 - no Facts.__init__: nothing copied
+        self._inner = inner
+        self.reads: list[tuple[str, FactRequest, Any]] = []
+        self.opaque = False
+
+    def get(self, req):
+        value = self._inner.get(req)
+        self.reads.append(("get", req, value))
+        return value
+
+    def exit_code(self, req):
+        value = self._inner.exit_code(req)
+        self.reads.append(("rc", req, value))
+        return value
+
+    def __contains__(self, req):
+        value = req in self._inner
+        self.reads.append(("in", req, value))
+        return value
+
+    @property
+    def _values(self):                     # a read of everything: not replayable
+        self.opaque = True
+        return self._inner._values
+
+    @property
+    def _rcs(self):
+        self.opaque = True
+        return self._inner._rcs
+
+    @property
+    def requests(self):
+        self.opaque = True
+        return self._inner.requests
+
+    def merged(self, other):
+        self.opaque = True
+        return self._inner.merged(other)
+
+
+class PlanMemo:
+    """op.plan(facts, args) once per task, args object and answers of the facts it read
+    (ops are pure: what they return depends on the args and those reads only). Only the
+    ops of clusterctl.ops, not the cluster steps; never a plan made while a secret was
+    revealed. The outcome is then shared between hosts: read-only, as the args."""
+
+    PROBATION = 64      # plans of a task after which one that keeps missing stops
+    MAX_ARGS = 64       # args objects kept per task
+    MAX_ENTRIES = 16    # plans kept per args object
+
+    def __init__(self, cache: RenderCache):
+        self.cache = cache
+        self._sites: dict[int, list] = {}      # id(task) -> [hits, misses, off, {id(args):
+        #                                          (args, [(reads, outcome)])}]
+        self._kept: dict[int, tuple] = {}      # id(outcome) -> (outcome, shown or None)
+
+    @staticmethod
+    def _read(facts, kind: str, req):
+        if kind == "get":
+            return facts.get(req)
+        if kind == "rc":
+            return facts.exit_code(req)
+        return req in facts
+
+    def plan(self, task: Task, op, facts, args: dict):
+        if not self.cache.enabled or not type(op).__module__.startswith("clusterctl.ops.") \
+                or _op_name(task) in CLUSTER_STEPS or revealed_any():
+            return op.plan(facts, args)
+        site = self._sites.get(id(task))
+        if site is None:
+            site = self._sites[id(task)] = [0, 0, False, {}]
+        if site[2]:
+            return op.plan(facts, args)
+        token = self.cache._token
+        held = site[3].get(id(args))
+        if held is not None and held[0] is args:
+            for reads, outcome in held[1]:
+                try:
+                    same = all(token(self._read(facts, kind, req)) == tok
+                               for kind, req, tok in reads)
+                except Exception:  # noqa: BLE001 - not gathered here: plan it, let it say so
+                    break
+                if same:
+                    site[0] += 1
+                    return outcome
+        recorder = _RecordingFacts(facts)
+        outcome = op.plan(recorder, args)
+        site[1] += 1
+        if site[1] >= self.PROBATION and site[0] * 4 < site[1]:
+            site[2] = True                          # keeps missing: plan afresh
+            for _args, entries in site[3].values():
+                for _reads, kept in entries:
+                    self._kept.pop(id(kept), None)
+            site[3].clear()
+            return outcome
+        if recorder.opaque:
+            return outcome
+        if held is None or held[0] is not args:
+            if len(site[3]) >= self.MAX_ARGS:
+                return outcome
+            held = site[3][id(args)] = (args, [])
+        if len(held[1]) < self.MAX_ENTRIES:
+            held[1].append((tuple((kind, req, token(value))
+                                  for kind, req, value in recorder.reads), outcome))
+            self._kept[id(outcome)] = (outcome, None)
+        return outcome
+
+    def shown(self, outcome) -> list[str] | None:
+        """The steps as shown of a plan shared between hosts, once made."""
+        held = self._kept.get(id(outcome))
+        return held[1] if held is not None and held[0] is outcome else None
+
+    def keep_shown(self, outcome, shown: list[str]) -> None:
+        """Keep the shown steps of a shared plan (made where no secret was revealed)."""
+        held = self._kept.get(id(outcome))
+        if held is not None and held[0] is outcome:
+            self._kept[id(outcome)] = (outcome, shown)
+
+
 # -- derived variables ------------------------------------------------------
 
 def host_variables(state: HostState, view: ClusterView | None, inventory,
-                   role: Role | None, play: Play | None, extra: dict) -> dict:
+                   role: Role | None, play: Play | None, extra: dict, *,
+                   cache: RenderCache | None = None) -> dict:
     host = state.host
     variables: dict[str, Any] = {}
     if role is not None:
@@ -103,9 +234,13 @@ def host_variables(state: HostState, view: ClusterView | None, inventory,
     if role is not None:  # role defaults may refer to other variables (one level)
         for key, value in role.defaults.items():
             if variables.get(key) is value and isinstance(value, str) and "{{" in value:
+                def render(value=value):
+                    return render_value(value, variables, source=str(role.path / "defaults.yaml"))
                 try:
-                    variables[key] = render_value(value, variables,
-                                                  source=str(role.path / "defaults.yaml"))
+                    # memoized, failures too: a failure only leaves the default unrendered
+                    variables[key] = render() if cache is None else cache.memoized(
+                        ("default", key, value), text_dependencies(value), variables,
+                        render, failures=True)
                 except InputError:
                     pass  # needs facts not gathered yet; the task using it will say so
     return variables
@@ -127,6 +262,11 @@ class Runner:
         self._own_session = session is None
         self.view: ClusterView | None = None
         self._vars_cache: dict[tuple, tuple] = {}
+        enabled = self.options.render_cache
+        self.render_cache = RenderCache(render_cache_enabled() if enabled is None else enabled)
+        self._task_deps: dict[tuple, Any] = {}
+        self._plans = PlanMemo(self.render_cache)
+        self._templates: dict[tuple, Path] = {}
         self._play_names: dict[int, set[str]] = {}
         self._deferred: dict[str, list] = {}
         self.results: list[TaskResult] = []
@@ -178,9 +318,7 @@ class Runner:
         """The facts a task asks for on this host; None while they depend on facts not
         gathered yet (computed again after the first trip)."""
         try:
-            args = self._render_args(task, role, variables, content=False)
-            op = OPS[_op_name(task)]
-            return list(op.requests(op.validate(args)))
+            return list(self._prepare(task, role, variables, content=False)[1])
         except (InputError, ValueError, KeyError, TypeError):
             return None
 
@@ -193,7 +331,7 @@ class Runner:
         if hit is not None and hit[0] == stamp:
             return hit[1]
         variables = host_variables(state, self.view, self.inventory, role, play,
-                                   self.options.extra_vars)
+                                   self.options.extra_vars, cache=self.render_cache)
         self._vars_cache[key] = (stamp, variables)
         return variables
 
@@ -327,7 +465,8 @@ class Runner:
             args = {}
         if isinstance(args, str) and task.op in ("command",):
             args = {"argv": args}
-        args = render_value(args, variables, source=task.file, line=task.line)
+        args = render_value(args, variables, source=task.file, line=task.line,
+                            cache=self.render_cache)
         if not isinstance(args, dict):
             raise InputError(f"{task.op}: arguments must be a mapping", file=task.file,
                              line=task.line)
@@ -338,16 +477,74 @@ class Runner:
                 raise InputError(f"{task.op}: `src` (a template) is required", file=task.file,
                                  line=task.line)
             args["content"] = render_file(self._find_template(role, str(src), task), variables,
-                                          include_paths=role.template_folders,
-                                          origin=task.where) \
+                                          include_paths=self._template_folders(role),
+                                          origin=task.where, cache=self.render_cache) \
                 if content else ""
             if task.op == "template":
                 args["path"] = args.pop("dest", args.get("path"))
         return args
 
     def _find_template(self, role: Role, src: str, task: Task) -> Path:
-        """The template file, confined to the role's and the project's templates folders."""
-        return find_template(src, role.template_folders, file=task.file, line=task.line)
+        """The template file, confined to the role's and the project's templates folders
+        (looked up once per role and name in a run)."""
+        key = (id(role), src)
+        path = self._templates.get(key)
+        if path is None:
+            path = self._templates[key] = find_template(src, self._template_folders(role),
+                                                        file=task.file, line=task.line)
+        return path
+
+    def _template_folders(self, role: Role) -> list[Path]:
+        """role.template_folders, once per role in a run."""
+        key = (id(role), "folders")
+        folders = self._templates.get(key)
+        if folders is None:
+            folders = self._templates[key] = role.template_folders
+        return folders
+
+    def _dependencies(self, task: Task, role: Role, content: bool):
+        """What a task's rendered and validated arguments depend on (templating's
+        attribute paths), or None where they cannot be memoized."""
+        key = (id(task), content)
+        if key in self._task_deps:
+            return self._task_deps[key]
+        deps = value_dependencies(task.args)
+        args = task.args
+        if deps is not None and content and isinstance(args, dict) and (
+                task.op == "template" or ("src" in args and task.op in ("file",
+                                                                        "systemd_unit"))):
+            src = args.get("src")
+            if not isinstance(src, str) or not src or is_templated(src):
+                deps = None                  # the file is known after rendering only
+            else:
+                try:
+                    path = self._find_template(role, src, task)
+                except InputError:
+                    deps = None              # the fresh render reports it
+                else:
+                    more = file_dependencies(path, self._template_folders(role))
+                    deps = None if more is None else tuple(sorted(set(deps) | set(more)))
+        self._task_deps[key] = deps
+        return deps
+
+    def _prepare(self, task: Task, role: Role, variables: dict, *, content: bool = True
+                 ) -> tuple[dict, tuple]:
+        """(validated args, fact requests) of a task for these variables, computed once
+        per distinct value of what its templates read (RenderCache). The args are
+        shared between hosts: read-only."""
+        def compute():
+            args = self._render_args(task, role, variables, content=content)
+            op = OPS[_op_name(task)]
+            try:
+                args = op.validate(args)
+            except (ValueError, TypeError) as exc:
+                raise InputError(f"{task.op}: {exc}", file=task.file, line=task.line) from None
+            return args, tuple(op.requests(args))
+        # without content, only for the fact requests: a failure (a variable that needs
+        # facts not gathered yet) is kept too, the caller only asks whether it failed
+        return self.render_cache.memoized(("task", id(task), content),
+                                          self._dependencies(task, role, content),
+                                          variables, compute, failures=not content)
 
     def plan_task(self, state: HostState, play: Play, role: Role, task: Task) -> PlannedTask:
         """Plan one task for one host. A secret its templates reveal reaches the host (the
@@ -355,8 +552,13 @@ class Runner:
         with tracking_reveals() as masker:
             planned = self._plan_task(state, play, role, task)
         if isinstance(planned.outcome, Change):     # the exact commands, as shown (-vvv)
-            planned.shown = [masker.mask(_show_step(step)) if masker else _show_step(step)
-                             for step in planned.outcome.steps]
+            shown = None if masker else self._plans.shown(planned.outcome)
+            if shown is None:
+                shown = [masker.mask(_show_step(step)) if masker else _show_step(step)
+                         for step in planned.outcome.steps]
+                if not masker:
+                    self._plans.keep_shown(planned.outcome, shown)
+            planned.shown = list(shown)
         if planned.outcome is not None:
             planned.outcome = mask_outcome(planned.outcome, masker)
         return planned
@@ -364,19 +566,16 @@ class Runner:
     def _plan_task(self, state: HostState, play: Play, role: Role, task: Task) -> PlannedTask:
         variables = self._variables(state, play, role)
         if task.when is not None and not evaluate_condition(task.when, variables,
-                                                            source=task.file, line=task.line):
+                                                            source=task.file, line=task.line,
+                                                            cache=self.render_cache):
             return PlannedTask(task, None, f"when: {task.when}")
-        args = self._render_args(task, role, variables)
+        args, requests = self._prepare(task, role, variables)
         op = OPS[_op_name(task)]
-        try:
-            args = op.validate(args)
-        except (ValueError, TypeError) as exc:
-            raise InputError(f"{task.op}: {exc}", file=task.file, line=task.line) from None
-        missing = set(op.requests(args)) - state.gathered
+        missing = set(requests) - state.gathered
         if missing:  # a request that depended on facts: one more round trip, rare
             raise NeedFacts(missing)
         try:
-            outcome = op.plan(state.facts, args)
+            outcome = self._plans.plan(task, op, state.facts, args)
         except ValueError as exc:  # ops.PlanError: the host's state cannot be planned
             raise HostError(state.host.name, f"{task.where}: {task.op}: {exc}") from None
         return PlannedTask(task, outcome, args=args)

@@ -19,9 +19,11 @@
 """
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import contextvars
 import functools
+import itertools
 import operator
 import posixpath
 import re
@@ -39,6 +41,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import ClusterctlError, InputError
 from ..secret import MASK, Masker, Secret
+from .yamlfile import YDict, YList
 
 _SINGLE_EXPR = re.compile(r"^\{\{\s*(.+?)\s*\}\}$", re.S)
 
@@ -56,21 +59,25 @@ _MASKED_PASS: contextvars.ContextVar[bool] = contextvars.ContextVar("clusterctl_
                                                                     default=False)
 
 
-@contextlib.contextmanager
-def tracking_reveals() -> Iterator[Masker]:
+class tracking_reveals:
     """Record the secrets revealed by renders in this block (this thread) in a Masker.
 
-    The message of an error leaving the block is masked with it too."""
-    masker = Masker()
-    token = _MASKER.set(masker)
-    try:
-        yield masker
-    except Exception as exc:
-        if masker:
-            exc.args = tuple(masker.mask(a) if isinstance(a, str) else a for a in exc.args)
-        raise
-    finally:
-        _MASKER.reset(token)
+    The message of an error leaving the block is masked with it too. (A class, not a
+    generator: planning enters one per task and host.)"""
+
+    __slots__ = ("masker", "token")
+
+    def __enter__(self) -> Masker:
+        self.masker = Masker()
+        self.token = _MASKER.set(self.masker)
+        return self.masker
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        _MASKER.reset(self.token)
+        if isinstance(exc, Exception) and self.masker:
+            exc.args = tuple(self.masker.mask(a) if isinstance(a, str) else a
+                             for a in exc.args)
+        return False
 
 
 def _reveal(value):
@@ -87,6 +94,12 @@ def _reveal(value):
 def _revealed_count() -> int:
     masker = _MASKER.get()
     return -1 if masker is None else masker.count
+
+
+def revealed_any() -> bool:
+    """Whether a render in the current tracking_reveals() block revealed a secret."""
+    masker = _MASKER.get()
+    return masker is not None and masker.count > 0
 
 
 @contextlib.contextmanager
@@ -255,6 +268,381 @@ def _evaluate(expr, variables) -> Any:
     return value
 
 
+# ---------------------------------------------------------------- memoized rendering
+#
+# Planning renders the same task arguments, `when:` conditions and templates for every
+# host, and most of them reference only variables every host shares (role defaults, the
+# inventory's group variables). A RenderCache (one per run) keeps a render's result per
+# distinct tuple of the values of the variables it references, so each distinct
+# rendering is computed once:
+#
+# - what a template references is read from its parsed AST once: every name it does not
+#   set itself, refined to attribute paths (`mirror.apt`, `facts.net_manager`) where the
+#   name is only used through constant attributes, so a host-specific object (the facts)
+#   still shares the renders that read a shared attribute of it;
+# - a template is never memoized when its result could differ between two renders with
+#   the same values: `reveal` (a secret must be recorded by each render's Masker), any
+#   filter, test or global not known to be pure (`random`, `lipsum`, a filter added
+#   later), a filter named dynamically, `sameas` (identity), `{% include %}`/`{% import %}`
+#   (the included file's names are not in the AST), or a custom environment;
+# - the key of a value: str/int/float/bool/None as themselves (with their type), lists,
+#   tuples and dicts by content (frozen once per object, up to a size), anything else
+#   (facts, peers, hosts, secrets, big mappings) by identity, the object held by the
+#   cache so its id is never reused while the cache lives. Values are treated as
+#   read-only during a run (as the engine already does with the shared peer entries);
+# - errors are never cached (each host re-renders and reports its own error), and a
+#   template whose renders keep missing (a host-specific one) stops being looked up.
+#
+# `CLUSTERCTL_RENDER_CACHE=0` turns memoization off (bench_scale prints both).
+
+_MISSING = ("<missing>",)         # a name the variables lack: key part, never a value
+_UNDEF = ("<undefined>",)         # an attribute path that resolved to Undefined
+
+#: filters whose result depends only on their arguments (Jinja2's builtins but `random`,
+#: and clusterctl's but `reveal`); anything else makes a template unmemoizable
+PURE_FILTERS = frozenset(set(jinja2.filters.FILTERS) - {"random"}) | frozenset(
+    {"to_yaml", "quote", "dirname", "basename", "urlhost", "comment"})
+PURE_TESTS = frozenset(set(jinja2.tests.TESTS) - {"sameas"})
+PURE_GLOBALS = frozenset({"range", "dict", "cycler", "joiner", "namespace"})
+#: filters that apply another filter or test given by name as an argument
+_BY_NAME = frozenset({"map", "select", "reject", "selectattr", "rejectattr"})
+#: words that make a text unmemoizable wherever they appear (a belt to the AST's braces)
+_IMPURE_WORDS = ("reveal", "random", "lipsum", "sameas")
+
+
+def render_cache_enabled() -> bool:
+    """False when the environment sets CLUSTERCTL_RENDER_CACHE=0 (measuring, debugging)."""
+    import os
+    return os.environ.get("CLUSTERCTL_RENDER_CACHE", "1").strip().lower() not in (
+        "0", "no", "off", "false")
+
+
+def _dependencies(ast: nodes.Node, text: str, env: jinja2.Environment = None
+                  ) -> tuple[tuple[str, ...], ...] | None:
+    """The attribute paths of outside variables a parsed template reads, sorted; None
+    when it must not be memoized."""
+    import jinja2.meta
+    env = env or _DEFAULT_ENV
+    if any(word in text for word in _IMPURE_WORDS):
+        return None
+    if isinstance(ast, nodes.Template):
+        # Jinja2 leaves out names that are globals, but a variable of that name wins
+        undeclared = jinja2.meta.find_undeclared_variables(ast) | {
+            n.name for n in ast.find_all(nodes.Name)
+            if n.ctx == "load" and n.name in env.globals}
+    else:                                    # an expression: every name is outside
+        undeclared = {n.name for n in ([ast] if isinstance(ast, nodes.Name) else [])
+                      + list(ast.find_all(nodes.Name)) if n.ctx == "load"}
+    impure_filters = set(env.filters) - PURE_FILTERS
+    everything = [ast, *ast.find_all(nodes.Node)]
+    for node in everything:
+        if isinstance(node, (nodes.Include, nodes.Import, nodes.FromImport, nodes.Extends)):
+            return None
+        if isinstance(node, nodes.Filter):
+            if node.name not in PURE_FILTERS:
+                return None
+            if node.name in _BY_NAME:
+                for arg in node.args:
+                    if not isinstance(arg, nodes.Const):
+                        return None
+                    if isinstance(arg.value, str) and (arg.value in impure_filters or
+                                                       arg.value == "sameas"):
+                        return None
+        if isinstance(node, nodes.Test) and node.name not in PURE_TESTS:
+            return None
+        if isinstance(node, nodes.Name) and node.name in env.globals and \
+                node.name not in PURE_GLOBALS:
+            return None
+    paths: set[tuple[str, ...]] = set()
+
+    def chain(expr: nodes.Node) -> None:
+        """An object expression: Name(.attr)* records its path; else walk into it."""
+        attrs = []
+        base = expr
+        while isinstance(base, nodes.Getattr):
+            attrs.append(base.attr)
+            base = base.node
+        if isinstance(base, nodes.Name):
+            if base.ctx == "load" and base.name in undeclared:
+                paths.add((base.name, *reversed(attrs)))
+            return
+        walk(base)
+
+    def walk(node: nodes.Node) -> None:
+        if isinstance(node, nodes.Call) and isinstance(node.node, nodes.Getattr):
+            chain(node.node.node)            # a method call: the object, not the method
+            for child in node.iter_child_nodes(exclude=("node",)):
+                walk(child)
+        elif isinstance(node, (nodes.Getattr, nodes.Name)):
+            chain(node)
+        else:
+            for child in node.iter_child_nodes():
+                walk(child)
+    walk(ast)
+    # a path read whole covers the longer paths under it
+    kept = [p for p in paths if not any(q != p and p[:len(q)] == q for q in paths)]
+    return tuple(sorted(kept))
+
+
+@functools.lru_cache(maxsize=4096)
+def text_dependencies(text: str) -> tuple[tuple[str, ...], ...] | None:
+    """What a templated string (as render_string renders it) reads; None: unmemoizable.
+    A plain string reads nothing: ()."""
+    if "{{" not in text and "{%" not in text:
+        return ()
+    try:
+        m = _SINGLE_EXPR.match(text)
+        if m and "{{" not in m.group(1):
+            ast = _parse_expression(m.group(1))
+        else:
+            ast = _DEFAULT_ENV.parse(text)
+    except jinja2.TemplateError:
+        return None
+    return _dependencies(ast, text)
+
+
+@functools.lru_cache(maxsize=4096)
+def condition_dependencies(text: str) -> tuple[tuple[str, ...], ...] | None:
+    """What a `when:` expression (its text, braces stripped) reads; None: unmemoizable."""
+    try:
+        return _dependencies(_parse_expression(text), text)
+    except jinja2.TemplateError:
+        return None
+
+
+def value_dependencies(value: Any) -> tuple[tuple[str, ...], ...] | None:
+    """What rendering `value` (strings inside lists and dicts) reads; None: unmemoizable."""
+    found: set = set()
+
+    def visit(v) -> bool:
+        if isinstance(v, str):
+            deps = text_dependencies(v)
+            if deps is None:
+                return False
+            found.update(deps)
+        elif isinstance(v, list):
+            return all(visit(x) for x in v)
+        elif isinstance(v, dict):
+            return all(visit(x) for x in v.values())
+        return True
+    if not visit(value):
+        return None
+    return tuple(sorted(p for p in found
+                        if not any(q != p and p[:len(q)] == q for q in found)))
+
+
+def file_dependencies(path: Path, include_paths: list[Path] | None = None
+                      ) -> tuple[tuple[str, ...], ...] | None:
+    """What a template file reads; None: unmemoizable (or unreadable)."""
+    roots = tuple(dict.fromkeys(str(p) for p in [path.parent, *(include_paths or [])]))
+    return _file_dependencies(str(path), roots)
+
+
+@functools.lru_cache(maxsize=512)
+def _file_dependencies(path: str, roots: tuple[str, ...]):
+    env = _file_environment(roots)
+    try:
+        source, filename, _ = env.loader.get_source(env, Path(path).name)
+        return _dependencies(env.parse(source, Path(path).name, filename), source, env)
+    except Exception:  # noqa: BLE001 - not memoized; the render reports the problem
+        return None
+
+
+class _Failed:
+    """A computation that raised (kept only where the caller asked for it)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+#: mapping types whose keys the sandbox reads as attributes when the type has no such
+#: attribute -> the attributes the type has
+_PLAIN_MAPPINGS = {dict: frozenset(dir(dict)), YDict: frozenset(dir(YDict))}
+_DATA = frozenset({str, int, float, bool, type(None), dict, list, tuple, YDict, YList})
+_MUTABLE = (dict, list, set, collections.abc.MutableMapping, collections.abc.MutableSequence,
+            collections.abc.MutableSet)
+
+
+class RenderCache:
+    """Memoized renders for one run (see above). Not shared between runs: the objects
+    keyed by identity are held until the cache goes."""
+
+    #: lookups after which a site whose hits stay under a quarter of its misses stops
+    #: being memoized (a host-specific template: every host misses)
+    PROBATION = 64
+    #: entries one site keeps at most
+    MAX_ENTRIES = 4096
+    #: items a value's content key may have; a bigger value is keyed by identity
+    MAX_FREEZE = 512
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self._sites: dict[Any, list] = {}          # site -> [entries, hits, misses, off]
+        self._ids: dict[int, tuple[Any, Any]] = {}  # id(value) -> (value, token)
+        self._interned: dict[Any, int] = {}
+        self._templates: dict[tuple, jinja2.Template] = {}
+        self._tokens = itertools.count(1)          # next() is atomic: handlers plan in threads
+        self.hits = 0
+        self.misses = 0
+
+    # keys ------------------------------------------------------------------
+    def _new_token(self) -> int:
+        return next(self._tokens)
+
+    def _token(self, value: Any) -> Any:
+        t = type(value)
+        if t is str or value is None:
+            return value
+        if t is bool or t is int or t is float or t is bytes:
+            return (t, value)
+        held = self._ids.get(id(value))
+        if held is not None and held[0] is value:
+            return held[1]
+        frozen = self._freeze(value, [self.MAX_FREEZE])
+        if frozen is None:
+            token = self._new_token()
+        else:
+            token = self._interned.get(frozen)
+            if token is None:
+                token = self._interned[frozen] = self._new_token()
+        self._ids[id(value)] = (value, token)
+        return token
+
+    def _freeze(self, value: Any, budget: list) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0:
+            return None
+        t = type(value)
+        if t is str or value is None:
+            return value
+        if t is bool or t is int or t is float or t is bytes:
+            return (t, value)
+        if isinstance(value, dict):
+            items = []
+            for k, v in value.items():
+                fk, fv = self._freeze(k, budget), self._freeze(v, budget)
+                if (fk is None and k is not None) or (fv is None and v is not None):
+                    return None
+                items.append((fk, fv))
+            return ("d", t, tuple(items))
+        if isinstance(value, (list, tuple)):
+            items = []
+            for v in value:
+                fv = self._freeze(v, budget)
+                if fv is None and v is not None:
+                    return None
+                items.append(fv)
+            return ("l", t, tuple(items))
+        params = getattr(t, "__dataclass_params__", None)
+        if params is not None and params.frozen:
+            try:
+                hash(value)
+            except TypeError:
+                return None
+            return ("o", t, value)
+        return None
+
+    def key(self, variables, paths, env: jinja2.Environment | None = None) -> tuple | None:
+        """The key of `paths`' values in `variables`; None when one cannot be read."""
+        env = env or _DEFAULT_ENV
+        out = []
+        try:
+            for path in paths:
+                value = variables.get(path[0], _MISSING)
+                for attr in path[1:]:
+                    if value is _MISSING or value is _UNDEF:
+                        break
+                    t = type(value)
+                    plain = _PLAIN_MAPPINGS.get(t)
+                    if plain is not None and attr not in plain and (
+                            t is dict or attr not in value.__dict__):
+                        # what the sandbox's getattr does for a plain mapping's key,
+                        # without its AttributeError round
+                        value = value.get(attr, _UNDEF)
+                        continue
+                    if t.__module__.startswith("clusterctl.") and attr[:1] != "_" and \
+                            not isinstance(value, _MUTABLE):
+                        # clusterctl's own objects (facts, views): a data attribute is
+                        # what the sandbox's getattr would return, without its checks
+                        got = getattr(value, attr, _MISSING)
+                        if type(got) in _DATA:
+                            value = got
+                            continue
+                    value = env.getattr(value, attr)
+                    if isinstance(value, jinja2.Undefined):
+                        value = _UNDEF
+                out.append(value if value is _MISSING or value is _UNDEF
+                           else self._token(value))
+        except Exception:  # noqa: BLE001 - an attribute that raises: render it fresh
+            return None
+        return tuple(out)
+
+    # sites ---------------------------------------------------------------------
+    def lookup(self, site: Any, key: tuple | None) -> tuple[bool, Any]:
+        """(True, value) on a hit; (False, None) otherwise (a miss counts when its
+        value is stored)."""
+        if key is None:
+            return False, None
+        entry = self._sites.get(site)
+        if entry is None:
+            return False, None
+        found = entry[0].get(key, _MISSING)
+        if found is _MISSING:
+            return False, None
+        entry[1] += 1
+        self.hits += 1
+        return True, found
+
+    def active(self, site: Any) -> bool:
+        entry = self._sites.get(site)
+        return self.enabled and (entry is None or not entry[3])
+
+    def store(self, site: Any, key: tuple | None, value: Any) -> None:
+        if key is None:
+            return
+        entry = self._sites.get(site)
+        if entry is None:
+            entry = self._sites[site] = [{}, 0, 0, False]
+        entry[2] += 1
+        self.misses += 1
+        if entry[2] >= self.PROBATION and entry[1] * 4 < entry[2]:
+            entry[3] = True              # keeps missing: stop looking it up
+            entry[0].clear()
+            return
+        if len(entry[0]) < self.MAX_ENTRIES:
+            entry[0][key] = value
+
+    def memoized(self, site: Any, paths, variables, compute, env=None, *,
+                 failures: bool = False):
+        """compute() once per distinct key of `paths` in `variables` at `site`. `paths`
+        None: always computed. An exception is not kept (each call computes it again
+        and raises its own), unless `failures`: then it is raised again on a hit (for
+        callers that only need to know that it failed)."""
+        if paths is None or not self.active(site):
+            return compute()
+        key = self.key(variables, paths, env)
+        hit, value = self.lookup(site, key)
+        if hit:
+            if isinstance(value, _Failed):
+                raise value.error.with_traceback(None)
+            return value
+        try:
+            value = compute()
+        except Exception as exc:
+            if failures:
+                self.store(site, key, _Failed(exc))
+            raise
+        self.store(site, key, value)
+        return value
+
+    def stats(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses,
+                "sites": len(self._sites),
+                "off": sum(1 for e in self._sites.values() if e[3])}
+
+
 # ---------------------------------------------------------------- template files
 
 def find_template(src: str, folders: list[Path], *, file: str | None = None,
@@ -289,19 +677,44 @@ def find_template(src: str, folders: list[Path], *, file: str | None = None,
 def render_file(path: Path, variables: dict[str, Any],
                 env: jinja2.Environment | None = None,
                 include_paths: list[Path] | None = None, *,
-                origin: str | None = None) -> str:
+                origin: str | None = None, cache: RenderCache | None = None) -> str:
     """Render a template file; errors name the template file and its line.
 
     `include_paths` are searched after the template's own folder for {% include %}; no
     other file can be included. `origin` (e.g. the task's "file:line") is added to error
-    messages."""
+    messages. With a `cache` (and the default environment) the render is memoized."""
     roots = tuple(dict.fromkeys(str(p) for p in [path.parent, *(include_paths or [])]))
+    if cache is not None and env is None and cache.enabled:
+        return cache.memoized(("f", str(path), roots), file_dependencies(path, include_paths),
+                              variables, lambda: _render_file(path, variables, None, roots,
+                                                              origin, cache._templates))
+    return _render_file(path, variables, env, roots, origin, None)
+
+
+def _render_file(path: Path, variables, env: jinja2.Environment | None,
+                 roots: tuple[str, ...], origin: str | None,
+                 templates: dict | None) -> str:
+    """render_file's work. `templates`: compiled templates kept for a run (Jinja2 itself
+    checks the file's mtime on every load)."""
     file_env = env.overlay(loader=ConfinedLoader([Path(r) for r in roots])) if env \
         else _file_environment(roots)
     where = f" (rendering for {origin})" if origin else ""
     before = _revealed_count()
     try:
-        template = file_env.get_template(path.name)
+        if templates is not None:
+            # one environment per run whose templates (and what they include) load once:
+            # Jinja2 checks a template file's mtime on every load otherwise
+            key = (str(path), roots)
+            template = templates.get(key)
+            if template is None:
+                run_env = templates.get(roots)
+                if run_env is None:
+                    run_env = templates[roots] = _DEFAULT_ENV.overlay(
+                        loader=ConfinedLoader([Path(r) for r in roots]), cache_size=400,
+                        auto_reload=False)
+                template = templates[key] = run_env.get_template(path.name)
+        else:
+            template = file_env.get_template(path.name)
         text = _render(template, variables)
         if _revealed_count() != before:
             _pair_renderings(text, lambda: _render(template, variables))
@@ -350,10 +763,16 @@ def _template_error_place(exc: Exception, path: Path) -> tuple[str, int | None]:
 # ---------------------------------------------------------------- strings and conditions
 
 def render_string(text: str, variables: dict[str, Any], *, source: str = "<string>",
-                  line: int | None = None, env: jinja2.Environment | None = None) -> Any:
-    """Render one value. "{{ expr }}" alone keeps the native type (list, int, bool)."""
+                  line: int | None = None, env: jinja2.Environment | None = None,
+                  cache: RenderCache | None = None) -> Any:
+    """Render one value. "{{ expr }}" alone keeps the native type (list, int, bool).
+    With a `cache` (and the default environment) a render is memoized (RenderCache)."""
     if "{{" not in text and "{%" not in text:
         return text
+    if cache is not None and env is None and cache.enabled:
+        return cache.memoized(("s", text), text_dependencies(text), variables,
+                              lambda: render_string(text, variables, source=source,
+                                                    line=line))
     before = _revealed_count()
     try:
         m = _SINGLE_EXPR.match(text)
@@ -392,14 +811,17 @@ def render_string(text: str, variables: dict[str, Any], *, source: str = "<strin
 
 
 def render_value(value: Any, variables: dict[str, Any], *, source: str = "<string>",
-                 line: int | None = None, env: jinja2.Environment | None = None) -> Any:
+                 line: int | None = None, env: jinja2.Environment | None = None,
+                 cache: RenderCache | None = None) -> Any:
     """Render strings inside lists/dicts recursively."""
     if isinstance(value, str):
-        return render_string(value, variables, source=source, line=line, env=env)
+        return render_string(value, variables, source=source, line=line, env=env,
+                             cache=cache)
     if isinstance(value, list):
-        return [render_value(v, variables, source=source, line=line, env=env) for v in value]
+        return [render_value(v, variables, source=source, line=line, env=env, cache=cache)
+                for v in value]
     if isinstance(value, dict):
-        return {k: render_value(v, variables, source=source, line=line, env=env)
+        return {k: render_value(v, variables, source=source, line=line, env=env, cache=cache)
                 for k, v in value.items()}
     return value
 
@@ -418,13 +840,19 @@ def _condition_text(expr: Any) -> str:
 
 
 def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
-                       line: int | None = None) -> bool:
-    """Evaluate a `when:` value: bool as is; a string as a Jinja2 expression."""
+                       line: int | None = None, cache: RenderCache | None = None) -> bool:
+    """Evaluate a `when:` value: bool as is; a string as a Jinja2 expression. With a
+    `cache`, memoized per distinct values of what it reads (RenderCache)."""
     if isinstance(expr, bool):
         return expr
     if isinstance(expr, list):
-        return all(evaluate_condition(e, variables, source=source, line=line) for e in expr)
+        return all(evaluate_condition(e, variables, source=source, line=line, cache=cache)
+                   for e in expr)
     text = _condition_text(expr)
+    if cache is not None and cache.enabled:
+        return cache.memoized(("w", text), condition_dependencies(text), variables,
+                              lambda: evaluate_condition(expr, variables, source=source,
+                                                         line=line))
     try:
         value = _evaluate(_compiled_expression(text), variables)
         if isinstance(value, jinja2.Undefined):
@@ -590,4 +1018,6 @@ def check_template_file(path: Path, include_paths: list[Path] | None = None, *,
 __all__ = ["make_environment", "render_string", "render_value", "render_file",
            "evaluate_condition", "find_template", "tracking_reveals", "check_expression",
            "check_text", "check_value", "check_template_file", "is_templated",
-           "ConfinedLoader", "MAX_REPEAT", "MAX_POWER_BITS"]
+           "ConfinedLoader", "MAX_REPEAT", "MAX_POWER_BITS", "RenderCache",
+           "render_cache_enabled", "text_dependencies", "condition_dependencies",
+           "value_dependencies", "file_dependencies"]
