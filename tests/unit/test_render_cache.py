@@ -326,3 +326,18 @@ def test_a_revealed_secret_stays_masked_on_every_host_of_a_memoized_run(project,
     secret = [r for r in report.results if r.task and r.task.name == "secret file"]
     assert len(secret) == 5 and all(r.status == "changed" for r in secret)
     assert all("***" in (r.diff or "") for r in secret)
+
+
+@pytest.mark.parametrize("variables", [{"a": 1}, {"a": 0}, {"a": 1, "zz": 0}, {}])
+def test_a_condition_evaluated_in_parts_answers_and_fails_as_the_whole(variables):
+    cache = RenderCache()
+    for expr in ["a and zz", "a and not zz and a > 0", "(a or zz) and a"]:
+        try:
+            fresh = evaluate_condition(expr, variables, source="t.yaml", line=2)
+        except InputError as exc:
+            with pytest.raises(InputError) as err:
+                evaluate_condition(expr, variables, source="t.yaml", line=2, cache=cache)
+            assert str(err.value) == str(exc)
+        else:
+            assert evaluate_condition(expr, variables, source="t.yaml", line=2,
+                                      cache=cache) is fresh

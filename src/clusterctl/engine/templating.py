@@ -463,6 +463,8 @@ _PLAIN_MAPPINGS = {dict: frozenset(dir(dict)), YDict: frozenset(dir(YDict))}
 _DATA = frozenset({str, int, float, bool, type(None), dict, list, tuple, YDict, YList})
 _MUTABLE = (dict, list, set, collections.abc.MutableMapping, collections.abc.MutableSequence,
             collections.abc.MutableSet)
+#: type -> whether it is one of clusterctl's own (or derives from one) and not mutable
+_OWN_TYPES: dict[type, bool] = {}
 
 
 class RenderCache:
@@ -562,8 +564,12 @@ class RenderCache:
                         # without its AttributeError round
                         value = value.get(attr, _UNDEF)
                         continue
-                    if t.__module__.startswith("clusterctl.") and attr[:1] != "_" and \
-                            not isinstance(value, _MUTABLE):
+                    own = _OWN_TYPES.get(t)
+                    if own is None:
+                        own = _OWN_TYPES[t] = any(
+                            k.__module__.startswith("clusterctl.") for k in t.__mro__) \
+                            and not issubclass(t, _MUTABLE)
+                    if own and attr[:1] != "_":
                         # clusterctl's own objects (facts, views): a data attribute is
                         # what the sandbox's getattr would return, without its checks
                         got = getattr(value, attr, _MISSING)
@@ -620,14 +626,20 @@ class RenderCache:
         None: always computed. An exception is not kept (each call computes it again
         and raises its own), unless `failures`: then it is raised again on a hit (for
         callers that only need to know that it failed)."""
-        if paths is None or not self.active(site):
+        if paths is None or not self.enabled:
+            return compute()
+        entry = self._sites.get(site)
+        if entry is not None and entry[3]:
             return compute()
         key = self.key(variables, paths, env)
-        hit, value = self.lookup(site, key)
-        if hit:
-            if isinstance(value, _Failed):
-                raise value.error.with_traceback(None)
-            return value
+        if key is not None and entry is not None:           # lookup(), inlined: hot
+            value = entry[0].get(key, _MISSING)
+            if value is not _MISSING:
+                entry[1] += 1
+                self.hits += 1
+                if type(value) is _Failed:
+                    raise value.error.with_traceback(None)
+                return value
         try:
             value = compute()
         except Exception as exc:
@@ -849,15 +861,17 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
         return all(evaluate_condition(e, variables, source=source, line=line, cache=cache)
                    for e in expr)
     text = _condition_text(expr)
-    if cache is not None and cache.enabled:
-        return cache.memoized(("w", text), condition_dependencies(text), variables,
-                              lambda: evaluate_condition(expr, variables, source=source,
-                                                         line=line))
     try:
-        value = _evaluate(_compiled_expression(text), variables)
-        if isinstance(value, jinja2.Undefined):
-            value._fail_with_undefined_error()
-        return bool(value)
+        if cache is None or not cache.enabled:
+            return _truth(_compiled_expression(text), variables)
+        # `a and b and ...`: each part memoized on its own, in order, stopping at the
+        # first false one (as Jinja2 does), so a host-specific part after a shared false
+        # one is not evaluated
+        for site, compiled, deps in _conjuncts(text):
+            if not cache.memoized(site, deps, variables,
+                                  lambda c=compiled: _truth(c, variables)):
+                return False
+        return True
     except ClusterctlError:
         raise
     except jinja2.UndefinedError as exc:
@@ -871,6 +885,40 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
     except Exception as exc:  # noqa: BLE001 - e.g. 1 // 0 in the expression
         raise InputError(_masked(f"bad when: {expr!r}: {type(exc).__name__}: {exc}"),
                          file=source, line=line) from None
+
+
+def _truth(compiled, variables) -> bool:
+    value = _evaluate(compiled, variables)
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return bool(value)
+
+
+@functools.lru_cache(maxsize=2048)
+def _conjuncts(text: str) -> tuple[tuple[Any, Any, Any], ...]:
+    """A condition as its top-level `and` parts: (cache site, compiled part, what it
+    reads) each; one part when it is not an `and`."""
+    ast = _parse_expression(text)
+    if not isinstance(ast, nodes.And):
+        return ((("w", text), _compiled_expression(text), condition_dependencies(text)),)
+    parts: list[nodes.Node] = []
+
+    def flatten(node: nodes.Node) -> None:
+        if isinstance(node, nodes.And):
+            flatten(node.left)
+            flatten(node.right)
+        else:
+            parts.append(node)
+    flatten(ast)
+    out = []
+    for i, part in enumerate(parts):
+        body = [nodes.Assign(nodes.Name("result", "store"), part, lineno=1)]
+        compiled = jinja2.environment.TemplateExpression(
+            _DEFAULT_ENV.from_string(nodes.Template(body, lineno=1)), False)
+        # the whole text is checked for impure words: a part is pure only if all are
+        deps = _dependencies(part, text)
+        out.append((("w", text, i), compiled, deps))
+    return tuple(out)
 
 
 # ---------------------------------------------------------------- compiling at load time
