@@ -195,6 +195,15 @@ def run_simulation(sizes: list[int], *, repeat: int = 1, baseline_max: int = 10*
         print(f"per-host cost (memoized), largest / smallest over the sizes: CPU "
               f"{max(cpus) / min(cpus):.2f}x, wall {max(walls) / min(walls):.2f}x "
               f"(goal: within 1.5x)")
+        # the cost of one more host, between consecutive sizes (the smallest size's
+        # average carries the run's fixed cost: spec checks, first renders)
+        steps = []
+        for (n0, c0, _), (n1, c1, _) in zip(per_host, per_host[1:]):
+            steps.append((n0, n1, 1000 * (c1 * n1 - c0 * n0) / (n1 - n0)))
+        print("CPU per added host: " + ", ".join(f"{n0}->{n1} {ms:.2f} ms"
+                                                 for n0, n1, ms in steps)
+              + (f" ({max(m for *_, m in steps) / min(m for *_, m in steps):.2f}x)"
+                 if len(steps) > 1 else ""))
     if at_1000:
         print(f"1,000 hosts planned in {at_1000[0]:.2f} s wall, {at_1000[1]:.2f} s CPU "
               f"(goal: at most 2 s)")

@@ -265,6 +265,7 @@ class Runner:
         enabled = self.options.render_cache
         self.render_cache = RenderCache(render_cache_enabled() if enabled is None else enabled)
         self._task_deps: dict[tuple, Any] = {}
+        self._group_deps: dict[tuple, Any] = {}
         self._plans = PlanMemo(self.render_cache)
         self._templates: dict[tuple, Path] = {}
         self._play_names: dict[int, set[str]] = {}
@@ -369,19 +370,58 @@ class Runner:
         reqs = set(BASE_REQUESTS)
         deferred = []
         if only is None:
-            only = [(play, role, task) for play in self.plays
-                    if state.host.name in self._targets(play)
-                    for role in play.roles
-                    for task in list(role.tasks) + list(role.handlers.values())]
-        for play, role, task in only:
-            got = self._task_requests(state, play, role, task,
-                                      self._variables(state, play, role))
-            if got is None:
-                deferred.append((play, role, task))
-            else:
-                reqs.update(got)
+            groups = [(play, role, self._role_tasks(role)) for play in self.plays
+                      if state.host.name in self._targets(play) for role in play.roles]
+        else:
+            by_role: dict[tuple, tuple] = {}
+            for play, role, task in only:
+                group = by_role.setdefault((id(play), id(role)), (play, role, []))
+                group[2].append(task)
+            groups = [(play, role, tuple(tasks)) for play, role, tasks in by_role.values()]
+        for play, role, tasks in groups:
+            got, failed = self._group_requests(state, play, role, tasks)
+            reqs.update(got)
+            deferred.extend((play, role, task) for task in failed)
         self._deferred[state.host.name] = deferred
         return reqs
+
+    def _role_tasks(self, role: Role) -> tuple:
+        """A role's tasks and handlers, once per run."""
+        key = (id(role), "tasks")
+        tasks = self._templates.get(key)
+        if tasks is None:
+            tasks = self._templates[key] = tuple(role.tasks) + tuple(role.handlers.values())
+        return tasks
+
+    def _group_requests(self, state: HostState, play: Play, role: Role, tasks: tuple
+                        ) -> tuple[frozenset, tuple]:
+        """(requests, tasks that cannot say yet) of some tasks of one role on a host:
+        once per distinct value of what all their arguments read (RenderCache)."""
+        variables = self._variables(state, play, role)
+        ids = tuple(id(t) for t in tasks)
+        deps = self._group_deps.get(ids)
+        if deps is None and ids not in self._group_deps:
+            found: set = set()
+            for task in tasks:
+                more = self._dependencies(task, role, False)
+                if more is None:
+                    found = None
+                    break
+                found.update(more)
+            deps = self._group_deps[ids] = None if found is None else tuple(sorted(found))
+
+        def compute():
+            got: set = set()
+            failed = []
+            for task in tasks:
+                one = self._task_requests(state, play, role, task, variables)
+                if one is None:
+                    failed.append(task)
+                else:
+                    got.update(one)
+            return frozenset(got), tuple(failed)
+        return self.render_cache.memoized(("requests", id(play), ids), deps, variables,
+                                          compute)
 
     def _gather(self, state: HostState, requests: set[FactRequest], *,
                 merge: bool = False) -> None:

@@ -714,17 +714,12 @@ def _render_file(path: Path, variables, env: jinja2.Environment | None,
     before = _revealed_count()
     try:
         if templates is not None:
-            # one environment per run whose templates (and what they include) load once:
-            # Jinja2 checks a template file's mtime on every load otherwise
+            # loaded once per run (Jinja2 checks the file's mtime on every load; what it
+            # includes still is, per render)
             key = (str(path), roots)
             template = templates.get(key)
             if template is None:
-                run_env = templates.get(roots)
-                if run_env is None:
-                    run_env = templates[roots] = _DEFAULT_ENV.overlay(
-                        loader=ConfinedLoader([Path(r) for r in roots]), cache_size=400,
-                        auto_reload=False)
-                template = templates[key] = run_env.get_template(path.name)
+                template = templates[key] = file_env.get_template(path.name)
         else:
             template = file_env.get_template(path.name)
         text = _render(template, variables)
