@@ -8,7 +8,10 @@ next play is planned. Under --check nothing is executed: the plan is the report.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import shlex
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -766,6 +769,10 @@ class Runner:
                 self._record(r)
 
     def run(self) -> RunReport:
+        with _lighter_gc():
+            return self._run()
+
+    def _run(self) -> RunReport:
         start = time.monotonic()
         hosts = self.inventory.select(self.options.limit)
         # role variables against the roles' argument_specs.yaml, before any connection
@@ -801,6 +808,34 @@ class Runner:
                          time.monotonic() - start,
                          {n: s.facts for n, s in self.states.items() if s.facts is not None},
                          view=self.view)
+
+
+_GC_LOCK = threading.Lock()
+_GC_RUNS = [0, None]         # runs in progress, thresholds before the first
+
+
+@contextlib.contextmanager
+def _lighter_gc():
+    """During a run: what existed before it (inventory, roles, modules) is left out of
+    the cyclic collector's full passes (gc.freeze) and young collections are rarer.
+    Planning keeps many objects alive per host; with the default settings the collector
+    took a quarter of the CPU of planning 3,000 simulated hosts (bench_scale). Nested or
+    concurrent runs: the first sets, the last restores."""
+    with _GC_LOCK:
+        _GC_RUNS[0] += 1
+        if _GC_RUNS[0] == 1:
+            _GC_RUNS[1] = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(max(_GC_RUNS[1][0], 20000), *(max(t, 50)
+                                                          for t in _GC_RUNS[1][1:]))
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_RUNS[0] -= 1
+            if _GC_RUNS[0] == 0:
+                gc.set_threshold(*_GC_RUNS[1])
+                gc.unfreeze()
 
 
 def _show_step(step) -> str:

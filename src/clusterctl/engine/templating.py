@@ -859,14 +859,12 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
     try:
         if cache is None or not cache.enabled:
             return _truth(_compiled_expression(text), variables)
-        # `a and b and ...`: each part memoized on its own, in order, stopping at the
-        # first false one (as Jinja2 does), so a host-specific part after a shared false
-        # one is not evaluated
-        for site, compiled, deps in _conjuncts(text):
-            if not cache.memoized(site, deps, variables,
-                                  lambda c=compiled: _truth(c, variables)):
-                return False
-        return True
+        parts = _conjuncts(text)
+        whole = ("w", text)
+        if len(parts) > 1 and cache.active(whole):
+            return cache.memoized(whole, condition_dependencies(text), variables,
+                                  lambda: _parts_truth(parts, variables, cache))
+        return _parts_truth(parts, variables, cache)
     except ClusterctlError:
         raise
     except jinja2.UndefinedError as exc:
@@ -882,6 +880,16 @@ def evaluate_condition(expr: Any, variables: dict[str, Any], *, source: str,
                          file=source, line=line) from None
 
 
+def _parts_truth(parts, variables, cache: RenderCache) -> bool:
+    """`a and b and ...` part by part, each memoized, stopping at the first false one
+    (as Jinja2 does): where the whole condition is host-specific (its memo keeps
+    missing), a shared false part before the host-specific one still answers once."""
+    for site, compiled, deps in parts:
+        if not cache.memoized(site, deps, variables, lambda c=compiled: _truth(c, variables)):
+            return False
+    return True
+
+
 def _truth(compiled, variables) -> bool:
     value = _evaluate(compiled, variables)
     if isinstance(value, jinja2.Undefined):
@@ -895,7 +903,7 @@ def _conjuncts(text: str) -> tuple[tuple[Any, Any, Any], ...]:
     reads) each; one part when it is not an `and`."""
     ast = _parse_expression(text)
     if not isinstance(ast, nodes.And):
-        return ((("w", text), _compiled_expression(text), condition_dependencies(text)),)
+        return ((("w", text, 0), _compiled_expression(text), condition_dependencies(text)),)
     parts: list[nodes.Node] = []
 
     def flatten(node: nodes.Node) -> None:
