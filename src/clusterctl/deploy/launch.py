@@ -1228,7 +1228,7 @@ def deploy_beside(inventory, previous: Deployment, beside: Deployment, conns,
             raise DeployFailed("units could not be installed on " + ", ".join(
                 f"{h} ({report.recap[h].error})" for h in report.failed_hosts))
         seconds, _reply = wait_ready(servers, conns, timeout=opts.timeout, log=log, key=key)
-    except DeployFailed as exc:
+    except ClusterctlError as exc:
         _undo_beside(previous, beside, conns, head)
         raise BesideFailed(f"{beside.name}: the new version did not become ready beside the "
                            f"old one; it was removed and {old_text}. Fix and run "
