@@ -188,7 +188,7 @@ def test_build_script_marks_its_steps_for_the_timings():
                                                                     "install")]
     assert order == sorted(order)
     assert order[0] < script.index("cmake -B build") < order[1] < \
-        script.index("cmake --build build -j") < order[2]
+        script.index("cmake --build build -j") < order[2] < script.index("$(times | tail -n 1)")
 
 
 def test_cuda_build_script_finds_the_toolkit_behind_a_wrapper_or_link(tmp_path):

@@ -300,6 +300,7 @@ for t in llama-server llama-cli; do if has_target "$t"; then want="$want $t"; fi
 echo "STEP build $(date +%s)"
 cmake --build build -j{jobs or '"$(nproc)"'} --target $want
 echo "STEP install $(date +%s)"
+echo "CPU of the build (user, system): $(times | tail -n 1)"
 mkdir -p "$prefix/bin.new"
 for t in $want; do cp "build/bin/$t" "$prefix/bin.new/$t"; done
 if [ -x "$prefix/bin.new/ggml-rpc-server" ] && [ ! -e "$prefix/bin.new/rpc-server" ]; then
