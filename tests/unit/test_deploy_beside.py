@@ -211,12 +211,12 @@ def test_beside_fit_uses_the_group_hosts_in_order():
 # --------------------------------------------------------------------------- choose
 
 
-def _chooser(old, free_by_host, *, info=TINY):
+def _chooser(old, free_by_host, *, info=TINY, same=False):
     plan = plan_model(info, [NodeGPUs(h, 0, 0, ram_mib=24000) for h in ("n1", "n2", "n3")])
     probed = []
 
     def make(slot, gpu_ids=None):
-        return llama(slot, access=Access(["k"], keep_gateway=True))
+        return llama(old.slot if same else slot, access=Access(["k"], keep_gateway=True))
 
     def probe(hs):
         probed.append(list(hs))
@@ -240,10 +240,18 @@ def test_choose_beside_falls_back_when_memory_or_nginx_is_missing():
     (new, why), _ = _chooser(llama(), {h: free(16000, nginx="none")
                                        for h in ("n1", "n2", "n3")})
     assert new is None and "nginx is not installed on n1" in why
-    # from slot b the new version goes back to slot a (""), not probed when it clashes
+    # a layout in the running version's own slot is never started beside it (no probe)
     (new, why), probed = _chooser(llama("b", access=Access(["k"])),
-                                  {h: free(16000) for h in ("n1", "n2", "n3")})
+                                  {h: free(16000) for h in ("n1", "n2", "n3")}, same=True)
     assert new is None and "no slot of its own" in why and probed == []
+
+
+def test_from_slot_b_the_next_version_goes_back_to_the_first_slot():
+    (new, why), _ = _chooser(llama("b", access=Access(["k"])),
+                             {h: free(16000) for h in ("n1", "n2", "n3")})
+    assert new is not None and new.slot == "" and new.groups[0].port == 8001, why
+    assert [u.name for u in new.units if u.kind == "llama-server"] == [
+        "clusterctl-tiny-llama-server.service"]
 
 
 # --------------------------------------------------------------------------- never ready

@@ -628,7 +628,7 @@ def beside_obstacle(previous: Deployment, beside: Deployment) -> str | None:
     planner.llamacpp_second_copy / vllm_second_copy)."""
     if len(previous.groups) != 1 or len(beside.groups) != 1:
         return "it has more than one replica"
-    if beside.lb is None or not beside.slot or beside.slot == previous.slot:
+    if beside.lb is None or beside.slot == previous.slot:
         return "the new version has no slot of its own"
     if public_address(previous) != public_address(beside):
         return (f"the endpoint moves ({public_address(previous)} -> "
