@@ -277,7 +277,8 @@ def run_lab(sizes: list[int], runs: int, name: str) -> None:
             rows.append((n, up, wall, cpu, statistics.mean(mem) if mem else float("nan")))
             print(f"{n:>3} nodes: lab up {up:.1f}s, bootstrap --check median {wall:.2f}s, "
                   f"controller CPU {cpu:.2f}s, memory per node "
-                  f"{(statistics.mean(mem) if mem else float('nan')):.0f} MiB")
+                  f"{(statistics.mean(mem) if mem else float('nan')):.0f} MiB "
+                  f"(load average {_load()})")
         finally:
             labs.down(lab_name)
     if len(rows) > 1:

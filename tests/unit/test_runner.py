@@ -272,3 +272,19 @@ def test_extra_vars_reach_templates_checked_and_masked(tmp_path, monkeypatch):
     assert seen["gpus"] == 4 and seen["ray_verify"] is False
     assert str(seen["secrets"]["hf_token"]) == "***"
     assert seen["secrets"]["hf_token"].reveal() == "hf_abc"
+
+
+def test_a_run_restores_the_garbage_collector_settings(project, local, monkeypatch):
+    import gc
+    from clusterctl.engine import runner as runner_mod
+    before = (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled())
+    seen = []
+    real = runner_mod.Runner._run
+
+    def spy(self):
+        seen.append((gc.get_threshold()[0], gc.get_freeze_count()))
+        return real(self)
+    monkeypatch.setattr(runner_mod.Runner, "_run", spy)
+    run(project, check=True)
+    assert seen[0][0] >= 20000 and seen[0][1] > 0          # lighter during the run
+    assert (gc.get_threshold(), gc.get_freeze_count(), gc.isenabled()) == before
