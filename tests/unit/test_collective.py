@@ -807,10 +807,12 @@ def test_cli_without_torch_exits_2_with_one_message(monkeypatch, tmp_path):
 
     def no_torch(inventory, hosts, options, session=None):
         assert options.collective and options.collective_sizes == (4096, 1 << 20)
+        assert options.collective_bisect_seconds == 42
         raise C.no_torch_error(["w"], "/opt/clusterctl/venv")
     monkeypatch.setattr(runmod, "run_netcheck", no_torch)
     res = CliRunner().invoke(main, ["netcheck", "-i", str(inv), "--collective", "--json",
-                                    "--collective-sizes", "4K,1M"])
+                                    "--collective-sizes", "4K,1M",
+                                    "--collective-bisect-seconds", "42"])
     assert res.exit_code == 2, res.output
     assert "Traceback" not in res.output and "needs torch" in res.output
 

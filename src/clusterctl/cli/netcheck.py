@@ -44,13 +44,17 @@ from .common import BoundedInt, FiniteFloat, handle_errors, load_inventory_arg
                    "failed to join. Needs torch in the venv (python.vllm brings it).")
 @click.option("--collective-sizes", metavar="SIZES", default="8K,1M,32M", show_default=True,
               help="Message sizes of --collective, comma separated (binary units).")
+@click.option("--collective-bisect-seconds", type=FiniteFloat(0, 3600), default=300.0,
+              show_default=True, metavar="S",
+              help="When --collective finds the group slow, at most this long re-running "
+                   "it on subgroups to name the node(s) that drag it; 0: no bisect.")
 @click.option("--accept-new-host-keys", is_flag=True,
               help="Trust SSH host keys seen for the first time and record them.")
 @click.option("-v", "--verbose", count=True, help="Show progress; -vv: tracebacks of bugs.")
 @handle_errors
 def netcheck_command(inventory_opt, limit, as_json, report_path, duration, parallel,
                      no_bandwidth, bidir, streams, single_stream, collective, collective_sizes,
-                     accept_new_host_keys, verbose):
+                     collective_bisect_seconds, accept_new_host_keys, verbose):
     """Prove the network is fit for distributed inference: bandwidth matrix (iperf3),
     jumbo-frame path, RTT, the NIC NCCL/Gloo/vLLM/Ray use, ports to the head, version
     skew, InfiniBand. Exit 1 when any finding is an error."""
@@ -73,7 +77,7 @@ def netcheck_command(inventory_opt, limit, as_json, report_path, duration, paral
         bandwidth=not no_bandwidth, bidir=bidir, streams=streams,
         single_stream_seconds=1.0 if single_stream else 0.0,
         accept_new_host_keys=accept_new_host_keys, collective=collective,
-        collective_sizes=sizes,
+        collective_sizes=sizes, collective_bisect_seconds=collective_bisect_seconds,
         progress=(lambda m: err.print(f"[dim]{escape(m)}[/dim]")) if verbose or not as_json
         else None)
     result = run_netcheck(inv, hosts, options)

@@ -56,6 +56,7 @@ class NetcheckOptions:
     #                                     (torch.distributed from the cluster venv)
     collective_sizes: tuple[int, ...] | None = None   # bytes; None: collective.DEFAULT_SIZES
     collective_join_timeout: float = 60.0
+    collective_bisect_seconds: float = 300.0  # a slow group's bisect: at most this long; 0: off
 
 
 @dataclass
@@ -218,7 +219,8 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
             t = time.monotonic()
             collective = run_collective(run, list(links.values()),
                                         options.collective_sizes,
-                                        options.collective_join_timeout)
+                                        options.collective_join_timeout,
+                                        bisect_seconds=options.collective_bisect_seconds)
             timings["collective"] = time.monotonic() - t
     finally:
         if own_session:
