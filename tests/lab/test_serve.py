@@ -257,3 +257,164 @@ def test_a_replica_that_never_answers_stops_the_roll_and_the_rest_serve(keyed_in
         assert down == [first["groups"][0]["endpoint"].split("/")[2]], conf
     finally:
         ok(cli("undeploy", "tinyfail", "-i", keyed_inventory))
+
+
+# --------------------------------------------------------------------------- one replica
+
+
+def _record(inv, name: str) -> dict:
+    return json.loads(run_on(inv.head, ["cat", f"/etc/clusterctl/deployments/{name}.json"]))
+
+
+def _unit_files(inv, name: str) -> dict[str, list[str]]:
+    """host -> the clusterctl-NAME-* unit files installed there."""
+    out = {}
+    for host in inv.hosts.values():
+        text = run_on(host, f"ls /etc/systemd/system | grep '^clusterctl-{name}-' || true")
+        out[host.name] = sorted(text.split())
+    return out
+
+
+def _ctx(record: dict) -> str:
+    [server] = [u for u in record["units"] if u["kind"] == "llama-server"]
+    return server["argv"][server["argv"].index("--ctx-size") + 1]
+
+
+def _status_row(inventory, name: str) -> dict:
+    proc = cli("status", "-i", inventory, "--json")
+    return next(r for r in json.loads(proc.stdout)["deployments"] if r["name"] == name)
+
+
+def test_one_replica_redeploys_beside_the_old_one_without_a_failed_request(
+        keyed_inventory, tiny_gguf, inv):
+    """One replica behind the gateway, a client through the endpoint in a loop: a
+    redeploy with changed flags starts the new version beside the old one (slot b:
+    own units and ports), switches the gateway and stops the old one; a second one
+    goes back to the first slot. No request fails; the record, status and the hosts
+    show exactly one version."""
+    args = ["deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinyone",
+            "--port", "8800", "--api-key-secret", "serve_key", "--json", "--timeout", "600"]
+    first = as_json(cli(*args, "--max-model-len", "1024"))
+    try:
+        assert len(first["groups"]) == 1 and first["load_balancer"]
+        before = _unit_files(inv, "tinyone")
+        url = first["endpoint"] + "/chat/completions"
+        stop, results = threading.Event(), []
+        clients = [threading.Thread(target=_client_loop, daemon=True,
+                                    args=(url, KEYS["serve_key"], "tinyone", stop, results))
+                   for _ in range(2)]
+        for t in clients:
+            t.start()
+        try:
+            beside = cli(*args, "--max-model-len", "1536")
+            counted = len(results)
+            back = cli(*args, "--max-model-len", "1024")
+        finally:
+            stop.set()
+            for t in clients:
+                t.join(timeout=180)
+        moved, returned = as_json(beside), as_json(back)
+        for proc in (beside, back):
+            assert "starts beside the old one" in proc.stderr, proc.stderr[-3000:]
+            assert "does not answer while" not in proc.stderr, proc.stderr[-3000:]
+        failed = [r for r in results if r[0] != 200]
+        assert counted and len(results) > counted and not failed, (len(results), failed[:5])
+        assert moved["endpoint"] == returned["endpoint"] == first["endpoint"]
+        assert [u["name"] for u in moved["units"] if u["kind"] == "llama-server"] == [
+            "clusterctl-tinyone-llama-server-b.service"]
+        assert moved["groups"][0]["endpoint"] != first["groups"][0]["endpoint"]
+        assert returned["groups"][0]["endpoint"] == first["groups"][0]["endpoint"]
+        record = _record(inv, "tinyone")
+        assert record["slot"] == "" and _ctx(record) == "1024"
+        assert _unit_files(inv, "tinyone") == before        # no unit of slot b is left
+        row = _status_row(keyed_inventory, "tinyone")
+        assert row["health"] == "ready" and len(row["groups"]) == 1, row
+    finally:
+        ok(cli("undeploy", "tinyone", "-i", keyed_inventory))
+    assert not any(_unit_files(inv, "tinyone").values())
+    assert "tinyone" not in run_on(inv.head, "ls /etc/clusterctl/keys 2>/dev/null")
+
+
+def test_one_replica_whose_new_version_cannot_start_keeps_the_old_one_serving(
+        keyed_inventory, tiny_gguf, inv):
+    """The new version's RPC server on a worker cannot bind (its port, the RPC port of
+    slot b, is taken there): the command exits 1 naming why, the new units are removed,
+    and the old version never stops answering through the gateway."""
+    from clusterctl.deploy.layout import SLOT_PORT_OFFSET
+    args = ["deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinyonefail",
+            "--port", "8900", "--rpc-port", "50072", "--api-key-secret", "serve_key",
+            "--timeout", "300"]
+    first = as_json(cli(*args, "--max-model-len", "1024", "--json"))
+    worker = inv.hosts[first["groups"][0]["hosts"][1]]
+    blocker = "hd-port-blocker"
+    taken = 50072 + SLOT_PORT_OFFSET
+    try:
+        ip = next(u["bind"] for u in first["units"] if u["host"] == worker.name
+                  and u["kind"] == "rpc").rsplit(":", 1)[0]
+        run_on(worker, ["systemd-run", f"--unit={blocker}", "python3", "-m", "http.server",
+                        "--bind", ip, str(taken)])
+        url = first["endpoint"] + "/chat/completions"
+        stop, results = threading.Event(), []
+        client = threading.Thread(target=_client_loop, daemon=True,
+                                  args=(url, KEYS["serve_key"], "tinyonefail", stop,
+                                        results))
+        client.start()
+        try:
+            broken = cli(*args, "--max-model-len", "1536")
+        finally:
+            stop.set()
+            client.join(timeout=180)
+        assert broken.returncode == 1, broken.stdout + broken.stderr[-3000:]
+        assert "did not become ready beside the old one" in broken.stderr, broken.stderr
+        assert "old one keeps serving" in broken.stderr and "Traceback" not in broken.stderr
+        assert "clusterctl-tinyonefail-rpc-b.service" in broken.stderr   # names the unit
+        failed = [r for r in results if r[0] != 200]
+        assert results and not failed, (len(results), failed[:5])
+        code, text = request(url, KEYS["serve_key"], completion("tinyonefail"))
+        assert code == 200, text[:300]
+        record = _record(inv, "tinyonefail")
+        assert record["slot"] == "" and _ctx(record) == "1024"
+        files = _unit_files(inv, "tinyonefail")
+        assert not [f for names in files.values() for f in names if "-b.service" in f], files
+        assert _status_row(keyed_inventory, "tinyonefail")["health"] == "ready"
+    finally:
+        run_on(worker, ["systemctl", "stop", blocker])
+        ok(cli("undeploy", "tinyonefail", "-i", keyed_inventory))
+
+
+def test_one_replica_without_a_gateway_gets_one_then_redeploys_beside(
+        lab, inventory_path, tiny_gguf, inv):
+    """A single replica deployed without a key has no gateway: its first changed
+    redeploy puts one on its address (a few seconds without an answer, said so), the
+    next ones switch without a failed request."""
+    if not _mirror_has(lab, "nginx"):
+        pytest.skip("the lab mirror has no nginx (add it to lab/mirror_packages.yaml)")
+    args = ["deploy-model", tiny_gguf, "-i", inventory_path, "--name", "tinyconv",
+            "--port", "8950", "--json", "--timeout", "600"]
+    first = as_json(cli(*args, "--max-model-len", "1024"))
+    try:
+        assert first["load_balancer"] is None
+        converted = cli(*args, "--max-model-len", "1536")
+        moved = as_json(converted)
+        assert "has no gateway yet" in converted.stderr, converted.stderr[-3000:]
+        assert moved["endpoint"] == first["endpoint"] and moved["load_balancer"]
+        assert moved["load_balancer"]["host"] == first["groups"][0]["hosts"][0]
+        url = first["endpoint"] + "/chat/completions"
+        stop, results = threading.Event(), []
+        client = threading.Thread(target=_client_loop, daemon=True,
+                                  args=(url, None, "tinyconv", stop, results))
+        client.start()
+        try:
+            again = cli(*args, "--max-model-len", "1024")
+        finally:
+            stop.set()
+            client.join(timeout=180)
+        assert "starts beside the old one" in ok(again).stderr
+        failed = [r for r in results if r[0] != 200]
+        assert results and not failed, (len(results), failed[:5])
+        unchanged = as_json(cli(*args, "--max-model-len", "1024"))   # the gateway stays
+        assert unchanged["changed"] == 0 and unchanged["load_balancer"]
+    finally:
+        ok(cli("undeploy", "tinyconv", "-i", inventory_path))
+    assert "clusterctl-tinyconv" not in run_on(inv.head, ["ls", "/etc/nginx/conf.d"])
+    assert not any(_unit_files(inv, "tinyconv").values())
