@@ -176,6 +176,8 @@ def run_simulation(sizes: list[int], *, repeat: int = 1, baseline_max: int = 10*
     for n in sizes:
         before = _load()
         wall, cpu, changes = _best(n, base, plays, True, repeat)
+        # peak so far, read before the baseline's run of this size (sizes go up)
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         if n <= baseline_max:
             bwall, bcpu, bchanges = _best(n, base, plays, False, repeat)
             if bchanges != changes:
@@ -185,7 +187,6 @@ def run_simulation(sizes: list[int], *, repeat: int = 1, baseline_max: int = 10*
             gain = f"{bcpu / cpu:>5.1f}x"
         else:
             baseline, gain = f"{'-':>8} {'-':>8} {'-':>12}", f"{'-':>6}"
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         per_host.append((n, cpu / n, wall / n))
         if n == 1000:
             at_1000 = (wall, cpu)
