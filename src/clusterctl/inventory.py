@@ -347,6 +347,21 @@ def _str_list_check():
     return expected, check
 
 
+def _cuda_arch_check():
+    expected = 'null or a list of CUDA architectures such as ["90"]'
+
+    def check(value, raw):
+        if value is None:
+            return None
+        if isinstance(value, list) and value and all(
+                isinstance(v, (str, int)) and not isinstance(v, bool) and str(v).strip()
+                for v in value):
+            return list(value)          # each entry is checked when the build is planned
+        raise _Invalid(expected)
+
+    return expected, check
+
+
 def _cuda_check():
     expected = "auto, true or false"
 
@@ -457,6 +472,8 @@ KNOWN_VARS: dict[str, Any] = {
         "prefix": _spec(_abs_path_check(), "install prefix of llama.cpp"),
         "rpc_port": _spec(_port(), "port of rpc-server on workers"),
         "cuda": _spec(_cuda_check(), "build with CUDA: auto = if GPUs are present"),
+        "cuda_architectures": _spec(_cuda_arch_check(), "CUDA architectures to build for; "
+                                    "null = those of the node's GPUs"),
     },
     "vllm": {
         "port": _spec(_port(), "OpenAI-compatible API port of vLLM on the head"),
