@@ -172,7 +172,10 @@ _BASE_SNIPPETS = {
     "python": "python3 --version 2>&1",
     "net_manager": _S_NET_MANAGER,
     "networkd_files": _S_NETWORKD_FILES,
-    "nvcc": "command -v nvcc >/dev/null || exit 0\nnvcc --version",
+    # nvcc on PATH, else where NVIDIA's packages put it (not on PATH over SSH); the
+    # llamacpp build script looks in the same two places
+    "nvcc": "n=$(command -v nvcc) || { [ -x /usr/local/cuda/bin/nvcc ] && "
+            "n=/usr/local/cuda/bin/nvcc; } || exit 0\n\"$n\" --version",
     "cpus": "nproc",
     "memory": _S_MEMORY,
 }

@@ -617,3 +617,26 @@ def test_interfaces_match_sysfs():
     facts = parse_output(run_bash(build_script(reqs)).stdout, reqs)
     names = {i.name for i in facts.interfaces}
     assert names == set(os.listdir("/sys/class/net"))
+
+
+@pytest.mark.parametrize("where", ["path", "cuda-folder", "none"])
+def test_the_nvcc_snippet_looks_on_path_then_in_the_cuda_folder(tmp_path, where):
+    """NVIDIA's packages put nvcc in /usr/local/cuda/bin, which is not on PATH over SSH;
+    the fact falls back to it (here a stand-in folder in its place)."""
+    from clusterctl.facts import _BASE_SNIPPETS
+    fake = tmp_path / "cuda" / "bin" / "nvcc"
+    snippet = _BASE_SNIPPETS["nvcc"].replace("/usr/local/cuda/bin/nvcc", str(fake))
+    assert snippet != _BASE_SNIPPETS["nvcc"]
+    on_path = tmp_path / "onpath"
+    on_path.mkdir()
+    tool = {"path": on_path / "nvcc", "cuda-folder": fake}.get(where)
+    if tool is not None:
+        tool.parent.mkdir(parents=True, exist_ok=True)
+        tool.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release 13.0, {where}'\n")
+        tool.chmod(0o755)
+    shell = shutil.which("sh")
+    proc = subprocess.run([shell, "-c", snippet], capture_output=True, text=True,
+                          env={"PATH": f"{on_path}:/nonexistent"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("" if where == "none" else
+                                   f"Cuda compilation tools, release 13.0, {where}")
