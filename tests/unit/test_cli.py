@@ -147,3 +147,20 @@ def test_lock_warning_shows_the_reason_verbatim():
     assert "running without the cluster lock: head: ssh said [/x] no" in err.file.getvalue()
     with pytest.raises(LockBusy):
         take_cluster_lock(Head(LockBusy("held by pid 1")), "c", False, err)
+
+
+def test_lab_up_passes_read_only_binds(monkeypatch, tmp_path):
+    from clusterctl.lab import core
+    seen = {}
+
+    def fake_up(name, nodes, link, mirror, **kw):
+        seen.update(kw)
+        raise SystemExit(0)
+    monkeypatch.setattr(core, "up", fake_up)
+    res = CliRunner().invoke(main, ["lab", "up", "--name", "t", "--bind-ro",
+                                    f"{tmp_path}:/usr/local/cuda-13.0", "--bind-ro",
+                                    f"{tmp_path}:/opt/x"])
+    assert res.exit_code == 0, res.output
+    assert seen["binds"] == [(str(tmp_path), "/usr/local/cuda-13.0"), (str(tmp_path), "/opt/x")]
+    res = CliRunner().invoke(main, ["lab", "up", "--name", "t", "--bind-ro", "nodest"])
+    assert res.exit_code == 2 and "SRC:DEST" in res.output and "Traceback" not in res.output

@@ -49,13 +49,23 @@ def lab_group():
 @click.option("--node-mtu", type=click.IntRange(576, 65535), default=None,
               help="MTU the nodes configure on eth0 at boot (default: --mtu). Use 1500 to "
                    "rehearse an MTU change.")
+@click.option("--bind-ro", "binds", metavar="SRC:DEST", multiple=True,
+              help="Bind a folder (or file) of this machine read-only into every node at "
+                   "DEST, e.g. a CUDA toolkit for a GPU-class build. Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the lab's state as JSON.")
-def up(nodes, name, link, mirror, subnet, mtu, node_mtu, as_json):
+def up(nodes, name, link, mirror, subnet, mtu, node_mtu, binds, as_json):
     """Boot NODES nodes (builds the node image and the mirror the first time)."""
     from ..lab import core
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    pairs = []
+    for bind in binds:
+        src, sep, dst = bind.partition(":")
+        if not sep or not src or not dst:
+            raise click.BadParameter(f"{bind!r}: expected SRC:DEST (two absolute paths)",
+                                     param_hint="--bind-ro")
+        pairs.append((src, dst))
     state = core.up(name, nodes, link, mirror, subnet=subnet, mtu=mtu, node_mtu=node_mtu,
-                    log=log)
+                    binds=pairs, log=log)
     if as_json:
         from ..render import print_json
         print_json(state.to_dict())
