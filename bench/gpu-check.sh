@@ -216,9 +216,12 @@ EOF
 
 # ---------------------------------------------------------------- 0 prerequisites
 missing=()
-for tool in nvidia-smi nvcc cmake curl tar timeout awk "$PY"; do
+for tool in nvidia-smi cmake curl tar timeout awk "$PY"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
+# nvcc: on PATH, else where NVIDIA's packages put it (as the llamacpp role looks for it)
+NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+[ -x "$NVCC" ] || missing+=("nvcc (not on PATH nor in /usr/local/cuda/bin)")
 if ! command -v c++ >/dev/null 2>&1 && ! command -v g++ >/dev/null 2>&1; then missing+=("a C++ compiler (g++)"); fi
 if command -v "$PY" >/dev/null 2>&1 && ! "$PY" -c 'import numpy' 2>/dev/null; then
   missing+=("numpy for $PY (the tiny GGUF is written with it)")
@@ -226,7 +229,7 @@ fi
 [ ${#missing[@]} -eq 0 ] || need "missing: ${missing[*]}"
 [ -f "$REPO/src/clusterctl/gpu_health.py" ] || need "$REPO is not a clusterctl checkout"
 echo "gpu-check: repository $REPO, work folder $WORK, GPU $GPU, budget ${BUDGET}s"
-echo "   $(nvcc --version | grep -m1 release || true); $(cmake --version | head -n 1); $("$PY" --version 2>&1)"
+echo "   $("$NVCC" --version | grep -m1 release || true); $(cmake --version | head -n 1); $("$PY" --version 2>&1)"
 
 # ---------------------------------------------------------------- 1 facts
 begin facts "the gpu_health fact script, parsed by clusterctl.facts / clusterctl.gpu_health"
@@ -322,6 +325,14 @@ end "found"
 # ---------------------------------------------------------------- 3 configure
 begin configure "cmake with the role's flags"
 mapfile -t FLAGS < "$WORK/flags"
+# The toolkit nvcc really runs from (nvcc on PATH may be a wrapper script or a link, from
+# which CMake would take the wrong root), as the llamacpp role's build script finds it
+here=$({ "$NVCC" -dryrun -c -x cu /dev/null -o /dev/null 2>&1 || true; } | sed -n 's/^#\$ _HERE_=//p' | head -n 1 || true)
+[ -n "$here" ] && [ -x "$here/nvcc" ] || here=$(dirname "$NVCC")
+here=$(dirname "$(readlink -f "$here/nvcc")")
+export CUDACXX="$here/nvcc"
+FLAGS+=("-DCUDAToolkit_ROOT=$(dirname "$here")")
+echo "   CUDA toolkit: $(dirname "$here")"
 BUILD="$WORK/build"
 want_stamp="$ROOT ${FLAGS[*]}"
 if [ -n "$BIN_DIR" ]; then
