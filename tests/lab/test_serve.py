@@ -7,6 +7,7 @@ copy of the lab inventory that has two API keys under `secrets:`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets as random_secrets
 import threading
@@ -189,6 +190,23 @@ def _client_loop(url: str, key: str, model: str, stop: threading.Event, results:
         results.append((code, text[:200]))
 
 
+@contextlib.contextmanager
+def clients_sending(url: str, key: str | None, model: str, count: int = 1):
+    """`count` clients sending completions to `url` in a loop while the block runs; yields
+    the list their results go to: (HTTP status or 0, the first 200 characters)."""
+    stop, results = threading.Event(), []
+    clients = [threading.Thread(target=_client_loop, daemon=True,
+                                args=(url, key, model, stop, results)) for _ in range(count)]
+    for t in clients:
+        t.start()
+    try:
+        yield results
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=180)
+
+
 def test_two_replicas_roll_without_a_failed_request(keyed_inventory, tiny_gguf, inv):
     args = ["deploy-model", tiny_gguf, "-i", keyed_inventory, "--name", "tinyroll",
             "--port", "8600", "--replicas", "2", "--api-key-secret", "serve_key",
@@ -196,18 +214,8 @@ def test_two_replicas_roll_without_a_failed_request(keyed_inventory, tiny_gguf, 
     first = as_json(cli(*args, "--max-model-len", "1024"))
     try:
         url = first["endpoint"] + "/chat/completions"
-        stop, results = threading.Event(), []
-        clients = [threading.Thread(target=_client_loop, daemon=True,
-                                    args=(url, KEYS["serve_key"], "tinyroll", stop, results))
-                   for _ in range(2)]
-        for t in clients:
-            t.start()
-        try:
+        with clients_sending(url, KEYS["serve_key"], "tinyroll", 2) as results:
             rolled = cli(*args, "--max-model-len", "1536")
-        finally:
-            stop.set()
-            for t in clients:
-                t.join(timeout=180)
         result = as_json(rolled)
         assert "rolling" in rolled.stderr, rolled.stderr[-3000:]
         failed = [r for r in results if r[0] != 200]
@@ -236,15 +244,8 @@ def test_a_replica_that_never_answers_stops_the_roll_and_the_rest_serve(keyed_in
         groups = {g["hosts"][0]: g for g in first["groups"]}
         assert len(groups) == 2 and len(first["groups"][0]["hosts"]) == 2   # RPC in group 0
         url = first["endpoint"] + "/chat/completions"
-        stop, results = threading.Event(), []
-        client = threading.Thread(target=_client_loop, daemon=True,
-                                  args=(url, KEYS["serve_key"], "tinyfail", stop, results))
-        client.start()
-        try:
+        with clients_sending(url, KEYS["serve_key"], "tinyfail") as results:
             broken = cli(*args, "--rpc-port", "22")
-        finally:
-            stop.set()
-            client.join(timeout=180)
         assert broken.returncode == 1, broken.stdout + broken.stderr[-3000:]
         assert "rolling stopped" in broken.stderr and "group 0" in broken.stderr
         assert "Traceback" not in broken.stderr
@@ -299,20 +300,10 @@ def test_one_replica_redeploys_beside_the_old_one_without_a_failed_request(
         assert len(first["groups"]) == 1 and first["load_balancer"]
         before = _unit_files(inv, "tinyone")
         url = first["endpoint"] + "/chat/completions"
-        stop, results = threading.Event(), []
-        clients = [threading.Thread(target=_client_loop, daemon=True,
-                                    args=(url, KEYS["serve_key"], "tinyone", stop, results))
-                   for _ in range(2)]
-        for t in clients:
-            t.start()
-        try:
+        with clients_sending(url, KEYS["serve_key"], "tinyone", 2) as results:
             beside = cli(*args, "--max-model-len", "1536")
             counted = len(results)
             back = cli(*args, "--max-model-len", "1024")
-        finally:
-            stop.set()
-            for t in clients:
-                t.join(timeout=180)
         moved, returned = as_json(beside), as_json(back)
         for proc in (beside, back):
             assert "starts beside the old one" in proc.stderr, proc.stderr[-3000:]
@@ -354,16 +345,8 @@ def test_one_replica_whose_new_version_cannot_start_keeps_the_old_one_serving(
         run_on(worker, ["systemd-run", f"--unit={blocker}", "python3", "-m", "http.server",
                         "--bind", ip, str(taken)])
         url = first["endpoint"] + "/chat/completions"
-        stop, results = threading.Event(), []
-        client = threading.Thread(target=_client_loop, daemon=True,
-                                  args=(url, KEYS["serve_key"], "tinyonefail", stop,
-                                        results))
-        client.start()
-        try:
+        with clients_sending(url, KEYS["serve_key"], "tinyonefail") as results:
             broken = cli(*args, "--max-model-len", "1536")
-        finally:
-            stop.set()
-            client.join(timeout=180)
         assert broken.returncode == 1, broken.stdout + broken.stderr[-3000:]
         assert "did not become ready beside the old one" in broken.stderr, broken.stderr
         assert "old one keeps serving" in broken.stderr and "Traceback" not in broken.stderr
@@ -400,15 +383,8 @@ def test_one_replica_without_a_gateway_gets_one_then_redeploys_beside(
         assert moved["endpoint"] == first["endpoint"] and moved["load_balancer"]
         assert moved["load_balancer"]["host"] == first["groups"][0]["hosts"][0]
         url = first["endpoint"] + "/chat/completions"
-        stop, results = threading.Event(), []
-        client = threading.Thread(target=_client_loop, daemon=True,
-                                  args=(url, None, "tinyconv", stop, results))
-        client.start()
-        try:
+        with clients_sending(url, None, "tinyconv") as results:
             again = cli(*args, "--max-model-len", "1024")
-        finally:
-            stop.set()
-            client.join(timeout=180)
         assert "starts beside the old one" in ok(again).stderr
         failed = [r for r in results if r[0] != 200]
         assert results and not failed, (len(results), failed[:5])

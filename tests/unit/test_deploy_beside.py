@@ -16,19 +16,17 @@ from clusterctl.deploy.layout import (SLOT_PORT_OFFSET, Access, HostInfo, beside
                                       beside_obstacle, beside_probe_hosts, layout_llamacpp,
                                       layout_vllm, other_slot, parse_record, public_address,
                                       record_json)
-from clusterctl.deploy.modelinfo import ModelInfo
-from clusterctl.deploy.planner import (NodeGPUs, estimate_weight_bytes, llamacpp_second_copy,
+from clusterctl.deploy.planner import (NodeGPUs, llamacpp_second_copy,
                                        plan_model, vllm_second_copy)
+
+from standins import model_info
 
 H100 = 81559
 
 
 def gguf(name, params, layers, heads, kv, hidden, vocab, max_pos, dtype="f16"):
-    return ModelInfo(name=name, format="gguf", params=params,
-                     weight_bytes=estimate_weight_bytes(params, dtype), dtype=dtype,
-                     quantization=None, num_layers=layers, num_attention_heads=heads,
-                     num_kv_heads=kv, hidden_size=hidden, head_dim=hidden // heads,
-                     vocab_size=vocab, max_position_embeddings=max_pos)
+    return model_info(name, params, layers, heads, kv, hidden, vocab, max_pos, fmt="gguf",
+                      dtype=dtype)
 
 
 TINY = gguf("tiny", 400_000, 4, 4, 4, 64, 258, 1024)

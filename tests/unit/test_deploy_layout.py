@@ -7,19 +7,16 @@ import pytest
 
 from clusterctl.deploy.layout import (Deployment, HostInfo, choose_executor, layout_llamacpp,
                                       layout_vllm, parse_record, port_conflicts, record_json)
-from clusterctl.deploy.modelinfo import ModelInfo
-from clusterctl.deploy.planner import NodeGPUs, estimate_weight_bytes, plan_model
+from clusterctl.deploy.planner import NodeGPUs, plan_model
 from clusterctl.errors import InputError
+
+from standins import model_info
 
 H100 = 81559
 
 
 def model(name, params, layers, heads, kv, hidden, vocab, max_pos, dtype="bfloat16"):
-    return ModelInfo(name=name, format="hf", params=params,
-                     weight_bytes=estimate_weight_bytes(params, dtype), dtype=dtype,
-                     quantization=None, num_layers=layers, num_attention_heads=heads,
-                     num_kv_heads=kv, hidden_size=hidden, head_dim=hidden // heads,
-                     vocab_size=vocab, max_position_embeddings=max_pos)
+    return model_info(name, params, layers, heads, kv, hidden, vocab, max_pos, dtype=dtype)
 
 
 LLAMA_8B = model("Llama-3.1-8B", 8_030_261_248, 32, 32, 8, 4096, 128256, 131072)

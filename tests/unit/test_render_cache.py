@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clusterctl import session as session_mod
 from clusterctl.engine.roles import load_playbook
 from clusterctl.engine.runner import RunOptions, Runner, run_playbook
 from clusterctl.engine.templating import (RenderCache, condition_dependencies,
@@ -15,7 +14,7 @@ from clusterctl.engine.templating import (RenderCache, condition_dependencies,
 from clusterctl.errors import InputError
 from clusterctl.inventory import load_inventory
 from clusterctl.secret import Secret
-from localconn import LocalConnection
+from standins import local  # noqa: F401  (the fixture)
 
 
 class Peers(list):
@@ -232,13 +231,6 @@ def test_a_disabled_cache_renders_fresh():
 
 
 # ---------------------------------------------------------------- the whole runner
-
-@pytest.fixture
-def local(monkeypatch):
-    LocalConnection.calls = []
-    monkeypatch.setattr(session_mod, "Connection", lambda host, **kw: LocalConnection(host))
-    return LocalConnection
-
 
 @pytest.fixture
 def project(tmp_path):

@@ -6,20 +6,12 @@ the whole plan/execute path runs without any host; paths live under tmp_path.
 
 import pytest
 
-from clusterctl import session as session_mod
 from clusterctl.engine.roles import load_playbook
 from clusterctl.engine.runner import RunOptions, run_playbook
 from clusterctl.errors import InputError
 from clusterctl.inventory import load_inventory
 from localconn import LocalConnection
-
-
-@pytest.fixture
-def local(monkeypatch):
-    LocalConnection.calls = []
-
-    monkeypatch.setattr(session_mod, "Connection", lambda host, **kw: LocalConnection(host))
-    return LocalConnection
+from standins import local  # noqa: F401  (the fixture)
 
 
 @pytest.fixture
