@@ -49,7 +49,7 @@ BASE_KINDS = ("os", "kernel", "arch", "interfaces", "routes", "packages", "gpus"
               "infiniband", "python", "net_manager", "networkd_files", "nvcc", "cpus", "memory")
 PARAM_KINDS = ("file", "dir", "path", "pip", "unit", "sysctl", "check", "link")
 # no argument, but gathered only when asked for (not in BASE_REQUESTS): slow or of use to few
-ON_DEMAND_KINDS = ("gpu_health",)
+ON_DEMAND_KINDS = ("gpu_health", "libc")
 KINDS = BASE_KINDS + PARAM_KINDS + ON_DEMAND_KINDS
 NET_MANAGERS = ("networkd", "netplan", "ifupdown", "none")
 
@@ -699,6 +699,17 @@ _PARSERS: dict[str, Callable[[str, int, str], Any]] = {
 _BASE_SNIPPETS["gpu_health"] = _GPU_HEALTH_SNIPPET
 _PARSERS["gpu_health"] = _p_gpu_health
 
+
+def _p_libc(body: str, rc: int, arg: str) -> str | None:
+    """`getconf GNU_LIBC_VERSION` ("glibc 2.36") -> "2.36"; None on musl or without getconf."""
+    m = re.search(r"^glibc (\d+\.\d+)", body, re.M)
+    return m.group(1) if rc == 0 and m else None
+
+
+# libc (on demand): the glibc version, which decides the manylinux wheels a node can install
+_BASE_SNIPPETS["libc"] = "getconf GNU_LIBC_VERSION 2>/dev/null"
+_PARSERS["libc"] = _p_libc
+
 _HEADER_RE = re.compile(rf"^{MARKER} (\S+) (\S+) (\S+)$", re.M)
 _END_RE = re.compile(rf"^{END_MARKER} (\d+)$", re.M)
 
@@ -820,6 +831,9 @@ class Facts:
     memory_mib = property(lambda self: self._base("memory"))
     gpu_health = property(lambda self: self._base("gpu_health"),
                           doc="gpu_health.GpuHealth (on demand: request FactRequest('gpu_health'))")
+    libc = property(lambda self: self._base("libc"),
+                    doc="glibc version such as '2.36', None on musl (on demand: "
+                        "request FactRequest('libc'))")
 
     @property
     def default_route(self) -> Route | None:

@@ -88,6 +88,8 @@ DEFAULTS: dict[str, Any] = {
         "vllm_package": "vllm",
         "torch": None,
         "extra": [],
+        "fan_out": True,
+        "wheelhouse": "/var/cache/clusterctl/wheels",
     },
     "nccl": {"debug": "WARN", "ib_hca": None},
     "llamacpp": {
@@ -457,6 +459,11 @@ KNOWN_VARS: dict[str, Any] = {
         "torch": _spec(_version_check(nullable=True),
                        "torch version to pin; null = what vLLM requires"),
         "extra": _spec(_str_list_check(), "extra pip requirements"),
+        "fan_out": _spec(_bool_check(), "stage the wheels once on the controller and fan "
+                         "them out through the relay chain (false: every node installs "
+                         "from mirror.pip or the index itself)"),
+        "wheelhouse": _spec(_abs_path_check(), "folder on every host for the fanned-out "
+                            "wheel sets"),
     },
     "nccl": {
         "debug": _spec(_choice_check(("VERSION", "WARN", "INFO", "TRACE"), nullable=False,

@@ -1,6 +1,7 @@
 """`clusterctl bootstrap` on the 3-node lab: from fresh nodes to a verified Ray cluster,
 idempotent, exact under --check, safe about MTU, and isolating a dead node."""
 import json
+import re
 import subprocess
 import sys
 
@@ -66,6 +67,52 @@ def test_check_on_converged_cluster_reports_nothing(converged, lab):
     code, report, err = bootstrap_json(lab.inventory_path, "--check")
     assert code == 0, err[-3000:]
     assert all(r["changed"] == 0 for r in report["recap"].values())
+
+
+def _sent_mb(message: str) -> tuple[float, float]:
+    """(size, what the controller sent) in MB from a fanned-out task's message."""
+    m = re.search(r"([\d.]+) MB[,;].*the controller sent ([\d.]+) MB for (\d+) nodes", message)
+    assert m, message
+    return float(m.group(1)), float(m.group(2))
+
+
+def test_software_leaves_the_controller_once(converged, lab):
+    """The venv's wheels and the llama.cpp build travel the relay chain: the controller
+    sends one copy for the three nodes, every node holds the same verified wheel set and
+    installed from that local folder only."""
+    by_task: dict[str, list] = {}
+    for r in converged["results"]:
+        by_task.setdefault(r["task"], []).append(r)
+    [pip] = [rs for t, rs in by_task.items() if t.endswith("python packages (pinned)")]
+    assert sorted(r["host"] for r in pip) == sorted(n.name for n in lab.nodes)
+    set_ids = set()
+    for r in pip:
+        assert r["status"] == "changed", r
+        size, sent = _sent_mb(r["message"])
+        assert 0 < sent <= size * 1.01 + 1, r["message"]          # one copy, not three
+        set_ids.add(re.search(r"wheel set ([0-9a-f]{16})", r["message"]).group(1))
+        [cmd] = r["commands"]
+        assert "--no-index" in cmd and "--index-url" not in cmd, cmd
+    [set_id] = set_ids
+    folder = f"/var/cache/clusterctl/wheels/{set_id}"
+    for r in pip:
+        assert f"--find-links {folder} " in r["commands"][0]
+    [build] = [rs for t, rs in by_task.items() if t.endswith("llama.cpp with RPC")]
+    shipped = [r for r in build if "the controller sent" in r["message"]]
+    assert shipped, build
+    for r in shipped:
+        size, sent = _sent_mb(r["message"])
+        assert 0 < sent <= size * 1.01 + 1, r["message"]
+    inv = load_inventory(lab.inventory_path)
+    listings = {}
+    for host in inv.hosts.values():
+        res = node_run(host, f"cd {folder} && sha256sum *.whl")
+        assert res.ok, (host.name, res.stderr)
+        listings[host.name] = res.stdout
+    assert len(set(listings.values())) == 1, listings
+    record = json.loads(node_run(inv.head, f"cat {folder}/WHEELS.json").stdout)
+    assert {ln.split()[1]: ln.split()[0] for ln in listings[inv.head.name].splitlines()} \
+        == record["files"]
 
 
 def test_ray_status_lists_every_node(converged, lab):

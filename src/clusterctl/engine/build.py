@@ -11,7 +11,8 @@ executor then, for each class with work to do:
 2. builds on one node of the class (static binaries: ggml-rpc-server or
    rpc-server, llama-server, llama-cli), reporting progress while it runs;
 3. brings the installed prefix back to the controller's artifact cache and
-   copies it to the other nodes of the class (and to any later node).
+   sends it through the relay chain of clusterctl.sync to the other nodes of the class
+   (and to any later node): the controller's link carries one copy.
 """
 from __future__ import annotations
 
@@ -387,25 +388,39 @@ def execute_llamacpp(runner, play, role, task, planned_states) -> dict:
                                        f"built llama.cpp {want['id']} "
                                        f"({' '.join(want['flags'])}) in "
                                        f"{time.monotonic() - start:.0f}s")
-        data = artifact.read_bytes()
-        for state, planned, _ in items:
-            name = state.host.name
-            if name == built_on:
-                continue
-            try:
-                t_copy = time.monotonic()
-                remote = f"{REMOTE_CACHE}/llamacpp-{want['id']}.tar.gz"
-                state.conn.run(["mkdir", "-p", REMOTE_CACHE, args["prefix"]])
-                state.conn.put(data, remote)
-                state.conn.run(f"cd {shlex.quote(args['prefix'])} && rm -rf bin && "
-                               f"tar -xzf {shlex.quote(remote)}")
-                src_host = f" from {built_on}" if built_on else " from the controller's cache"
-                out[name] = TaskResult(name, task, "changed",
-                                       f"installed llama.cpp build {want['id']}{src_host} "
-                                       f"({len(data) / 1e6:.1f} MB in "
-                                       f"{time.monotonic() - t_copy:.1f}s)")
-            except ClusterctlError as exc:
-                out[name] = TaskResult(name, task, "failed", _message(exc))
+        rest = [state for state, _p, _w in items if state.host.name != built_on]
+        if not rest:
+            return out
+        # the build travels the relay chain: the controller's link carries one copy
+        t_copy = time.monotonic()
+        remote = f"{REMOTE_CACHE}/{artifact.name}"
+        names = [state.host.name for state in rest]
+        from ..sync import sync_path
+        report = sync_path(runner.inventory, artifact, REMOTE_CACHE, artifact.name,
+                           hosts=names, session=runner.session)
+        size = artifact.stat().st_size
+        src_host = f" from {built_on}" if built_on else " from the controller's cache"
+        sent = (f"{size / 1e6:.1f} MB; the controller sent "
+                f"{report.controller_bytes / 1e6:.1f} MB for {len(names)} "
+                f"node{'s' if len(names) != 1 else ''}")
+
+        def unpack(state):
+            node = report.nodes.get(state.host.name)
+            if node is None or node.state == "failed":
+                raise HostError(state.host.name, "the llama.cpp build did not arrive: "
+                                + (node.error if node is not None else "not reached"))
+            state.conn.run(f"mkdir -p {shlex.quote(args['prefix'])} && "
+                           f"cd {shlex.quote(args['prefix'])} && rm -rf bin && "
+                           f"tar -xzf {shlex.quote(remote)}")
+            return TaskResult(state.host.name, task, "changed",
+                              f"installed llama.cpp build {want['id']}{src_host} ({sent}, "
+                              f"{time.monotonic() - t_copy:.1f}s)")
+
+        group = runner.session.map(unpack, rest, step="llamacpp : unpack the build")
+        for state in rest:
+            res = group.outcome(state.host.name)
+            out[state.host.name] = res if isinstance(res, TaskResult) else TaskResult(
+                state.host.name, task, "failed", _message(res))
         return out
 
     for build, items in classes.items():

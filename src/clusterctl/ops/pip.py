@@ -1,7 +1,10 @@
 """pip: requirements in a venv, installing only those missing or at a wrong version.
 
 Compares with the `pip:VENV` fact (dist-info names and versions); names are
-compared PEP 503-canonicalised. Specifiers supported: ==, !=, <=, >=, <, >, ~=,
+compared PEP 503-canonicalised. With `fan_out`, find_links/index_url/no_index say where
+the *controller* gets the wheels: the engine stages them once for the nodes' Python and
+platform and sends them through the relay chain to WHEELHOUSE/SET on the nodes, which
+install from that local folder only (engine/wheels.py). Specifiers supported: ==, !=, <=, >=, <, >, ~=,
 === and `==X.*`; "name @ url" is checked for presence only.
 """
 from __future__ import annotations
@@ -114,6 +117,11 @@ class PipOp(Op):
         "no_index": Param(bool, default=False),
         "trusted_host": Param(str, help="needed for a plain-http find_links/index"),
         "extra_args": Param(list, default=list, help="more pip install arguments"),
+        "fan_out": Param(bool, default=False,
+                         help="stage the wheels once on the controller and fan them out to "
+                              "the nodes (install from a local copy)"),
+        "wheelhouse": Param(str, default="/var/cache/clusterctl/wheels",
+                            help="with fan_out: folder on the nodes for the wheel sets"),
     }
 
     def normalize(self, args: dict) -> dict:
@@ -133,10 +141,21 @@ class PipOp(Op):
             if not isinstance(a, str):
                 raise ValueError(f"extra_args: expected strings, got {type(a).__name__} {a!r}")
         args["extra_args"] = list(args["extra_args"])
+        args["wheelhouse"] = check_abs_path("wheelhouse", args["wheelhouse"])
         return args
 
     def requests(self, args: dict) -> list[FactRequest]:
-        return [FactRequest("pip", self.validate(args)["venv"])]
+        args = self.validate(args)
+        reqs = [FactRequest("pip", args["venv"])]
+        if args["fan_out"]:
+            reqs += [FactRequest("python"), FactRequest("arch"), FactRequest("libc")]
+        return reqs
+
+    @staticmethod
+    def local_args(args: dict, folder: str) -> dict:
+        """The args of the node-side install from a fanned-out wheel set at `folder`."""
+        return {**args, "find_links": folder, "no_index": True, "index_url": None,
+                "trusted_host": None}
 
     def install_command(self, args: dict, specs: list[str]) -> Command:
         argv = [f"{args['venv']}/bin/pip", "install", "--disable-pip-version-check", "--no-input"]
@@ -155,25 +174,44 @@ class PipOp(Op):
         venv = args["venv"]
         fact = facts.get(FactRequest("pip", venv))
         installed = fact["packages"] if fact["exists"] else {}
-        todo, diff = [], []
-        for spec in args["packages"]:
+        todo, diff = self.missing(facts, args), []
+        for spec in todo:
             name, clauses, _url = parse_requirement(spec)
-            have = installed.get(name)
-            if have is not None and all(clause_ok(have, op, ver) for op, ver in clauses):
-                continue
-            todo.append(spec)
             if len(clauses) == 1 and clauses[0][0] == "==" and not clauses[0][1].endswith(".*"):
                 want = clauses[0][1]
             else:
                 want = ",".join(op + ver for op, ver in clauses) or "any"
-            diff.append(f"{name}: {have or 'absent'} -> {want}")
+            diff.append(f"{name}: {installed.get(name) or 'absent'} -> {want}")
         n = len(args["packages"])
         if not todo:
             return Noop(self.name, venv, f"all {plural(n, 'requirement')} satisfied in {venv}"
                         if n > 1 else f"{args['packages'][0]} satisfied in {venv} ({installed.get(parse_requirement(args['packages'][0])[0])})")
         note = "" if fact["exists"] else " (venv not created yet)"
-        return Change(self.name, venv, [self.install_command(args, todo)], "\n".join(diff),
+        if args["fan_out"]:
+            if not facts.python:
+                raise ValueError("python3 not found on the host: the wheels to fan out are "
+                                 "staged for its Python version")
+            note += " from wheels staged on the controller and fanned out"
+            # the set's folder is named by its content, known once staged
+            install_args = self.local_args(args, f"{args['wheelhouse'].rstrip('/')}/<set>")
+        else:
+            install_args = args
+        return Change(self.name, venv, [self.install_command(install_args, todo)],
+                      "\n".join(diff),
                       f"install {len(todo)} of {plural(n, 'requirement')} into {venv}{note}: {' '.join(todo)}")
+
+    def missing(self, facts: Facts, args: dict) -> list[str]:
+        """The requirements not satisfied in the venv (what plan() installs)."""
+        args = self.validate(args)
+        fact = facts.get(FactRequest("pip", args["venv"]))
+        installed = fact["packages"] if fact["exists"] else {}
+        out = []
+        for spec in args["packages"]:
+            name, clauses, _url = parse_requirement(spec)
+            have = installed.get(name)
+            if have is None or not all(clause_ok(have, op, ver) for op, ver in clauses):
+                out.append(spec)
+        return out
 
 
 OP = PipOp()

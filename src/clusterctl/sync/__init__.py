@@ -6,6 +6,6 @@ a pipelined chain of relays so the controller's link carries one copy. See docs/
     report.ok, report.failed, report.nodes["node1"].state, report.to_dict()
 """
 from .report import SyncProgress, SyncReport
-from .run import sync_model
+from .run import sync_model, sync_path
 
-__all__ = ["sync_model", "SyncReport", "SyncProgress"]
+__all__ = ["sync_model", "sync_path", "SyncReport", "SyncProgress"]

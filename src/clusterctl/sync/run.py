@@ -95,6 +95,26 @@ def sync_model(inventory: Inventory | str | os.PathLike, source: str, name: str 
                        bwlimit)
 
 
+def sync_path(inventory: Inventory, path: str | os.PathLike, dest_dir: str, name: str, *,
+              hosts: Iterable, session: Session, progress: ProgressFn | None = None,
+              verify: bool = False) -> SyncReport:
+    """Copy a file or folder on the controller to DEST_DIR/NAME on `hosts` through the same
+    relay chain as the weights: the controller's link carries one copy whatever the node
+    count, every file is checked against its sha256 before it is renamed into place, and
+    an interrupted copy resumes. For software the engine fans out (staged wheels, a
+    llama.cpp build); `sync_model` is the command's entry for models."""
+    inv = inventory
+    targets = _select(inv, hosts)
+    local = Path(path)
+    if not local.is_absolute() or not local.exists():
+        raise InputError(f"{local}: no such file or folder on the controller", key="path")
+    if not posixpath.isabs(dest_dir):
+        raise InputError(f"{dest_dir}: expected an absolute folder on the nodes", key="dest")
+    name = check_name(name)
+    return _run_locked(inv, targets, LocalSource(local), name, dest_dir, verify, progress,
+                       session, None)
+
+
 def _run_locked(inv, targets, src, name, models_dir, verify, progress, session, bwlimit):
     """One sync of a name at a time: a second one is refused naming the first (two would
     send everything twice and race on the same partial files)."""
