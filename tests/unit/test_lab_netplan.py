@@ -62,6 +62,7 @@ def test_format_rate_round_trips():
 
 
 def test_link_classes():
+    assert netplan.link_rate("100mbit") == 10**8
     assert netplan.link_rate("1gbit") == 10**9
     assert netplan.link_rate("100gbit") == 100 * 10**9
     assert netplan.link_rate("none") is None
@@ -81,6 +82,18 @@ def test_shape_command_is_tbf_with_enough_burst():
 
 def test_burst_grows_with_rate():
     assert netplan.tbf_burst(100 * 10**9, 9000) > netplan.tbf_burst(10**9, 9000)
+
+
+def test_every_link_class_is_a_lab_up_choice_and_shapes_sanely():
+    from clusterctl.cli.lab import LINK_CHOICES
+    assert set(LINK_CHOICES) == set(netplan.LINK_CLASSES)
+    # 100mbit: the floor of 128 KiB is ~10 ms at the rate, under tbf's 20 ms latency,
+    # so a full bucket never forces drops on its own
+    burst = netplan.tbf_burst(10**8, 9000)
+    assert burst == 128 * 1024
+    assert burst * 8 / 10**8 < 0.020
+    argv = netplan.shape_command("p", 10**8, 9000)
+    assert argv[argv.index("rate") + 1] == "100000000bit"
 
 
 @pytest.mark.parametrize("kind,arg,norm", [("slow-link", "100mbit", "100mbit"),

@@ -11,7 +11,7 @@ import click
 from ..errors import ClusterctlError, InputError
 from .common import CONTEXT, ExpectedErrorsGroup
 
-LINK_CHOICES = ["1gbit", "10gbit", "25gbit", "100gbit", "none"]
+LINK_CHOICES = ["100mbit", "1gbit", "10gbit", "25gbit", "100gbit", "none"]
 
 
 def _default_name() -> str:

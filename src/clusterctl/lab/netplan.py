@@ -16,6 +16,7 @@ FIRST_NODE_HOST = 11                                     # node K is .(10+K)
 BRIDGE_HOST = 1                                          # the controller is .1
 
 LINK_CLASSES: dict[str, int | None] = {
+    "100mbit": 100_000_000,
     "1gbit": 1_000_000_000,
     "10gbit": 10_000_000_000,
     "25gbit": 25_000_000_000,
