@@ -268,8 +268,8 @@ PATH="$PATH:/usr/sbin:/usr/bin:/sbin:/bin"
 __nc_peer() {{
   echo "{EXTRA_MARKER} peer $1"
   echo "route $(ip -o route get "$2" 2>&1 | head -n1)"
-  out=$(ping -n -q -c 5 -i 0.2 -W 1 "$2" 2>&1); echo "rtt_rc $?"; printf '%s\\n' "$out"
-  out=$(ping -n -q -M do -s "$3" -c 3 -i 0.2 -W 1 "$2" 2>&1); echo "jumbo_rc $?"; printf '%s\\n' "$out"
+  out=$(ping -n -q -c 5 -i 0.05 -W 1 "$2" 2>&1); echo "rtt_rc $?"; printf '%s\\n' "$out"
+  out=$(ping -n -q -M do -s "$3" -c 3 -i 0.05 -W 1 "$2" 2>&1); echo "jumbo_rc $?"; printf '%s\\n' "$out"
   echo "{EXTRA_MARKER} done"
 }}
 d=$(mktemp -d /tmp/clusterctl-netcheck.XXXXXX) || exit 1
@@ -496,6 +496,52 @@ def iperf_client_cmd(src_ip: str, dst_ip: str, port: int, duration: float, *, bi
     return cmd
 
 
+IPERF_MARK = f"{EXTRA_MARKER} iperf"
+BUSY_TRIES = 6            # a server still closing its previous test answers "busy": again,
+BUSY_WAIT_S = 0.2         # up to this many runs this far apart (1 s at most)
+
+
+def iperf_pair_script(src_ip: str, dst_ip: str, port: int, seconds: float, *, bidir: bool,
+                      streams: int, single_seconds: float = 0.0) -> str:
+    """A pair's whole slot as one command (one SSH round trip): the `streams`-stream run,
+    then, when it worked and `single_seconds` > 0, the one-stream run.
+
+    Each run's JSON follows a `@@clusterctl-netcheck iperf main|single` line. A run the
+    server refuses as busy (iperf3 exits 1 saying so: it is still closing the previous
+    client's test) is started again up to BUSY_TRIES times, BUSY_WAIT_S apart, on the node,
+    without a round trip through the controller.
+    """
+    runs = [("main", iperf_client_cmd(src_ip, dst_ip, port, seconds, bidir=bidir,
+                                      streams=streams))]
+    if single_seconds > 0:
+        runs.append(("single", iperf_client_cmd(src_ip, dst_ip, port, single_seconds,
+                                                bidir=bidir, streams=1)))
+    steps = [f'{{ echo "{IPERF_MARK} {label}"; __nc_iperf {shlex.join(argv)}; }}'
+             for label, argv in runs]
+    return f"""\
+PATH="$PATH:/usr/local/bin:/usr/bin:/bin"
+__nc_iperf() {{
+  n=1
+  while :; do
+    out=$("$@"); rc=$?
+    if [ "$rc" -ne 0 ] && [ "$n" -lt {BUSY_TRIES} ] && printf '%s' "$out" | grep -q 'server is busy'; then
+      n=$((n + 1)); sleep {BUSY_WAIT_S:g}; continue
+    fi
+    printf '%s\\n' "$out"; echo "{IPERF_MARK} tries $n"; return "$rc"
+  done
+}}
+{" && ".join(steps)}
+true
+"""
+
+
+def iperf_pair_seconds(seconds: float, single_seconds: float = 0.0) -> float:
+    """The longest a pair's script can take when every run gets through: the runs' -t,
+    plus the busy retries' waits."""
+    runs = [seconds] + ([single_seconds] if single_seconds > 0 else [])
+    return sum(iperf_seconds(s) + (BUSY_TRIES - 1) * BUSY_WAIT_S for s in runs)
+
+
 @dataclass
 class IperfRun:
     """What one iperf3 client run measured, Gbit/s as the receiving side counted it."""
@@ -566,6 +612,32 @@ def parse_iperf_run(text: str, *, bidir: bool) -> IperfRun:
     elif bidir and run.rev is None:
         run.error = "this iperf3 does not report the reverse direction of --bidir"
     return run
+
+
+def parse_iperf_pair(text: str, *, bidir: bool) -> tuple[IperfRun, IperfRun | None]:
+    """iperf_pair_script's output -> (the multi-stream run, the one-stream run or None
+    when it did not run)."""
+    parts: dict[str, list[str]] = {}
+    label = None
+    for line in text.splitlines():
+        if line.startswith(IPERF_MARK + " "):
+            word = line[len(IPERF_MARK) + 1:].strip()
+            if word in ("main", "single"):
+                label = word
+                parts[label] = []
+                continue
+            if word.startswith("tries "):
+                continue
+        if label is not None:
+            parts[label].append(line)
+    if "main" in parts:
+        main = parse_iperf_run("\n".join(parts["main"]), bidir=bidir)
+    else:
+        tail = (text.strip().splitlines() or ["no output"])[-1]
+        main = IperfRun(error=f"iperf3 did not run: {tail[:200]}")
+    single = (parse_iperf_run("\n".join(parts["single"]), bidir=bidir)
+              if "single" in parts else None)
+    return main, single
 
 
 def parse_iperf_json(text: str, *, bidir: bool) -> tuple[float | None, float | None, str | None]:

@@ -2,22 +2,27 @@
 
     run_netcheck(inventory, hosts, options) -> NetcheckResult
 
-Steps, each in parallel over the nodes (threads, one command per node at a time):
+Steps, each in parallel over the nodes (threads; 3, 4 and the start of 5 at once):
  1. connect to every node; an unreachable node becomes a finding, the rest go on
  2. facts: one batched script per node (facts module + netcheck's extra snippet)
  3. from every node to every peer: route, RTT, don't-fragment ping at MTU-28
  4. ports: temporary listeners where nothing listens yet, connects from the peers
- 5. bandwidth: iperf3 servers on every node, then the tournament's rounds of
-    disjoint pairs, each pair both directions at once (iperf3 --bidir; one direction
-    at a time with an iperf3 older than 3.7 or bidir=False), a multi-stream run then a
-    short single-stream run in the same slot; then the servers are killed by PID
+    (at the same time as 3: neither loads the nodes or links much)
+ 5. bandwidth: iperf3 servers on every node (started while 3 and 4 run), then the
+    tournament's rounds of disjoint pairs, each pair both directions at once (iperf3
+    --bidir; one direction at a time with an iperf3 older than 3.7 or bidir=False), a
+    multi-stream run then a short single-stream run in the same slot, one command per
+    pair; a pair starts as soon as its two nodes are done with the pairs of the phases
+    before (no barrier between phases); then the servers are killed by PID
 Everything netcheck starts on a node is also bounded by `timeout`.
 """
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import uuid
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
@@ -46,6 +51,9 @@ class NetcheckOptions:
     streams: int = 4                    # iperf3 -P of the main figure (Link.gbps)
     single_stream_seconds: float = 1.0  # then a one-stream run of this long in the same
     #                                     slot (Link.single_stream_gbps); 0: none
+    pipeline: bool = True               # a pair starts when its two nodes are free; False:
+    #                                     when the whole phase before it ended (a barrier
+    #                                     after every phase: the earlier way, to compare)
     port_timeout: float = 2.0
     connect_timeout: float = 10.0
     facts_timeout: float = 30.0         # a node whose facts take longer counts as unreachable
@@ -130,6 +138,101 @@ class _Run:
         return out
 
 
+    def pipeline(self, fn: Callable[[tuple[str, str]], Any],
+                 plan: list[list[tuple[str, str]]], *, timeout: float,
+                 node_of: Callable[[tuple[str, str]], str],
+                 started: Callable[[int], None] | None = None) -> None:
+        """fn(pair) for every pair of the plan's phases, each pair as soon as the pairs
+        before it on both of its nodes are done, not when its whole phase is.
+
+        Per node the phases' order is kept and a node is in one run at a time, so the
+        measurements running at any moment are still disjoint pairs, as in a phase; but a
+        pair that ends late holds up only the later pairs of its own two nodes, where a
+        barrier after every phase waits for the slowest of N/2 pairs N-1 times.
+        `started(i)` is called when the first pair of phase i starts. Failures and the
+        hard per-pair `timeout` are handled as in parallel().
+        """
+        order = [(i, pair) for i, ph in enumerate(plan) for pair in ph]
+        if not order:
+            return
+        waiting: dict[int, int] = {}
+        after: dict[int, list[int]] = {k: [] for k in range(len(order))}
+        last: dict[str, int] = {}
+        for k, (_, pair) in enumerate(order):
+            before = {last[n] for n in pair if n in last}
+            waiting[k] = len(before)
+            for b in before:
+                after[b].append(k)
+            for n in pair:
+                last[n] = k
+        shown: set[int] = set()
+        lock = threading.Lock()
+        begun: dict[int, float] = {}
+
+        def one(k: int) -> Any:
+            i, pair = order[k]
+            with lock:
+                begun[k] = time.monotonic()
+                first = i not in shown
+                shown.add(i)
+            if first and started is not None:
+                started(i)
+            return fn(pair)
+
+        width = max(len(ph) for ph in plan)
+        pool = ThreadPoolExecutor(max_workers=max(1, width))
+        running: dict[Future, int] = {}
+        cut: dict[int, float] = {}
+
+        def submit(k: int) -> None:
+            running[pool.submit(one, k)] = k
+
+        def finish(k: int) -> None:
+            for c in after[k]:
+                waiting[c] -= 1
+                if waiting[c] == 0:
+                    submit(c)
+
+        def stalled(k: int) -> None:
+            name = node_of(order[k][1])
+            self.lost(name, UnreachableError(
+                name, f"SSH connects but commands stall (no answer within {timeout:g}s): "
+                f"large frames dropped on the way, or the node is overloaded"))
+
+        try:
+            for k in range(len(order)):
+                if waiting[k] == 0:
+                    submit(k)
+            while running:
+                done, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    k = running.pop(fut)
+                    exc = fut.exception()
+                    if k in cut:
+                        stalled(k)
+                    elif isinstance(exc, Exception):
+                        self.lost(node_of(order[k][1]), exc)
+                    elif exc is not None:
+                        raise exc
+                    finish(k)
+                now = time.monotonic()
+                for fut, k in list(running.items()):
+                    t0 = begun.get(k)
+                    if t0 is None or now - t0 <= timeout:
+                        continue
+                    if k not in cut:            # wake the thread: cut its connection
+                        cut[k] = now
+                        conn = self.conns.get(node_of(order[k][1]))
+                        if conn is not None:
+                            _abort(conn)
+                    elif now - cut[k] > 5.0:    # it did not wake up: leave it behind
+                        del running[fut]
+                        stalled(k)
+                        finish(k)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _short(text: str) -> str:
     """One line of an error: remote's messages quote the whole command (our scripts)."""
     if text.startswith("connection lost running") and "\n" in text:
@@ -194,6 +297,7 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
     rounds = n_phases = 0
     bidir = False
     collective = None
+    servers: _Servers | None = None
     try:
         t = time.monotonic()
         _gather(run, {h.name: h for h in hosts})
@@ -204,16 +308,30 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
                                      if run.nodes[n].cluster_ip])
             if missing:
                 raise no_torch_error(missing, settings.venv or "/opt/clusterctl/venv")
+        # the pings, the port checks and the start of the iperf3 servers at once: they
+        # use the nodes lightly and do not depend on each other (the iperf3 step waits
+        # for the pings: it measures only pairs that ping)
         t = time.monotonic()
-        _pings(run, links, {h.name: h for h in hosts})
-        timings["ping"] = time.monotonic() - t
-        t = time.monotonic()
-        ports = _ports(run, head)
-        timings["ports"] = time.monotonic() - t
+        side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="netcheck")
+        try:
+            ports_f = side.submit(_timed, _ports, run, head)
+            servers_f = (side.submit(_timed, _start_servers, run, _iperf_nodes(run))
+                         if options.bandwidth else None)
+            _pings(run, links, {h.name: h for h in hosts})
+            timings["ping"] = time.monotonic() - t
+            ports, timings["ports"] = ports_f.result()
+            if servers_f is not None:
+                servers, timings["servers"] = servers_f.result()
+        finally:
+            side.shutdown(wait=True)
+        timings["checks"] = time.monotonic() - t
         if options.bandwidth:
             t = time.monotonic()
-            rounds, n_phases, bidir = _bandwidth(run, links)
+            rounds, n_phases, bidir = _bandwidth(run, links, servers)
             timings["bandwidth"] = time.monotonic() - t
+        if servers is not None:
+            done, servers = servers, None
+            _stop_servers(run, done)
         if options.collective:
             from .collective import run_collective
             t = time.monotonic()
@@ -223,8 +341,12 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
                                         bisect_seconds=options.collective_bisect_seconds)
             timings["collective"] = time.monotonic() - t
     finally:
-        if own_session:
-            session.close()
+        try:
+            if servers is not None and servers.pids:
+                _stop_servers(run, servers)
+        finally:
+            if own_session:
+                session.close()
     node_list = [nodes[h.name] for h in hosts]
     link_list = [links[k] for k in sorted(links, key=lambda k: (_idx(hosts, k[0]),
                                                                 _idx(hosts, k[1])))]
@@ -239,6 +361,12 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
                           streams=max(1, int(options.streams)),
                           single_stream=options.single_stream_seconds > 0
                           and options.streams > 1, collective=collective)
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """(fn(*args), the seconds it took)."""
+    t = time.monotonic()
+    return fn(*args), time.monotonic() - t
 
 
 def _idx(hosts, name):
@@ -429,9 +557,6 @@ def _collapse_ranges(checks: list[PortCheck]) -> list[PortCheck]:
 
 
 # -- 5. bandwidth ---------------------------------------------------------------------
-BUSY_RETRY_S = 0.5        # iperf3 server still closing the previous test: wait, then once more
-
-
 def bandwidth_plan(nodes: list[str], options: NetcheckOptions,
                    versions: dict[str, str | None]) -> tuple[list[list[tuple[str, str]]],
                                                              list[list[tuple[str, str]]],
@@ -448,8 +573,76 @@ def bandwidth_plan(nodes: list[str], options: NetcheckOptions,
     return rounds, phases(rounds, bidir=bidir), bidir, (old if options.bidir else [])
 
 
-def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> tuple[int, int, bool]:
-    """iperf3 over every pair; returns (rounds, phases, bidir)."""
+@dataclass
+class _Slot:
+    """How long a pair's slot is and what runs in it (from the options)."""
+    streams: int
+    single: bool                # a one-stream run follows the multi-stream one
+    main_seconds: float
+    slot: int                   # whole seconds of iperf3 -t in one slot
+    pair_seconds: float         # the longest a slot's command takes when all goes well
+
+
+def _slot(o: NetcheckOptions) -> _Slot:
+    streams = max(1, int(o.streams))
+    single = o.single_stream_seconds > 0 and streams > 1
+    # --duration is the whole slot of a pair: the single-stream second comes out of it
+    main_seconds = max(1.0, o.duration - o.single_stream_seconds) if single else o.duration
+    slot = probe.iperf_seconds(main_seconds) + (probe.iperf_seconds(o.single_stream_seconds)
+                                                if single else 0)
+    return _Slot(streams, single, main_seconds, slot, probe.iperf_pair_seconds(
+        main_seconds, o.single_stream_seconds if single else 0))
+
+
+def _iperf_nodes(run: _Run) -> list[str]:
+    """The nodes an iperf3 server is started on: logged in, a cluster address, iperf3."""
+    return [n for n in run.up() if run.nodes[n].cluster_ip and run.nodes[n].iperf3]
+
+
+@dataclass
+class _Servers:
+    pids: dict[str, int] = field(default_factory=dict)      # node -> iperf3 server PID
+    failed: dict[str, str] = field(default_factory=dict)    # node -> why it did not start
+
+
+def _start_servers(run: _Run, names: list[str]) -> _Servers:
+    """`iperf3 -s` on these nodes, under `timeout` long enough for every phase the
+    bandwidth step could have with them (it can only have fewer nodes)."""
+    o, s = run.options, run.settings
+    _, plan, _, _ = bandwidth_plan(names, o, {n: run.extras[n].iperf3_version
+                                              if n in run.extras else None for n in names})
+    lifetime = len(plan) * (_slot(o).slot + 15) + 60
+    out = _Servers()
+
+    def start(name: str) -> None:
+        res = run.conns[name].run(probe.iperf_server_cmd(run.nodes[name].cluster_ip,
+                                                         s.iperf_port, lifetime),
+                                  timeout=30, check=False)
+        pid = probe.parse_pid(res.stdout)
+        if res.exit_code != 0 or pid is None:
+            msg = " ".join((res.stdout + res.stderr).split())
+            out.failed[name] = msg[:300] or f"exit {res.exit_code}"
+        else:
+            out.pids[name] = pid
+
+    run.parallel(start, names, timeout=35)
+    return out
+
+
+def _stop_servers(run: _Run, servers: _Servers) -> None:
+    def stop(name: str) -> None:
+        run.conns[name].run(probe.stop_cmd(servers.pids[name], "iperf3"), timeout=30,
+                            check=False)
+    run.parallel(stop, [n for n in servers.pids if n in run.conns], timeout=35)
+
+
+def _bandwidth(run: _Run, links: dict[tuple[str, str], Link],
+               servers: _Servers | None = None) -> tuple[int, int, bool]:
+    """iperf3 over every pair; returns (rounds, phases, bidir).
+
+    With `servers` (started beforehand with _start_servers, stopped by the caller) the
+    step uses them; without, it starts its own and stops them at the end.
+    """
     o, s = run.options, run.settings
     up = [n for n in run.up() if run.nodes[n].cluster_ip and run.nodes[n].iperf3
           and any(links.get((n, p)) and links[(n, p)].ping_ok for p in run.up())]
@@ -465,63 +658,42 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> tuple[int, int,
             f"{len(rounds)}",
             f"install iperf3 3.7 or later on {', '.join(old)} (Debian 11 ships 3.9, Debian 12 "
             f"3.12), or run with --no-bidir to ask for one direction at a time"))
-    streams = max(1, int(o.streams))
-    single = o.single_stream_seconds > 0 and streams > 1
-    # --duration is the whole slot of a pair: the single-stream second comes out of it
-    main_seconds = max(1.0, o.duration - o.single_stream_seconds) if single else o.duration
-    slot = probe.iperf_seconds(main_seconds) + (probe.iperf_seconds(o.single_stream_seconds)
-                                                if single else 0)
-    lifetime = len(plan) * (slot + 15) + 60
+    sl = _slot(o)
+    streams, single, main_seconds = sl.streams, sl.single, sl.main_seconds
     how = "both directions at once" if bidir else "one direction at a time"
     what = f"{streams} streams" + (" then 1 stream" if single else "")
-    run.say(f"bandwidth: {len(plan)} {o.schedule} phases of {slot}s ({how}, {what})")
-    servers: dict[str, int] = {}
-
-    def start(name: str) -> str | None:
-        """Start the server; None when it listens, else why not."""
-        res = run.conns[name].run(probe.iperf_server_cmd(run.nodes[name].cluster_ip,
-                                                         s.iperf_port, lifetime),
-                                  timeout=30, check=False)
-        pid = probe.parse_pid(res.stdout)
-        if res.exit_code != 0 or pid is None:
-            msg = " ".join((res.stdout + res.stderr).split())
-            return msg[:300] or f"exit {res.exit_code}"
-        servers[name] = pid
-        return None
+    run.say(f"bandwidth: {len(plan)} {o.schedule} phases of {sl.slot}s ({how}, {what})")
+    own = servers is None
+    if servers is None:
+        servers = _start_servers(run, up)
+    pids = servers.pids
 
     def roles(pair: tuple[str, str]) -> tuple[str, str]:
         client, server = pair
-        if server not in servers and client in servers:
+        if server not in pids and client in pids:
             client, server = server, client          # use whichever side has a server
         return client, server
-
-    def iperf(conn, client: str, server: str, seconds: float, n: int) -> probe.IperfRun:
-        cmd = probe.iperf_client_cmd(run.nodes[client].cluster_ip,
-                                     run.nodes[server].cluster_ip, s.iperf_port, seconds,
-                                     bidir=bidir, streams=n)
-        for attempt in (1, 2):
-            res = conn.run(cmd, timeout=probe.iperf_seconds(seconds) + 30, check=False)
-            got = probe.parse_iperf_run(res.stdout, bidir=bidir)
-            if attempt == 1 and probe.iperf_server_busy(got.error):
-                time.sleep(BUSY_RETRY_S)
-                continue
-            return got
-        return got
 
     def measure(pair: tuple[str, str]) -> None:
         client, server = roles(pair)
         fwd_link = links.setdefault((client, server), Link(client, server))
         rev_link = links.setdefault((server, client), Link(server, client))
-        if server not in servers:
+        if server not in pids:
             fwd_link.error = rev_link.error = "no iperf3 server on either node"
             return
         conn = run.conns.get(client)
         if conn is None:
             fwd_link.error = rev_link.error = f"{client} unreachable"
             return
-        main = iperf(conn, client, server, main_seconds, streams)
-        one = (iperf(conn, client, server, o.single_stream_seconds, 1)
-               if single and main.error is None else None)
+        # both runs of the slot in one command: one round trip, busy retries on the node
+        cmd = probe.iperf_pair_script(run.nodes[client].cluster_ip,
+                                      run.nodes[server].cluster_ip, s.iperf_port,
+                                      main_seconds, bidir=bidir, streams=streams,
+                                      single_seconds=o.single_stream_seconds if single else 0)
+        res = conn.run(cmd, timeout=sl.pair_seconds + 30, check=False)
+        main, one = probe.parse_iperf_pair(res.stdout, bidir=bidir)
+        if main.error is not None:
+            one = None
         sides = [(fwd_link, main.fwd, main.fwd_streams, one.fwd if one else None)]
         if bidir:
             sides.append((rev_link, main.rev, main.rev_streams, one.rev if one else None))
@@ -532,21 +704,26 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link]) -> tuple[int, int,
                 ln.error = main.error
 
     try:
-        started = run.parallel(start, up, timeout=35)
-        for n, msg in started.items():
+        for n in up:
+            msg = servers.failed.get(n)
             if msg:
                 run.problems.append(Finding(
                     "iperf3-server-failed", WARNING, [n], f"iperf3 server on {n} did not "
                     f"start: {msg}", f"free port {s.iperf_port} on {n} or set "
                     f"netcheck.iperf_port in the inventory"))
-        for i, ph in enumerate(plan, 1):
-            run.say(f"  phase {i}/{len(plan)}: " + ", ".join(
-                f"{a}<->{b}" if bidir else f"{a}->{b}" for a, b in ph))
-            run.parallel(measure, ph, timeout=slot + 2 * BUSY_RETRY_S + 45,
-                         node_of=lambda pair: roles(pair)[0])
+
+        def started(i: int) -> None:
+            run.say(f"  phase {i + 1}/{len(plan)}: " + ", ".join(
+                f"{a}<->{b}" if bidir else f"{a}->{b}" for a, b in plan[i]))
+        if o.pipeline:
+            run.pipeline(measure, plan, timeout=sl.pair_seconds + 45,
+                         node_of=lambda pair: roles(pair)[0], started=started)
+        else:
+            for i, ph in enumerate(plan):
+                started(i)
+                run.parallel(measure, ph, timeout=sl.pair_seconds + 45,
+                             node_of=lambda pair: roles(pair)[0])
     finally:
-        def stop(name: str) -> None:
-            run.conns[name].run(probe.stop_cmd(servers[name], "iperf3"), timeout=30,
-                                check=False)
-        run.parallel(stop, [n for n in servers if n in run.conns], timeout=35)
+        if own:
+            _stop_servers(run, servers)
     return len(rounds), len(plan), bidir
