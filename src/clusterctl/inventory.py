@@ -88,7 +88,6 @@ DEFAULTS: dict[str, Any] = {
         "vllm_package": "vllm",
         "torch": None,
         "extra": [],
-        "fan_out": True,
         "wheelhouse": "/var/cache/clusterctl/wheels",
     },
     "nccl": {"debug": "WARN", "ib_hca": None},
@@ -112,6 +111,7 @@ DEFAULTS: dict[str, Any] = {
         "dcgm_exporter_port": None,
     },
     "models_dir": "/opt/models",
+    "fan_out": True,
     "mirror": {"apt": None, "pip": None},
     "ssh_known_hosts_file": None,
     "secrets": {"hf_token": None},
@@ -459,9 +459,6 @@ KNOWN_VARS: dict[str, Any] = {
         "torch": _spec(_version_check(nullable=True),
                        "torch version to pin; null = what vLLM requires"),
         "extra": _spec(_str_list_check(), "extra pip requirements"),
-        "fan_out": _spec(_bool_check(), "stage the wheels once on the controller and fan "
-                         "them out through the relay chain (false: every node installs "
-                         "from mirror.pip or the index itself)"),
         "wheelhouse": _spec(_abs_path_check(), "folder on every host for the fanned-out "
                             "wheel sets"),
     },
@@ -503,6 +500,9 @@ KNOWN_VARS: dict[str, Any] = {
                                     "no GPU metrics"),
     },
     "models_dir": _spec(_abs_path_check(), "where model files live on every host"),
+    "fan_out": _spec(_bool_check(), "software leaves the controller once: wheels and Debian "
+                     "packages are staged on the controller and sent through the relay "
+                     "chain (false: every node fetches them itself)"),
     "mirror": {
         "apt": _spec(_url_check(), "flat apt repository URL for hosts without internet"),
         "pip": _spec(_url_check(), "pip find-links/index URL for hosts without internet"),

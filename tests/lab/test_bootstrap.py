@@ -71,15 +71,15 @@ def test_check_on_converged_cluster_reports_nothing(converged, lab):
 
 def _sent_mb(message: str) -> tuple[float, float]:
     """(size, what the controller sent) in MB from a fanned-out task's message."""
-    m = re.search(r"([\d.]+) MB[,;].*the controller sent ([\d.]+) MB for (\d+) nodes", message)
+    m = re.search(r"([\d.]+) MB\b.*the controller sent ([\d.]+) MB for (\d+) nodes", message)
     assert m, message
     return float(m.group(1)), float(m.group(2))
 
 
 def test_software_leaves_the_controller_once(converged, lab):
-    """The venv's wheels and the llama.cpp build travel the relay chain: the controller
-    sends one copy for the three nodes, every node holds the same verified wheel set and
-    installed from that local folder only."""
+    """The Debian packages, the venv's wheels and the llama.cpp build travel the relay
+    chain: the controller sends one copy for the three nodes, every node holds the same
+    verified wheel set and installed from that local folder only."""
     by_task: dict[str, list] = {}
     for r in converged["results"]:
         by_task.setdefault(r["task"], []).append(r)
@@ -97,6 +97,11 @@ def test_software_leaves_the_controller_once(converged, lab):
     folder = f"/var/cache/clusterctl/wheels/{set_id}"
     for r in pip:
         assert f"--find-links {folder} " in r["commands"][0]
+    [apt] = [rs for t, rs in by_task.items() if t.endswith("build and network tools")]
+    for r in apt:
+        assert r["status"] == "changed" and "fanned out as set" in r["message"], r
+        size, sent = _sent_mb(r["message"])
+        assert 0 < sent <= size * 1.01 + 1, r["message"]
     [build] = [rs for t, rs in by_task.items() if t.endswith("llama.cpp with RPC")]
     shipped = [r for r in build if "the controller sent" in r["message"]]
     assert shipped, build

@@ -22,7 +22,7 @@ from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_outpu
 from ..ops import OPS, Change, Noop, Upload
 from ..remote import Connection
 from ..session import ClusterView, Session, failure_reason
-from . import build, mtu, raycheck, wheels
+from . import build, debs, mtu, raycheck, wheels
 from .results import (HostRecap, Reporter, RunReport, TaskResult,  # noqa: F401 (re-exported)
                       _NullReporter)
 from .roles import Play, Role, Task
@@ -877,13 +877,15 @@ _message = failure_reason
 
 #: ops executed for all hosts of a task together, by the engine: safe MTU (raise,
 #: verify across peers, roll back), the llama.cpp build (once per node class, then
-#: copied), the Ray cluster check, pip with fan_out (wheels staged once, fanned out). Each: (runner, play, role, task, [(state, planned)])
+#: copied), the Ray cluster check, pip and package with fan_out (staged once on the
+#: controller, sent through the relay chain). Each: (runner, play, role, task, [(state, planned)])
 #: -> {host: TaskResult}.
 CLUSTER_STEPS: dict[str, Callable] = {
     "link_mtu": mtu.execute_safe_mtu,
     "llamacpp_build": build.execute_llamacpp,
     "ray_cluster": raycheck.execute,
     "pip": wheels.execute_pip,
+    "package": debs.execute_package,
 }
 #: cluster steps that run even when nothing changed (checks; jumbo frames of hosts
 #: already at the target MTU)

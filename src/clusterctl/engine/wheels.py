@@ -241,7 +241,7 @@ def stage_failure(output: str, packages: list[str], target: Target) -> str:
     tail = "\n".join("    " + _redact(ln) for ln in lines[-8:])
     hint = ("a package may have no binary wheel for the nodes' platform (the nodes build "
             "nothing), or the source lacks a version: check the requirements and "
-            "mirror.pip, or set python.fan_out: false to have every node install from the "
+            "mirror.pip, or set fan_out: false to have every node install from the "
             "index itself")
     return (f"staging wheels for {' '.join(packages)} ({target}) on the controller failed; "
             f"{hint}:\n{tail}")

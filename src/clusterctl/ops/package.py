@@ -32,6 +32,9 @@ class PackageOp(Op):
         "state": Param(str, default="present", choices=("present", "absent")),
         "update_cache": Param(bool, default=False, help="apt-get update before installing (only when installing)"),
         "update_source": Param((str, type(None)), help="refresh only this sources .list file"),
+        "fan_out": Param(bool, default=False,
+                         help="the archives the nodes would fetch are fetched once by the "
+                              "controller and sent through the relay chain (engine/debs.py)"),
     }
 
     def normalize(self, args: dict) -> dict:
