@@ -1,25 +1,35 @@
-"""netcheck wall time and accuracy on lab clusters: both directions at once (the default,
-N-1 rounds) next to one direction at a time (the previous default, 2(N-1) phases).
+"""netcheck wall time and accuracy on lab clusters: the default (N-1 rounds, both directions
+at once, each pair starting when its two nodes are free) next to the same rounds with a
+barrier after each phase (the previous schedule) and one direction at a time (2(N-1) phases).
 
-    sudo PYTHONPATH=src python bench/bench_netcheck.py                 # 4 and 8 nodes
-    sudo PYTHONPATH=src python bench/bench_netcheck.py --nodes 32 --lab nc13
+    sudo PYTHONPATH=src python bench/bench_netcheck.py                 # 4 and 8 nodes, 1gbit
+    sudo PYTHONPATH=src python bench/bench_netcheck.py --nodes 8 --link 100mbit
+    sudo PYTHONPATH=src python bench/bench_netcheck.py --nodes 32 --link 100mbit \\
+        --modes bidir barrier --lab nc
     sudo PYTHONPATH=src python bench/bench_netcheck.py --nodes 4 --link 10gbit --serial
+
+At 32 nodes use `--link 100mbit`: 16 full-duplex pairs at once are 3.2 Gbit/s of veth
+traffic, which a 2-core machine carries; at 1gbit (32 Gbit/s) the lab measures the
+machine, not netcheck.
 
 For each size it brings up a lab (`clusterctl lab`, links shaped to --link), installs
 iperf3 on the nodes from the lab's apt mirror, then runs netcheck on the same lab, one
 after the other in this process:
 
   bidir     the default: tournament rounds, each pair full duplex (iperf3 --bidir)
-            with --streams streams, then a 1 s single-stream run in the same slot
-  one-way   the previous default: tournament rounds split into a->b and b->a halves,
-            one stream per run
+            with --streams streams, then a 1 s single-stream run in the same slot (one
+            command); a pair starts as soon as its two nodes are free
+  barrier   the same, but each phase starts when the whole phase before it ended (the
+            schedule before the pipeline)
+  one-way   the default before --bidir: tournament rounds split into a->b and b->a
+            halves, one stream per run, a barrier after each phase
   serial    (with --serial) one pair at a time, one direction at a time
   bidir-P   (with --modes) bidir without the single-stream run: the schedule alone
 
-It prints wall times (whole run and bandwidth step), iperf3 phases, the Gbit/s of every
-link against the shaped rate (how many within 10%), the single-stream figures, the
-warnings/errors, and the load average of the machine around each run. It asserts
-nothing.
+It prints wall times (whole run, the checks before iperf3, the bandwidth step), iperf3
+phases, the Gbit/s of every link against the shaped rate (how many within 10%), the
+single-stream figures, the warnings/errors, the load average of the machine around each
+run, and the issue's goals (met or missed). It asserts nothing.
 """
 from __future__ import annotations
 
@@ -55,11 +65,12 @@ def install_iperf3(host, apt_url: str | None) -> None:
 
 
 MODES = {
-    # name: (schedule, bidir, streams (None: --streams), single-stream seconds)
-    "bidir": ("tournament", True, None, 1.0),
-    "bidir-P": ("tournament", True, None, 0.0),       # without the single-stream run
-    "one-way": ("tournament", False, 1, 0.0),
-    "serial": ("serial", False, 1, 0.0),
+    # name: (schedule, bidir, streams (None: --streams), single-stream seconds, pipeline)
+    "bidir": ("tournament", True, None, 1.0, True),
+    "barrier": ("tournament", True, None, 1.0, False),
+    "bidir-P": ("tournament", True, None, 0.0, True),       # without the single-stream run
+    "one-way": ("tournament", False, 1, 0.0, False),
+    "serial": ("serial", False, 1, 0.0, False),
 }
 
 
@@ -67,10 +78,11 @@ def modes(args) -> list[tuple[str, NetcheckOptions]]:
     names = args.modes + (["serial"] if args.serial and "serial" not in args.modes else [])
     out = []
     for name in names:
-        schedule, bidir, streams, single = MODES[name]
+        schedule, bidir, streams, single, pipeline = MODES[name]
         out.append((name, NetcheckOptions(duration=args.duration, schedule=schedule,
                                           bidir=bidir, streams=streams or args.streams,
-                                          single_stream_seconds=single)))
+                                          single_stream_seconds=single,
+                                          pipeline=pipeline)))
     return out
 
 
@@ -105,6 +117,8 @@ def bench_size(n: int, args) -> list[dict]:
                 "nodes": n, "mode": mode, "rounds": result.rounds, "phases": result.phases,
                 "bidir": result.bidir, "wall_s": wall,
                 "bandwidth_s": result.timings.get("bandwidth", 0.0),
+                "checks_s": sum(result.timings.get(k, 0.0) for k in ("connect", "facts",
+                                                                       "checks")),
                 "links": len(rates), "want": n * (n - 1),
                 "mean": statistics.mean(rates) if rates else 0.0,
                 "min": min(rates, default=0.0), "max": max(rates, default=0.0),
@@ -114,7 +128,8 @@ def bench_size(n: int, args) -> list[dict]:
                 "single_within10": within(single, shaped) if shaped and single else None,
                 "singles": len(single), "codes": codes, "load": (load0, load1),
             })
-            print(f"  {n} nodes {mode}: {wall:.1f}s", file=sys.stderr)
+            print(f"  {n} nodes {mode}: {wall:.1f}s (load {load0:.1f}-{load1:.1f})",
+                  file=sys.stderr)
         return rows
     finally:
         if not args.keep:
@@ -128,8 +143,10 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per iperf3 run")
     ap.add_argument("--streams", type=int, default=4, help="iperf3 -P of the bidir mode")
     ap.add_argument("--serial", action="store_true", help="also one pair at a time")
-    ap.add_argument("--modes", nargs="+", choices=sorted(MODES), default=["bidir", "one-way"],
-                    help="what to run on each lab (bidir-P: bidir without the 1-stream run)")
+    ap.add_argument("--modes", nargs="+", choices=sorted(MODES),
+                    default=["bidir", "barrier", "one-way"],
+                    help="what to run on each lab, in this order (bidir-P: bidir without "
+                         "the 1-stream run)")
     ap.add_argument("--lab", default=os.environ.get("CLUSTERCTL_TEST_LAB", "ncbench"),
                     help="lab name prefix (the node count is appended)")
     ap.add_argument("--keep", action="store_true", help="leave the labs up")
@@ -137,9 +154,10 @@ def main() -> None:
     rows = [r for n in args.nodes for r in bench_size(n, args)]
     shaped = LINK_CLASSES.get(args.link)
     print(f"\nnetcheck on lab clusters, links shaped to {args.link}, {args.duration:g}s per "
-          f"iperf3 run; bidir = --bidir -P {args.streams} + 1 s -P 1, one-way = the previous "
-          f"default (halves, -P 1)\n")
-    head = (f"{'nodes':>5} {'mode':<8} {'phases':>6} {'total s':>8} {'iperf3 s':>8} "
+          f"pair; bidir = --bidir -P {args.streams} + 1 s -P 1, pairs pipelined; barrier = "
+          f"the same, a barrier after each phase; one-way = halves, -P 1, barrier\n")
+    head = (f"{'nodes':>5} {'mode':<8} {'phases':>6} {'total s':>8} {'checks s':>8} "
+            f"{'iperf3 s':>8} "
             f"{'links':>7} {'mean':>6} {'min':>6} {'max':>6} {'±10%':>7} "
             f"{'1-str mean':>10} {'1-str min':>9} {'1-str ±10%':>10} {'load':>9}  findings")
     print(head)
@@ -150,20 +168,29 @@ def main() -> None:
         sm = "-" if r["single_mean"] is None else f"{r['single_mean']:.3f}"
         smin = "-" if r["single_min"] is None else f"{r['single_min']:.3f}"
         print(f"{r['nodes']:>5} {r['mode']:<8} {r['phases']:>6} {r['wall_s']:>8.1f} "
-              f"{r['bandwidth_s']:>8.1f} {r['links']:>3}/{r['want']:<3} {r['mean']:>6.3f} "
+              f"{r['checks_s']:>8.1f} {r['bandwidth_s']:>8.1f} {r['links']:>3}/{r['want']:<3} {r['mean']:>6.3f} "
               f"{r['min']:>6.3f} {r['max']:>6.3f} {w10:>7} {sm:>10} {smin:>9} {s10:>10} "
               f"{r['load'][0]:>4.1f}-{r['load'][1]:<4.1f}  {', '.join(r['codes']) or '-'}")
     by = {(r["nodes"], r["mode"]): r for r in rows}
     print()
     for n in args.nodes:
-        b, o = by.get((n, "bidir")), by.get((n, "one-way"))
-        if b and o and b["bandwidth_s"]:
-            print(f"{n} nodes: bidir {b['phases']} phases in {b['bandwidth_s']:.1f}s vs one-way "
-                  f"{o['phases']} phases in {o['bandwidth_s']:.1f}s "
-                  f"({o['bandwidth_s'] / b['bandwidth_s']:.2f}x); whole run {b['wall_s']:.1f}s "
-                  f"vs {o['wall_s']:.1f}s" + (f"; goal {GOALS[n]:g}s: "
-                                              f"{'met' if b['wall_s'] <= GOALS[n] else 'MISSED'}"
-                                              if n in GOALS else ""))
+        b = by.get((n, "bidir"))
+        if not b:
+            continue
+        line = (f"{n} nodes: bidir {b['phases']} phases, whole run {b['wall_s']:.1f}s "
+                f"(bandwidth {b['bandwidth_s']:.1f}s)")
+        for base in ("barrier", "one-way", "serial"):
+            o = by.get((n, base))
+            if o and o["bandwidth_s"] and b["bandwidth_s"]:
+                line += (f"; {base} {o['phases']} phases {o['wall_s']:.1f}s "
+                         f"({o['wall_s'] / b['wall_s']:.2f}x)")
+        if n in GOALS:
+            line += f"; goal {GOALS[n]:g}s: {'met' if b['wall_s'] <= GOALS[n] else 'MISSED'}"
+        if b["within10"] is not None:
+            ok = b["within10"] == b["want"] and b["links"] == b["want"]
+            line += (f"; links within 10%: {b['within10']}/{b['want']} "
+                     f"({'met' if ok else 'MISSED'})")
+        print(line)
     if shaped:
         print(f"±10%: links measured within 10% of the shaped {shaped / 1e9:g} Gbit/s")
 

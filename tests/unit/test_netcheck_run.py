@@ -142,12 +142,26 @@ class FakeNode:
         exe.write_text(f"#!{sys.executable}\n" + FAKE_IPERF3)
         exe.chmod(0o755)
 
+    running = 0                     # client commands running at once, over all nodes
+    most = 0
+    count_lock = threading.Lock()
+
     def run(self, cmd, timeout=None, check=False):
         assert isinstance(cmd, str)
         if "iperf3 -s" in cmd or "'-s'" in cmd:
             return RunResult("server", 0, "pid 4242\n", "")
         if probe.IPERF_MARK not in cmd:
             return RunResult("stop", 0, "", "")
+        with FakeNode.count_lock:
+            FakeNode.running += 1
+            FakeNode.most = max(FakeNode.most, FakeNode.running)
+        try:
+            return self._client(cmd)
+        finally:
+            with FakeNode.count_lock:
+                FakeNode.running -= 1
+
+    def _client(self, cmd):
         env = {**os.environ, "PATH": f"{self.bindir}:{os.environ['PATH']}",
                "FAKE_IPERF_LOG": str(self.logfile), "FAKE_IPERF_NODE": self.name}
         res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env,
@@ -179,6 +193,14 @@ def bandwidth_run(n, options, tmp_path, *, versions=None, busy=None, **node_kw):
     return got, links, log, run
 
 
+def test_serial_schedule_runs_one_pair_at_a_time(tmp_path):
+    FakeNode.most = 0
+    (rounds, n_phases, _), links, log, run = bandwidth_run(
+        4, NetcheckOptions(duration=1, streams=1, schedule="serial"), tmp_path)
+    assert rounds == n_phases == 6 and len(log) == 6 and FakeNode.most == 1
+    assert all(ln.gbps is not None for ln in links.values())
+
+
 def test_bandwidth_plan_is_bidir_with_n_minus_1_phases():
     names = [f"n{i}" for i in range(1, 9)]
     new = {x: "iperf 3.12 (cJSON 1.7.15)" for x in names}
@@ -193,10 +215,12 @@ def test_bandwidth_plan_is_bidir_with_n_minus_1_phases():
 
 @pytest.mark.parametrize("pipeline", [True, False])
 def test_bandwidth_step_both_directions_and_single_stream(tmp_path, pipeline):
+    FakeNode.most = 0
     (rounds, n_phases, bidir), links, log, run = bandwidth_run(
         6, NetcheckOptions(duration=3, streams=4, pipeline=pipeline), tmp_path, link=0.94,
         single=0.9)
     assert (rounds, n_phases, bidir) == (5, 5, True)
+    assert FakeNode.most <= 3                  # never more runs at once than a round has
     # one multi-stream and one single-stream client run per pair, all --bidir
     assert len(log) == 2 * 15 and all(b for *_, b in log)
     assert sorted(s for _, _, s, _ in log) == [1] * 15 + [4] * 15

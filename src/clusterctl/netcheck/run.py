@@ -53,7 +53,8 @@ class NetcheckOptions:
     #                                     slot (Link.single_stream_gbps); 0: none
     pipeline: bool = True               # a pair starts when its two nodes are free; False:
     #                                     when the whole phase before it ended (a barrier
-    #                                     after every phase: the earlier way, to compare)
+    #                                     after every phase: the earlier way, to compare);
+    #                                     the serial schedule always runs one at a time
     port_timeout: float = 2.0
     connect_timeout: float = 10.0
     facts_timeout: float = 30.0         # a node whose facts take longer counts as unreachable
@@ -715,7 +716,7 @@ def _bandwidth(run: _Run, links: dict[tuple[str, str], Link],
         def started(i: int) -> None:
             run.say(f"  phase {i + 1}/{len(plan)}: " + ", ".join(
                 f"{a}<->{b}" if bidir else f"{a}->{b}" for a, b in plan[i]))
-        if o.pipeline:
+        if o.pipeline and o.schedule == "tournament":    # serial stays one at a time
             run.pipeline(measure, plan, timeout=sl.pair_seconds + 45,
                          node_of=lambda pair: roles(pair)[0], started=started)
         else:
