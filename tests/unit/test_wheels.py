@@ -115,6 +115,10 @@ def test_stage_downloads_the_closure_once_and_reuses_it(source, tmp_path):
     again = wheels.stage(["demo==1.0"], source, NODE, root=root)
     assert again.reused and again.id == staged.id and again.path == staged.path
     assert [p.name for p in root.iterdir()] == [staged.path.name]    # no temp folder left
+    (staged.path / "dep-2.0-py3-none-any.whl").unlink()               # damaged by hand
+    fixed = wheels.stage(["demo==1.0"], source, NODE, root=root)
+    assert not fixed.reused and fixed.id == staged.id
+    assert (fixed.path / "dep-2.0-py3-none-any.whl").is_file()
 
 
 def test_stage_takes_only_wheels_the_node_can_install(source, tmp_path):

@@ -196,6 +196,8 @@ def stage(packages: list[str], source: dict, target: Target, *, root: Path | Non
     found = read_staged(final)
     if found is not None:
         return found
+    if final.exists():                   # incomplete (a file removed by hand): stage again
+        shutil.rmtree(final, ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=root))
     try:
