@@ -5,7 +5,7 @@ barrier after each phase (the previous schedule) and one direction at a time (2(
     sudo PYTHONPATH=src python bench/bench_netcheck.py                 # 4 and 8 nodes, 1gbit
     sudo PYTHONPATH=src python bench/bench_netcheck.py --nodes 8 --link 100mbit
     sudo PYTHONPATH=src python bench/bench_netcheck.py --nodes 32 --link 100mbit \\
-        --modes bidir barrier --lab nc
+        --modes bidir barrier --lab nc --wait-load 4
     sudo PYTHONPATH=src python bench/bench_netcheck.py --nodes 4 --link 10gbit --serial
 
 At 32 nodes use `--link 100mbit`: 16 full-duplex pairs at once are 3.2 Gbit/s of veth
@@ -90,8 +90,23 @@ def within(rates: list[float], shaped: float) -> int:
     return sum(1 for r in rates if abs(r - shaped) <= 0.1 * shaped)
 
 
+def quiet(args) -> None:
+    """With --wait-load L: wait (at most --wait-max seconds) for a 1-minute load average
+    below L, so a run does not share the machine with a burst of other work."""
+    if not args.wait_load:
+        return
+    t = time.monotonic()
+    while os.getloadavg()[0] >= args.wait_load and time.monotonic() - t < args.wait_max:
+        time.sleep(5)
+    waited = time.monotonic() - t
+    if waited >= 5:
+        print(f"  waited {waited:.0f}s for load < {args.wait_load:g} (now "
+              f"{os.getloadavg()[0]:.1f})", file=sys.stderr)
+
+
 def bench_size(n: int, args) -> list[dict]:
     name = f"{args.lab}{n}"
+    quiet(args)
     t = time.monotonic()
     state = lab.up(name, nodes=n, link=args.link, log=lambda m: None)
     print(f"lab {name}: {n} nodes up in {time.monotonic() - t:.1f}s ({args.link})",
@@ -104,6 +119,7 @@ def bench_size(n: int, args) -> list[dict]:
         shaped = (LINK_CLASSES.get(args.link) or 0) / 1e9
         rows = []
         for mode, opts in modes(args):
+            quiet(args)
             load0 = os.getloadavg()[0]
             t = time.monotonic()
             result = run_netcheck(inv, list(inv.hosts.values()), opts)
@@ -140,7 +156,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--link", default="1gbit", choices=sorted(LINK_CLASSES))
-    ap.add_argument("--duration", type=float, default=3.0, help="seconds per iperf3 run")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per pair (the whole slot: -P run, then 1 s -P 1)")
     ap.add_argument("--streams", type=int, default=4, help="iperf3 -P of the bidir mode")
     ap.add_argument("--serial", action="store_true", help="also one pair at a time")
     ap.add_argument("--modes", nargs="+", choices=sorted(MODES),
@@ -150,6 +166,10 @@ def main() -> None:
     ap.add_argument("--lab", default=os.environ.get("CLUSTERCTL_TEST_LAB", "ncbench"),
                     help="lab name prefix (the node count is appended)")
     ap.add_argument("--keep", action="store_true", help="leave the labs up")
+    ap.add_argument("--wait-load", type=float, default=0.0, metavar="L",
+                    help="before each run wait for a 1-minute load average below L")
+    ap.add_argument("--wait-max", type=float, default=600.0, metavar="S",
+                    help="wait at most S seconds for --wait-load (then run anyway)")
     args = ap.parse_args()
     rows = [r for n in args.nodes for r in bench_size(n, args)]
     shaped = LINK_CLASSES.get(args.link)

@@ -364,3 +364,80 @@ def test_pipeline_a_stalled_pair_is_cut_and_the_rest_goes_on():
     assert conns[stuck[0]].aborted.is_set()
     assert not run.nodes[stuck[0]].reachable and "stall" in run.nodes[stuck[0]].error
     assert len(ran) == sum(len(ph) for ph in plan) - 1
+
+
+# -- run_netcheck's order: pings, ports and the servers' start at once ----------------
+from types import SimpleNamespace  # noqa: E402
+
+from clusterctl.netcheck import run as runmod  # noqa: E402
+from clusterctl.session import GroupResult  # noqa: E402
+
+
+def _orchestration(monkeypatch, *, pings_fail=False):
+    """run_netcheck over two fake hosts with every step replaced by a recorder."""
+    events, lock = [], threading.Lock()
+    servers_started, ports_started = threading.Event(), threading.Event()
+
+    def note(what):
+        with lock:
+            events.append(what)
+
+    def gather(run, hosts):
+        for n in run.nodes:
+            run.nodes[n].cluster_ip = run.nodes[n].address
+            run.nodes[n].iperf3 = True
+
+    def pings(run, links, hosts):
+        # the servers' start and the port checks go on while the pings run
+        assert servers_started.wait(10) and ports_started.wait(10)
+        note("pings")
+        if pings_fail:
+            raise RuntimeError("pings broke")
+
+    def ports(run, head):
+        ports_started.set()
+        note("ports")
+        return []
+
+    def start_servers(run, names):
+        servers_started.set()
+        note("servers started")
+        return runmod._Servers(pids={n: 7 for n in names})
+
+    def bandwidth(run, links, servers):
+        assert servers is not None and sorted(servers.pids) == ["a", "b"]
+        note("bandwidth")
+        return 1, 1, True
+
+    def stop_servers(run, servers):
+        note(f"servers stopped {sorted(servers.pids)}")
+
+    for name, fn in (("_gather", gather), ("_pings", pings), ("_ports", ports),
+                     ("_start_servers", start_servers), ("_bandwidth", bandwidth),
+                     ("_stop_servers", stop_servers)):
+        monkeypatch.setattr(runmod, name, fn)
+    hosts = [SimpleNamespace(name=n, address=f"192.0.2.{i}", is_head=i == 1, vars={},
+                             port=22, user="root")
+             for i, n in enumerate(["a", "b"], 1)]
+    monkeypatch.setattr(runmod, "login_hint", lambda h: ("ssh " + h.name, 22))
+    session = SimpleNamespace(connect=lambda hs: GroupResult(
+        succeeded={h.name: StallingConn() for h in hs}))
+    inventory = SimpleNamespace(head=hosts[0])
+    return events, lambda: runmod.run_netcheck(inventory, hosts, NetcheckOptions(),
+                                               session=session)
+
+
+def test_servers_start_during_the_pings_and_stop_after_the_bandwidth_step(monkeypatch):
+    events, go = _orchestration(monkeypatch)
+    result = go()
+    assert events.index("servers started") < events.index("pings")
+    assert events.index("ports") < events.index("pings")
+    assert events[-2:] == ["bandwidth", "servers stopped ['a', 'b']"]
+    assert {"ping", "ports", "servers", "checks", "bandwidth"} <= set(result.timings)
+
+
+def test_servers_started_early_are_stopped_when_a_later_step_fails(monkeypatch):
+    events, go = _orchestration(monkeypatch, pings_fail=True)
+    with pytest.raises(RuntimeError, match="pings broke"):
+        go()
+    assert "bandwidth" not in events and events[-1] == "servers stopped ['a', 'b']"

@@ -314,6 +314,7 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
         # for the pings: it measures only pairs that ping)
         t = time.monotonic()
         side = ThreadPoolExecutor(max_workers=2, thread_name_prefix="netcheck")
+        servers_f = None
         try:
             ports_f = side.submit(_timed, _ports, run, head)
             servers_f = (side.submit(_timed, _start_servers, run, _iperf_nodes(run))
@@ -321,10 +322,10 @@ def run_netcheck(inventory, hosts: Sequence, options: NetcheckOptions | None = N
             _pings(run, links, {h.name: h for h in hosts})
             timings["ping"] = time.monotonic() - t
             ports, timings["ports"] = ports_f.result()
-            if servers_f is not None:
-                servers, timings["servers"] = servers_f.result()
         finally:
             side.shutdown(wait=True)
+            if servers_f is not None and servers_f.exception() is None:
+                servers, timings["servers"] = servers_f.result()   # stopped below, always
         timings["checks"] = time.monotonic() - t
         if options.bandwidth:
             t = time.monotonic()
