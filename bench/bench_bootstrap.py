@@ -33,9 +33,29 @@ from clusterctl.engine.runner import RunOptions, run_playbook
 from clusterctl.inventory import load_inventory
 
 
-def converge(inv, plays, **opts):
+class StepClock:
+    """A reporter noting the wall time from one task's first result to the next task's:
+    where a converge spends its time (cluster steps included)."""
+
+    def __init__(self):
+        self.last = time.monotonic()
+        self.steps: dict[str, float] = {}
+
+    def play_start(self, play, hosts):
+        pass
+
+    def progress(self, host, line):
+        pass
+
+    def task_result(self, result):
+        now = time.monotonic()
+        self.steps.setdefault(result.title, now - self.last)
+        self.last = now
+
+
+def converge(inv, plays, reporter=None, **opts):
     start = time.monotonic()
-    report = run_playbook(inv, plays, RunOptions(**opts))
+    report = run_playbook(inv, plays, RunOptions(**opts), reporter=reporter)
     return time.monotonic() - start, report
 
 
@@ -63,15 +83,24 @@ def first_converge(name: str, nodes: int, link: str, fan_out: bool, plays) -> di
         state = labs.up(name, nodes=nodes, link=link, mirror=True, log=lambda *_: None)
         inv = load_inventory(inventory_with(state, fan_out))
         before, load_before = tx_bytes(state.bridge), load()
-        seconds, report = converge(inv, plays)
+        clock = StepClock()
+        seconds, report = converge(inv, plays, reporter=clock)
         sent = tx_bytes(state.bridge) - before
+        slowest = sorted(clock.steps.items(), key=lambda kv: -kv[1])[:3]
+        # the slowest hosts' own time in a task (execution only, not a cluster step's
+        # staging and transfer)
+        own: dict[str, float] = {}
+        for r in report.results:
+            if r.task is not None:
+                own[r.title] = max(own.get(r.title, 0.0), r.elapsed)
         fanned = {}
         for r in report.results:
             if r.task is not None and "the controller sent" in r.message and r.task.name not in fanned:
                 fanned[r.task.name] = r.message.split("the controller sent ")[1].split(" for")[0]
         return {"nodes": nodes, "fan_out": fan_out, "seconds": seconds, "sent": sent,
                 "failed": sorted(report.failed_hosts), "load": f"{load_before} -> {load()}",
-                "fanned": fanned}
+                "fanned": fanned,
+                "slowest": [(t, secs, own.get(t, 0.0)) for t, secs in slowest]}
     finally:
         labs.down(name)
 
@@ -95,6 +124,8 @@ def fan_out_bench(args) -> None:
                   f"load {r['load']}", flush=True)
             for task, mb in r["fanned"].items():
                 print(f"    {task}: the controller sent {mb} through the chain")
+            for task, secs, own in r["slowest"]:
+                print(f"    {task}: {secs:.1f}s (the slowest node's own install {own:.1f}s)")
     print()
     print("| nodes | software | first converge | controller sent | per node | load (1/5/15 min) |")
     print("|---|---|---|---|---|---|")
