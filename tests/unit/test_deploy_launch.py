@@ -353,3 +353,11 @@ def test_hf_model_is_downloaded_to_the_head_then_spread_from_there(monkeypatch):
     with pytest.raises(InputError, match="not downloaded"):
         _model_info(None, ref, type("C", (), {"run": lambda self, *a, **k: RunResult(
             "test", 1, "", "")})(), "head1", DeployOptions(check=True), lambda s: None, None)
+
+
+def test_deploy_result_exit_code_follows_the_capability_convention():
+    from clusterctl.deploy.launch import DeployResult
+    from clusterctl.errors import EXIT_CHANGES_PENDING
+    assert DeployResult(None, None, check=True, changed=2).exit_code == EXIT_CHANGES_PENDING
+    assert DeployResult(None, None, check=True, changed=0).exit_code == 0
+    assert DeployResult(None, None, check=False, changed=5).exit_code == 0

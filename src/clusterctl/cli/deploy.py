@@ -8,7 +8,7 @@ import time
 import click
 
 from ..deploy.planner import MAX_NODES
-from ..errors import EXIT_BAD_INPUT, EXIT_CHANGES_PENDING, EXIT_HOST_FAILED, InputError
+from ..errors import EXIT_BAD_INPUT, EXIT_HOST_FAILED, InputError
 from .common import (BoundedInt, FiniteFloat, Proportions, SafeName, handle_errors,
                      inventory_options, load_inventory_arg)
 
@@ -173,7 +173,7 @@ def _stated_nodes(inv, targets, backend: str):
 def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "auto"):
     from pathlib import Path
     from ..session import Session
-    from ..deploy.launch import _connect, gather_facts, host_infos, node_gpus
+    from ..deploy.launch import connect_all, gather_facts, host_infos, node_gpus
     from ..deploy.modelinfo import read_model_info
     from ..deploy.models import models_dir_of, remote_model_info, resolve_model
     targets = inv.select(list(limit) or None)
@@ -193,7 +193,7 @@ def _inventory_nodes(inv, model, limit, accept_new_host_keys, backend: str = "au
     head = inv.head
     hosts = list(targets) + ([head] if head not in targets else [])
     with Session(inv, accept_new_host_keys=accept_new_host_keys) as session:
-        conns = _connect(session, hosts)
+        conns = connect_all(session, hosts)
         facts = gather_facts(conns)
         infos = host_infos(targets, facts)
 
@@ -340,8 +340,8 @@ def deploy_model_command(model, inventory_opt, limit, accept_new_host_keys, back
         out.print(f"  try:  curl {dep.endpoint}/chat/completions{auth} -H "
                   f"'Content-Type: application/json' -d '{{\"model\": \"{dep.served_name}\", "
                   f"\"messages\": [{{\"role\": \"user\", \"content\": \"Hello\"}}]}}'")
-    if check:
-        sys.exit(EXIT_CHANGES_PENDING if result.changed else 0)
+    if result.exit_code:
+        sys.exit(result.exit_code)
 
 
 def _esc(text: str) -> str:
@@ -395,11 +395,11 @@ def status_command(inventory_opt, limit, accept_new_host_keys, as_json, watch, w
     queue from Prometheus on the head. Works from any controller: the records live on
     the head."""
     from ..monitoring import metric_queries
-    from ..deploy.launch import _session
+    from ..deploy.launch import open_session
     inv = _load_inventory(inventory_opt)
     selected = {h.name for h in inv.select(list(limit))} if limit else None   # exit 2 first
     metric_queries(window)                       # a bad --window: exit 2 before connecting
-    with _session(inv, 20, accept_new_host_keys) as session:
+    with open_session(inv, 20, accept_new_host_keys) as session:
         if watch is None:
             rows, metrics = _status_once(inv, session, selected, window)
             _show_status(rows, metrics, as_json, verbose)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from ..errors import ClusterctlError, HostError, InputError
+from ..errors import EXIT_CHANGES_PENDING, ClusterctlError, HostError, InputError
 from ..facts import BASE_REQUESTS, FactRequest, Facts, build_script, parse_output
 from ..remote import Connection
 from ..session import Session, failure_reason, parallel_map
@@ -91,6 +91,11 @@ class DeployResult:
     reply: str | None = None
     report: object = None
 
+    @property
+    def exit_code(self) -> int:
+        """0; 3 under --check when something would change (failures raise)."""
+        return EXIT_CHANGES_PENDING if self.check and self.changed else 0
+
     def to_dict(self) -> dict:
         d = self.deployment
         return {"name": d.name, "backend": d.backend, "endpoint": d.endpoint,
@@ -137,13 +142,13 @@ def _parallel(conns: dict[str, Connection], fn, forks: int = 20) -> dict:
     return dict(group.succeeded)
 
 
-def _session(inventory, opts_or_forks, accept_new_host_keys: bool = False) -> Session:
+def open_session(inventory, opts_or_forks, accept_new_host_keys: bool = False) -> Session:
     forks = getattr(opts_or_forks, "forks", opts_or_forks)
     accept = getattr(opts_or_forks, "accept_new_host_keys", accept_new_host_keys)
     return Session(inventory, forks=forks, accept_new_host_keys=accept)
 
 
-def _connect(session: Session, hosts: list, what: str = "cannot reach") -> dict:
+def connect_all(session: Session, hosts: list, what: str = "cannot reach") -> dict:
     """The session's connections to `hosts`; an unreachable host is a ClusterctlError
     naming every one that failed."""
     connected = session.connect(hosts)
@@ -861,13 +866,13 @@ def deploy_model(inventory, model: str, opts: DeployOptions, *, reporter=None,
         raise InputError(f"--backend must be vllm or llamacpp, got {opts.backend!r}",
                          key="--backend")
     if session is None:
-        with _session(inventory, opts) as own:
+        with open_session(inventory, opts) as own:
             return deploy_model(inventory, model, opts, reporter=reporter, log=log,
                                 progress=progress, session=own)
     targets = inventory.select(opts.limit)
     head = inventory.head
     wanted = list(targets) + ([head] if head not in targets else [])
-    conns = _connect(session, wanted)
+    conns = connect_all(session, wanted)
     facts = gather_facts(conns, opts.forks)
     check_gpu_health(targets, facts, conns, opts, log)
     infos = host_infos(targets, facts)
@@ -1514,10 +1519,10 @@ def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20
     """Stop and remove a deployment's units, load balancer and record. Returns the names
     removed. NAME may be omitted when exactly one deployment exists."""
     if session is None:
-        with _session(inventory, forks, accept_new_host_keys) as own:
+        with open_session(inventory, forks, accept_new_host_keys) as own:
             return undeploy(inventory, name, all_=all_, log=log, session=own)
     head = inventory.head
-    records = read_records(_connect(session, [head])[head.name])
+    records = read_records(connect_all(session, [head])[head.name])
     if not records:
         raise InputError("nothing is deployed (no records in "
                          f"{head.name}:{RECORD_DIR})", key="NAME")
@@ -1540,7 +1545,7 @@ def undeploy(inventory, name: str | None, *, all_: bool = False, forks: int = 20
     if missing:
         raise InputError("the record names hosts this inventory does not have: "
                          + ", ".join(sorted(missing)))
-    head_conn = _connect(session, [head])[head.name]
+    head_conn = connect_all(session, [head])[head.name]
     finish_pending_removals(session, inventory, head_conn, log)
     connected = session.connect([inventory.hosts[h] for h in sorted(hosts)])
     conns = dict(connected.succeeded)
@@ -1590,7 +1595,7 @@ def deployment_metrics(inventory, session: Session, names: list[str],
         return None
     from ..monitoring import PrometheusClient, metrics_rows, ssh_transport
     head = inventory.head
-    conn = _connect(session, [head])[head.name]
+    conn = connect_all(session, [head])[head.name]
     return metrics_rows(PrometheusClient(ssh_transport(conn)), names, window=window)
 
 
@@ -1652,10 +1657,10 @@ def status(inventory, *, forks: int = 20, accept_new_host_keys: bool = False,
            session: Session | None = None) -> list[Status]:
     """Every recorded deployment with its units' state and its endpoints' health."""
     if session is None:
-        with _session(inventory, forks, accept_new_host_keys) as own:
+        with open_session(inventory, forks, accept_new_host_keys) as own:
             return status(inventory, session=own)
     head = inventory.head
-    hc = _connect(session, [head])[head.name]
+    hc = connect_all(session, [head])[head.name]
     records = read_records(hc)
     if not records:
         return []
