@@ -1,4 +1,5 @@
 """Controller-side safety checks: PIDs are ours before they are signalled, clear refusals."""
+import json
 import os
 import signal
 import subprocess
@@ -156,3 +157,31 @@ def test_inotify_budget():
     msg = host.inotify_shortfall(4, used=100, limit=128)
     assert "not enough inotify instances for 4 nodes" in msg
     assert "sysctl -w fs.inotify.max_user_instances=1024" in msg
+
+
+def test_arp_table_thresholds_fit_the_lab_nodes():
+    assert host.neigh_thresholds_for(8, (128, 512, 1024)) is None
+    assert host.neigh_thresholds_for(32, (128, 512, 1024)) == (256, 1024, 2048)
+    t1, t2, t3 = host.neigh_thresholds_for(100, (128, 512, 1024))
+    assert t3 >= 100 * 100 and t1 < t2 < t3
+    assert host.neigh_thresholds_for(32, (4096, 8192, 16384)) is None   # never lowered
+    assert host.neigh_thresholds_for(40, (2000, 500, 1024))[0] == 2000
+
+
+def test_arp_table_raised_for_a_large_lab_and_restored_after(tmp_path, monkeypatch):
+    proc = {k: tmp_path / k for k in host.NEIGH_KEYS}
+    for k, v in zip(host.NEIGH_KEYS, (128, 512, 1024)):
+        proc[k].write_text(f"{v}\n")
+    monkeypatch.setattr(host, "_neigh_path", lambda key: proc[key])
+    monkeypatch.setattr(host, "write_sysctl",
+                        lambda path, value: proc[path.rsplit("/", 1)[1]].write_text(value))
+    saved, said = tmp_path / "labs" / host.NEIGH_SAVED, []
+    host.fit_neigh_table(32, saved, said.append)
+    assert host.read_neigh_thresholds() == (256, 1024, 2048)
+    assert "1024" in said[0] and "2048" in said[0]
+    host.fit_neigh_table(40, saved, said.append)           # a second lab: the first values
+    assert json.loads(saved.read_text())["gc_thresh3"] == 1024
+    host.restore_neigh_table(saved, said.append)
+    assert host.read_neigh_thresholds() == (128, 512, 1024) and not saved.exists()
+    host.restore_neigh_table(saved, said.append)           # nothing saved: nothing to do
+    assert host.read_neigh_thresholds() == (128, 512, 1024)

@@ -2,6 +2,7 @@
 scripts with the local bash against 127.0.0.1 (loopback only), because a shell
 script that is only ever parsed is a script nobody has run."""
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -242,6 +243,24 @@ def test_ping_script_runs():
     assert got["self"].ping_ok and got["self"].jumbo_ok and got["self"].rtt_ms is not None
     assert got["self"].route_dev == "lo"
     assert got["huge"].jumbo_ok is False         # larger than any MTU
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="raw ICMP sockets need root")
+
+
+@needs_root
+def test_ping_command_probes_every_peer_from_one_process():
+    """The raw-socket pinger (no ping binary needed) reports what ping_script reports:
+    route, RTT, a don't-fragment ping larger than the MTU failing (loopback only: no
+    probe leaves the machine)."""
+    cmd = probe.ping_command([("self", "127.0.0.1", 1000), ("huge", "127.0.0.1", 70000)])
+    assert cmd.count("python3 -c") == 1 and "ping -n -q" in cmd      # the fallback
+    out = sh(cmd)
+    got = probe.parse_ping_output(out.stdout)
+    assert sorted(got) == ["huge", "self"], out.stdout
+    assert got["self"].ping_ok and got["self"].jumbo_ok and got["self"].rtt_ms is not None
+    assert got["self"].route_dev == "lo"
+    assert got["huge"].ping_ok and got["huge"].jumbo_ok is False
 
 
 def test_listener_connector_and_stop():

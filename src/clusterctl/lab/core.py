@@ -124,6 +124,8 @@ def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan
 
     with _labs_lock():
         host.require_inotify(nodes)
+        host.fit_neigh_table(nodes + _other_labs_nodes(name), lab_root() / host.NEIGH_SAVED,
+                             log)
         state = _new_state(name, nodes, link, subnet, mtu, node_mtu, image, bind_list)
         try:
             _boot(state, mdir, boot_timeout, log)
@@ -140,6 +142,15 @@ def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan
                 log(f"cleanup after the failed lab up was incomplete: {cleanup}")
             raise
     return state
+
+
+def _other_labs_nodes(name: str) -> int:
+    total = 0
+    for other in list_labs():
+        st = load_state(other) if other != name else None
+        if st is not None:
+            total += len(st.nodes)
+    return total
 
 
 def _other_labs_subnets(name: str) -> list[ipaddress.IPv4Network]:
@@ -299,6 +310,8 @@ def down(name: str = DEFAULT_NAME, *, log: Log = print) -> bool:
         if state is None:
             return False
         _teardown(state, log=log)
+        if not [n for n in list_labs() if n != name and load_state(n) is not None]:
+            host.restore_neigh_table(lab_root() / host.NEIGH_SAVED, log)
     return True
 
 

@@ -171,3 +171,69 @@ def write_sysctl(path: str, value: str) -> None:
         Path("/proc/sys", path).write_text(value)
     except OSError:
         pass
+
+
+# The kernel's ARP table is one table for every network namespace: the lab's nodes, the
+# controller and every container on the host share net.ipv4.neigh.default.gc_thresh3
+# entries (1024 by default). N nodes that all talk to all (netcheck's pings, a ring
+# all_reduce) need about N * N of them; past the limit the kernel logs "neighbor table
+# overflow" and new peers are unreachable: at 32 nodes netcheck then reports healthy
+# pairs as "no ping".
+NEIGH_KEYS = ("gc_thresh1", "gc_thresh2", "gc_thresh3")
+NEIGH_SAVED = ".neigh-thresholds.json"     # in the lab root: the values before any lab
+
+
+def neigh_thresholds_for(total_nodes: int, current: tuple[int, int, int]
+                         ) -> tuple[int, int, int] | None:
+    """The thresholds that fit `total_nodes` lab nodes talking all to all, or None when
+    the current ones do. Never lower than the current values. Pure."""
+    need = total_nodes * (total_nodes + 1) + 512          # peers, the controller, the rest
+    if current[2] >= need:
+        return None
+    hard = 1 << (need - 1).bit_length()                   # next power of two
+    return (max(current[0], hard // 8), max(current[1], hard // 2), hard)
+
+
+def _neigh_path(key: str) -> Path:
+    return Path("/proc/sys/net/ipv4/neigh/default", key)
+
+
+def read_neigh_thresholds() -> tuple[int, int, int] | None:
+    try:
+        return tuple(int(_neigh_path(k).read_text()) for k in NEIGH_KEYS)   # type: ignore
+    except (OSError, ValueError):
+        return None
+
+
+def fit_neigh_table(total_nodes: int, saved: Path, log) -> None:
+    """Raise the ARP table's thresholds for `total_nodes` (the values before the first
+    raise are kept in `saved`, restored by restore_neigh_table when no lab is left)."""
+    current = read_neigh_thresholds()
+    if current is None:
+        return
+    new = neigh_thresholds_for(total_nodes, current)
+    if new is None:
+        return
+    if not saved.exists():
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(dict(zip(NEIGH_KEYS, current))) + "\n")
+    for key, value in zip(NEIGH_KEYS, new):
+        write_sysctl(f"net/ipv4/neigh/default/{key}", str(value))
+    log(f"lab: raised the kernel's ARP table (net.ipv4.neigh.default.gc_thresh1/2/3, one "
+        f"table for every network namespace) from {'/'.join(map(str, current))} to "
+        f"{'/'.join(map(str, new))} for {total_nodes} lab nodes; restored when the last "
+        "lab goes down")
+
+
+def restore_neigh_table(saved: Path, log) -> None:
+    """Put back the thresholds recorded before the first lab raised them."""
+    try:
+        values = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return
+    for key in NEIGH_KEYS:
+        if isinstance(values.get(key), int):
+            write_sysctl(f"net/ipv4/neigh/default/{key}", str(values[key]))
+    saved.unlink(missing_ok=True)
+    log("lab: restored the kernel's ARP table thresholds "
+        f"({'/'.join(str(values.get(k)) for k in NEIGH_KEYS)})")

@@ -257,27 +257,138 @@ def _ib_state(state: str) -> str:
 
 
 # -- step 2: routes, RTT, jumbo path, from each node to every peer --------------------
-def ping_script(peers: list[tuple[str, str, int]]) -> str:
-    """For each (name, ip, payload): route, 5 RTT pings, 3 don't-fragment pings; parallel."""
-    jobs = []
+PING_JOBS = 16        # peers probed at once from one node (each: ip, two pings)
+
+
+def ping_script(peers: list[tuple[str, str, int]], jobs: int = PING_JOBS) -> str:
+    """For each (name, ip, payload): route, 5 RTT pings, 3 don't-fragment pings; `jobs`
+    peers at a time. Three processes per peer (ip, ping, ping) and no command
+    substitution: at 100 nodes a node probes 99 peers, and a lab runs every node's
+    probes on the same few cores. The RTT pings wait 2 s for an answer: when many nodes
+    resolve their peers at once an ARP request can be lost, and the kernel asks again
+    only after 1 s (with -W 1 such a healthy peer read as "no ping")."""
+    lines = []
     for i, (name, ip, size) in enumerate(peers):
-        jobs.append(f"__nc_peer {shlex.quote(name)} {shlex.quote(ip)} {int(size)} > \"$d/{i}\" &")
+        lines.append(f"__nc_slot; __nc_peer {shlex.quote(name)} {shlex.quote(ip)} {int(size)} "
+                     f"> \"$d/{i}\" 2>&1 &")
     return f"""\
 export LC_ALL=C
 PATH="$PATH:/usr/sbin:/usr/bin:/sbin:/bin"
 __nc_peer() {{
   echo "{EXTRA_MARKER} peer $1"
-  echo "route $(ip -o route get "$2" 2>&1 | head -n1)"
-  out=$(ping -n -q -c 5 -i 0.05 -W 1 "$2" 2>&1); echo "rtt_rc $?"; printf '%s\\n' "$out"
-  out=$(ping -n -q -M do -s "$3" -c 3 -i 0.05 -W 1 "$2" 2>&1); echo "jumbo_rc $?"; printf '%s\\n' "$out"
+  printf 'route '; ip -o route get "$2" || echo
+  ping -n -q -c 5 -i 0.05 -W 2 "$2"; echo "rtt_rc $?"
+  echo "jumbo_rc -"; ping -n -q -M do -s "$3" -c 3 -i 0.05 -W 1 "$2"
   echo "{EXTRA_MARKER} done"
 }}
+__nc_running=0
+__nc_slot() {{
+  if [ "$__nc_running" -ge {int(jobs)} ]; then wait -n; else __nc_running=$((__nc_running + 1)); fi
+}}
 d=$(mktemp -d /tmp/clusterctl-netcheck.XXXXXX) || exit 1
-{chr(10).join(jobs)}
+{chr(10).join(lines)}
 wait
 cat "$d"/* 2>/dev/null
 rm -rf "$d"
 """
+
+
+# One process per node for all its peers (root: raw ICMP sockets), the same output as
+# ping_script; exit 3 when it cannot open a raw socket (then the ping binary is used).
+PINGER = r"""
+import json, os, select, socket, struct, subprocess, sys, time
+peers = json.loads(sys.argv[1]); mark = sys.argv[2]
+try:
+    sk = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    dfs = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    dfs.setsockopt(socket.IPPROTO_IP, 10, 2)          # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+except (OSError, PermissionError):
+    sys.exit(3)
+routes = {}
+try:
+    out = subprocess.run(["ip", "-force", "-o", "-batch", "-"], input="".join(
+        "route get %s\n" % ip for _, ip, _ in peers), capture_output=True, text=True,
+        timeout=20).stdout
+    for line in out.splitlines():
+        toks = line.split()
+        if toks:
+            routes.setdefault(toks[1] if toks[0] in ("local", "broadcast", "unicast",
+                              "multicast", "anycast") and len(toks) > 1 else toks[0], line)
+except (OSError, subprocess.SubprocessError):
+    pass
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t >> 16) + (t & 0xFFFF)
+    return ~(t + (t >> 16)) & 0xFFFF
+ident = os.getpid() & 0xFFFF
+sent, got, errs = {}, {}, {}
+def send(sock, i, kind, seq, size):
+    ip = peers[i][1]; key = (i, kind, seq)
+    payload = struct.pack("!d", time.monotonic()).ljust(max(size, 8), b"\0")
+    body = struct.pack("!BBHHH", 8, 0, 0, ident, (i * 16 + kind * 8 + seq) & 0xFFFF) + payload
+    pkt = body[:2] + struct.pack("!H", csum(body)) + body[4:]
+    try:
+        sock.sendto(pkt, (ip, 0)); sent[key] = time.monotonic()
+    except OSError as e:
+        sent[key] = None; errs[(i, kind)] = str(e)
+def receive(until):
+    while True:
+        left = until - time.monotonic()
+        if left <= 0 or (len(got) == sum(1 for v in sent.values() if v is not None)
+                         and len(sent) == total):
+            return
+        r, _, _ = select.select([sk, dfs], [], [], left)
+        for s in r:
+            data = s.recv(65535)
+            hl = (data[0] & 15) * 4
+            t, _c, _s, pid, seq = struct.unpack("!BBHHH", data[hl:hl + 8])
+            if t != 0 or pid != ident:
+                continue
+            i, kind, n = seq // 16, (seq // 8) % 2, seq % 8
+            key = (i, kind, n)
+            if key in sent and sent[key] is not None and key not in got:
+                got[key] = (time.monotonic() - sent[key]) * 1000
+total = len(peers) * 8
+# the peers of a round are spread out (the first round more: it makes every node resolve
+# every peer's address at once, and a storm of ARP broadcasts loses some on a busy
+# switch or bridge; the kernel asks again only after 1 s)
+for n in range(5):                                  # 5 RTT pings, a round every 50 ms
+    for i in range(len(peers)):
+        send(sk, i, 0, n, 56)
+        receive(time.monotonic() + (0.005 if n == 0 else 0.001))
+    receive(time.monotonic() + 0.05)
+for n in range(3):                                  # 3 don't-fragment pings of the size
+    for i in range(len(peers)):
+        send(dfs, i, 1, n, int(peers[i][2]))
+        receive(time.monotonic() + 0.001)
+    receive(time.monotonic() + 0.05)
+receive(time.monotonic() + 2.0)                     # the last answers (ping -W 2)
+for i, (name, ip, size) in enumerate(peers):
+    print("%s peer %s" % (mark, name))
+    print("route %s" % routes.get(ip, ""))
+    for kind, count in ((0, 5), (1, 3)):
+        if kind:
+            print("jumbo_rc -")
+        rtts = [got[(i, kind, n)] for n in range(count) if (i, kind, n) in got]
+        if (i, kind) in errs:
+            print("ping: sendmsg: %s" % errs[(i, kind)])
+        print("%d packets transmitted, %d received" % (count, len(rtts)))
+        if rtts:
+            avg = sum(rtts) / len(rtts)
+            print("rtt min/avg/max/mdev = %.3f/%.3f/%.3f/0.000 ms" % (min(rtts), avg, max(rtts)))
+        if not kind:
+            print("rtt_rc %d" % (0 if rtts else 1))
+    print("%s done" % mark)
+"""
+
+
+def ping_command(peers: list[tuple[str, str, int]]) -> str:
+    """The node's probes of its peers: one Python process with raw ICMP sockets (root),
+    else `ping_script` (a process per probe)."""
+    data = json.dumps([[n, ip, int(size)] for n, ip, size in peers])
+    return (f"rc=3; if command -v python3 >/dev/null 2>&1; then python3 -c "
+            f"{shlex.quote(PINGER)} {shlex.quote(data)} {shlex.quote(EXTRA_MARKER)}; "
+            f"rc=$?; fi\nif [ \"$rc\" = 3 ]; then\n{ping_script(peers)}fi\n")
 
 
 @dataclass

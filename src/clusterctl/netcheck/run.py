@@ -442,7 +442,7 @@ def _pings(run: _Run, links: dict[tuple[str, str], Link], hosts: dict) -> None:
         mtu = run.nodes[name].mtu or 1500
         size = min(max(mtu - 28, 0), MAX_PING_PAYLOAD)
         peers = [(p, ip, size) for p, ip in targets.items() if p != name]
-        res = run.conns[name].run(probe.ping_script(peers), timeout=PING_TIMEOUT, check=False)
+        res = run.conns[name].run(probe.ping_command(peers), timeout=PING_TIMEOUT, check=False)
         got = probe.parse_ping_output(res.stdout)
         for peer, ip, _ in peers:
             pp = got.get(peer)
