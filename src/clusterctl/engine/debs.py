@@ -229,9 +229,10 @@ def execute_package(runner, play, role, task, planned_states) -> dict:
                         f"node{'s' if len(receivers) != 1 else ''}; "
                         f"{time.monotonic() - started:.0f}s)")
     install = {}
+    fanned = {s.host.name for s in fan}
     for state in states:
         p = planned[state.host.name]
-        if state in fan and state.host.name not in results:
+        if state.host.name in fanned and state.host.name not in results:
             outcome = dataclasses.replace(p.outcome, steps=[p.outcome.steps[-1]])
             install[state.host.name] = dataclasses.replace(p, outcome=outcome)
         else:
