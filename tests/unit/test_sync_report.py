@@ -147,3 +147,16 @@ def test_cli_json_goes_through_print_json(monkeypatch, tmp_path):
     assert res.exit_code == 1, (res.output, res.exception)
     data = json.loads(res.stdout)
     assert data["schema_version"] == 1 and data["failed"] == ["n3"]
+
+
+def test_lost_says_why_a_node_does_not_hold_the_files():
+    rep = SyncReport(source="/m", name="m", destination="/opt/models/m",
+                     manifest=Manifest("dir", {}),
+                     nodes={"a": NodeReport("a", state=SYNCED),
+                            "b": NodeReport("b", state=UNCHANGED),
+                            "c": NodeReport("c", state=FAILED, error="disk full"),
+                            "d": NodeReport("d")})
+    assert rep.lost("a") is None and rep.lost("b") is None
+    assert rep.lost("c") == "disk full"
+    assert rep.lost("d") == "pending"                     # never finished: not held
+    assert rep.lost("e") == "not reached"

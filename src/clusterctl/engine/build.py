@@ -31,7 +31,7 @@ from pathlib import Path
 from ..errors import ClusterctlError, HostError, InputError
 from ..facts import FactRequest, Facts
 from ..ops import OPS
-from ..ops.base import Change, Noop, Op, Param, check_abs_path
+from ..ops.base import Change, Noop, Op, Param, check_abs_path, plural
 from ..session import failure_reason as _message
 from .results import TaskResult
 
@@ -401,14 +401,12 @@ def execute_llamacpp(runner, play, role, task, planned_states) -> dict:
         size = artifact.stat().st_size
         src_host = f" from {built_on}" if built_on else " from the controller's cache"
         sent = (f"{size / 1e6:.1f} MB; the controller sent "
-                f"{report.controller_bytes / 1e6:.1f} MB for {len(names)} "
-                f"node{'s' if len(names) != 1 else ''}")
+                f"{report.controller_bytes / 1e6:.1f} MB for {plural(len(names), 'node')}")
 
         def unpack(state):
-            node = report.nodes.get(state.host.name)
-            if node is None or node.state == "failed":
-                raise HostError(state.host.name, "the llama.cpp build did not arrive: "
-                                + (node.error if node is not None else "not reached"))
+            why = report.lost(state.host.name)
+            if why is not None:
+                raise HostError(state.host.name, f"the llama.cpp build did not arrive: {why}")
             state.conn.run(f"mkdir -p {shlex.quote(args['prefix'])} && "
                            f"cd {shlex.quote(args['prefix'])} && rm -rf bin && "
                            f"tar -xzf {shlex.quote(remote)}")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ClusterctlError
-from ..ops.base import Change
+from ..ops.base import Change, plural
 from ..session import failure_reason as _message
 from .build import cache_dir
 from .results import TaskResult
@@ -213,9 +213,8 @@ def execute_package(runner, play, role, task, planned_states) -> dict:
             if report is not None:
                 folder = f"{REMOTE_DIR}/{staged.id}"
                 for n in receivers:
-                    node = report.nodes.get(n)
                     mine = [d for d in staged.sent if d.name in wanted[n]]
-                    if node is None or node.state == "failed" or not mine:
+                    if report.lost(n) is not None or not mine:
                         continue               # apt on the node fetches them itself
                     try:
                         runner.states[n].conn.run(link_command(folder, [d.name for d in mine]))
@@ -225,8 +224,8 @@ def execute_package(runner, play, role, task, planned_states) -> dict:
                           f"(the nodes did)" if staged.missed else "")
                 note = (f" ({len(staged.sent)} archives, {staged.bytes / 1e6:.0f} MB "
                         f"fanned out as set {staged.id}{missed}; the controller sent "
-                        f"{report.controller_bytes / 1e6:.0f} MB for {len(receivers)} "
-                        f"node{'s' if len(receivers) != 1 else ''}; "
+                        f"{report.controller_bytes / 1e6:.0f} MB for "
+                        f"{plural(len(receivers), 'node')}; "
                         f"{time.monotonic() - started:.0f}s)")
     install = {}
     fanned = {s.host.name for s in fan}

@@ -37,8 +37,9 @@ from pathlib import Path
 
 from ..errors import ClusterctlError
 from ..ops import OPS
-from ..ops.base import Change
+from ..ops.base import Change, plural
 from ..session import failure_reason as _message
+from ..sync.node_agent import sha256_file
 from .build import cache_dir
 from .results import TaskResult
 
@@ -165,14 +166,6 @@ class StagedSet:
     seconds: float = 0.0
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_staged(path: Path) -> StagedSet | None:
     """A complete staged set at `path` (its record written last), else None."""
     try:
@@ -215,7 +208,7 @@ def stage(packages: list[str], source: dict, target: Target, *, root: Path | Non
         wheels = sorted(p for p in tmp.iterdir() if p.is_file() and p.name.endswith(".whl"))
         if not wheels:
             raise ClusterctlError(f"pip downloaded no wheels for {' '.join(packages)}")
-        files = {p.name: _sha256(p) for p in wheels}
+        files = {p.name: sha256_file(p).hexdigest() for p in wheels}
         record = {"set": set_id(files), "packages": list(packages), "target":
                   dataclasses.asdict(target), "source": {k: _redact(v) if isinstance(v, str)
                                                          else v for k, v in source.items()},
@@ -293,11 +286,10 @@ def execute_pip(runner, play, role, task, planned_states) -> dict:
                       else f"staged in {staged.seconds:.0f}s")
         sent = (f"{len(staged.files)} wheels, {staged.bytes / 1e6:.0f} MB, {staged_how}; "
                 f"the controller sent {report.controller_bytes / 1e6:.0f} MB for "
-                f"{len(names)} node{'s' if len(names) != 1 else ''}")
+                f"{plural(len(names), 'node')}")
         for n in names:
-            node = report.nodes.get(n)
-            if node is None or node.state == "failed":
-                why = node.error if node is not None else "not reached"
+            why = report.lost(n)
+            if why is not None:
                 results[n] = TaskResult(n, task, "failed",
                                         f"the wheel set {staged.id} did not arrive: {why}")
                 continue

@@ -124,8 +124,8 @@ def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan
 
     with _labs_lock():
         host.require_inotify(nodes)
-        host.fit_neigh_table(nodes + _other_labs_nodes(name), lab_root() / host.NEIGH_SAVED,
-                             log)
+        host.fit_neigh_table(nodes + sum(len(st.nodes) for st in _other_labs(name)),
+                             lab_root() / host.NEIGH_SAVED, log)
         state = _new_state(name, nodes, link, subnet, mtu, node_mtu, image, bind_list)
         try:
             _boot(state, mdir, boot_timeout, log)
@@ -144,24 +144,14 @@ def up(name: str = DEFAULT_NAME, nodes: int = DEFAULT_NODES, link: str = netplan
     return state
 
 
-def _other_labs_nodes(name: str) -> int:
-    total = 0
-    for other in list_labs():
-        st = load_state(other) if other != name else None
-        if st is not None:
-            total += len(st.nodes)
-    return total
+def _other_labs(name: str) -> list[LabState]:
+    """The states of the labs other than `name` (those whose state can be read)."""
+    return [st for other in list_labs() if other != name
+            and (st := load_state(other)) is not None]
 
 
 def _other_labs_subnets(name: str) -> list[ipaddress.IPv4Network]:
-    nets = []
-    for other in list_labs():
-        if other == name:
-            continue
-        st = load_state(other)
-        if st is not None:
-            nets.append(ipaddress.IPv4Network(st.subnet))
-    return nets
+    return [ipaddress.IPv4Network(st.subnet) for st in _other_labs(name)]
 
 
 def check_binds(binds) -> list[list[str]]:
@@ -310,7 +300,7 @@ def down(name: str = DEFAULT_NAME, *, log: Log = print) -> bool:
         if state is None:
             return False
         _teardown(state, log=log)
-        if not [n for n in list_labs() if n != name and load_state(n) is not None]:
+        if not _other_labs(name):
             host.restore_neigh_table(lab_root() / host.NEIGH_SAVED, log)
     return True
 

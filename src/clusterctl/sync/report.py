@@ -74,6 +74,13 @@ class SyncReport:
     def failed(self) -> list[str]:
         return [n for n, r in self.nodes.items() if not r.ok]
 
+    def lost(self, name: str) -> str | None:
+        """Why node `name` does not hold the files after this sync; None when it does."""
+        r = self.nodes.get(name)
+        if r is None:
+            return "not reached"
+        return None if r.ok else (r.error or r.state)
+
     @property
     def exit_code(self) -> int:
         return EXIT_OK if self.ok else EXIT_HOST_FAILED

@@ -103,16 +103,15 @@ def sync_path(inventory: Inventory, path: str | os.PathLike, dest_dir: str, name
     count, every file is checked against its sha256 before it is renamed into place, and
     an interrupted copy resumes. For software the engine fans out (staged wheels, a
     llama.cpp build); `sync_model` is the command's entry for models."""
-    inv = inventory
-    targets = _select(inv, hosts)
+    targets = _select(inventory, hosts)
     local = Path(path)
     if not local.is_absolute() or not local.exists():
         raise InputError(f"{local}: no such file or folder on the controller", key="path")
     if not posixpath.isabs(dest_dir):
         raise InputError(f"{dest_dir}: expected an absolute folder on the nodes", key="dest")
     name = check_name(name)
-    return _run_locked(inv, targets, LocalSource(local), name, dest_dir, verify, progress,
-                       session, None)
+    return _run_locked(inventory, targets, LocalSource(local), name, dest_dir, verify,
+                       progress, session, None)
 
 
 def _run_locked(inv, targets, src, name, models_dir, verify, progress, session, bwlimit):
